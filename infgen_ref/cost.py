@@ -1,0 +1,57 @@
+"""Cost model: FLOPs per decode stage (2 per multiply-add), as torch's FlopCounterMode counts them
+(convolutions, matrix products, attention; norms and element-wise ops are not counted)."""
+from __future__ import annotations
+
+import math
+
+from .config import InfGenConfig
+
+H100_BF16_FLOPS = 790e12  # a bf16 matrix product measured on the lent H100 (DESIGN.md)
+STAGES = ("tokens", "cross_attn", "mid_block", "up_blocks")
+
+
+def _conv(cin: int, cout: int, k: int, h: int, w: int) -> float:
+    return 2.0 * cin * cout * k * k * h * w
+
+
+def _resnet(cin: int, cout: int, h: int, w: int) -> float:
+    f = _conv(cin, cout, 3, h, w) + _conv(cout, cout, 3, h, w)
+    return f + (_conv(cin, cout, 1, h, w) if cin != cout else 0.0)
+
+
+def decode_flops(cfg: InfGenConfig, h: int, w: int, latent_hw: tuple[int, int] | None = None,
+                 batch: int = 1) -> dict[str, float]:
+    """FLOPs of one decode to (h, w), per stage (keys: STAGES) plus "total".
+
+    tokens: post_quant_conv, conv_in, conv_tokens, INPE MLPs; cross_attn: the N blocks;
+    mid_block: 2 resnets + the one-head attention; up_blocks: up blocks and conv_out."""
+    hl, wl = latent_hw or (cfg.latent_size, cfg.latent_size)
+    Hp, Wp = math.ceil(h / cfg.upscale), math.ceil(w / cfg.upscale)
+    d, C, F2 = cfg.token_dim, cfg.latent_channels, 2 * cfg.inpe_fourier_dim
+    T, N = hl * wl, Hp * Wp
+    ch = list(reversed(cfg.block_out_channels))
+    lin = lambda n, i, o: 2.0 * n * i * o  # noqa: E731
+    tokens = (_conv(C, C, 1, hl, wl) + _conv(C, ch[0], 3, hl, wl) + _conv(ch[0], d, 3, hl, wl)
+              + lin(T, F2, d) + lin(T, d, d) + lin(N, F2, d) + lin(N, d, d))
+    block = (2 * lin(N, d, d) + 2 * lin(T, d, d) + 4.0 * N * T * d
+             + lin(N, d, cfg.mlp_dim) + lin(N, cfg.mlp_dim, d))
+    cross = cfg.num_blocks * block
+    mid = 2 * _resnet(ch[0], ch[0], Hp, Wp) + 4 * lin(N, ch[0], ch[0]) + 4.0 * N * N * ch[0]
+    up, hh, ww, cin = 0.0, Hp, Wp, ch[0]
+    for i, cout in enumerate(ch):
+        for j in range(cfg.layers_per_block + 1):
+            up += _resnet(cin if j == 0 else cout, cout, hh, ww)
+        cin = cout
+        if i < len(ch) - 1:
+            hh, ww = 2 * hh, 2 * ww
+            up += _conv(cout, cout, 3, hh, ww)
+    up += _conv(ch[-1], cfg.in_channels, 3, hh, ww)
+    out = {"tokens": tokens, "cross_attn": cross, "mid_block": mid, "up_blocks": up}
+    out = {k: v * batch for k, v in out.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+def floor_seconds(flops: float, peak: float = H100_BF16_FLOPS) -> float:
+    """The physical floor: FLOPs at the measured bf16 matrix-product rate."""
+    return flops / peak

@@ -1,0 +1,240 @@
+"""Reference InfGen: the frozen SDXL-VAE encoder and the transformer-augmented decoder.
+
+Module names follow diffusers' AutoencoderKL (encoder.*, quant_conv, post_quant_conv,
+decoder.conv_in / mid_block / up_blocks / conv_norm_out / conv_out) so that an SDXL VAE
+state dict loads by key; InfGen's new layers live under decoder.conv_tokens, decoder.latent_pos,
+decoder.mask_pos, decoder.mask_token, decoder.blocks and decoder.norm_tokens.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .config import InfGenConfig
+from .inpe import INPE
+from .layers import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D
+
+
+# ----------------------------------------------------------------------------- input checks
+def check_size(h, w, cfg: InfGenConfig) -> tuple[int, int]:
+    """Output height and width: integers in upscale..max_size, else ValueError/TypeError naming them."""
+    out = []
+    for name, v in (("height", h), ("width", w)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            if isinstance(v, float) and v.is_integer():
+                raise TypeError(f"{name} must be an int, got float {v!r}")
+            raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+        v = int(v)
+        if not cfg.upscale <= v <= cfg.max_size:
+            raise ValueError(f"{name} must be {cfg.upscale}..{cfg.max_size}, got {v}")
+        out.append(v)
+    return out[0], out[1]
+
+
+def check_latent(z, cfg: InfGenConfig) -> torch.Tensor:
+    """A (B, C, h, w) or (C, h, w) floating latent with finite values -> (B, C, h, w)."""
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"latent must be a torch.Tensor or numpy array, got {type(z).__name__}")
+    if not z.is_floating_point():
+        raise TypeError(f"latent must be a floating tensor, got dtype {z.dtype}")
+    if z.dim() == 3:
+        z = z[None]
+    if z.dim() != 4:
+        raise ValueError(f"latent must have shape (B, {cfg.latent_channels}, h, w) or "
+                         f"({cfg.latent_channels}, h, w), got {tuple(z.shape)}")
+    if z.shape[1] != cfg.latent_channels:
+        raise ValueError(f"latent must have {cfg.latent_channels} channels, got shape {tuple(z.shape)}")
+    if z.shape[0] < 1 or z.shape[2] < 1 or z.shape[3] < 1:
+        raise ValueError(f"latent has an empty dimension: shape {tuple(z.shape)}")
+    max_grid = cfg.max_size // cfg.upscale
+    if z.shape[2] > max_grid or z.shape[3] > max_grid:
+        raise ValueError(f"latent grid must be at most {max_grid}x{max_grid}, got {tuple(z.shape[2:])}")
+    bad = ~torch.isfinite(z)
+    if bool(bad.any()):
+        n = int(bad.sum())
+        raise ValueError(f"latent contains {n} non-finite value(s) (NaN or inf), "
+                         f"e.g. at index {tuple(bad.nonzero()[0].tolist())}")
+    return z
+
+
+def token_grid(h: int, w: int, cfg: InfGenConfig) -> tuple[int, int]:
+    """Mask-token grid (H', W') for an output of (h, w): ceil division by the upscale factor."""
+    return math.ceil(h / cfg.upscale), math.ceil(w / cfg.upscale)
+
+
+# ----------------------------------------------------------------------------- modules
+class Encoder(nn.Module):
+    """SDXL VAE encoder: image (B, 3, H, W) -> moments (B, 2C, H/8, W/8)."""
+
+    def __init__(self, cfg: InfGenConfig):
+        super().__init__()
+        ch, g, eps = cfg.block_out_channels, cfg.norm_num_groups, cfg.norm_eps
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList([
+            DownEncoderBlock2D(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block, g, eps, i < len(ch) - 1)
+            for i in range(len(ch))])
+        self.mid_block = UNetMidBlock2D(ch[-1], g, eps)
+        self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=eps)
+        self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for b in self.down_blocks:
+            x = b(x)
+        x = self.mid_block(x)
+        return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+
+class CrossAttnBlock(nn.Module):
+    """Pre-norm block: mask tokens attend to latent tokens, then an MLP. Both residual."""
+
+    def __init__(self, cfg: InfGenConfig):
+        super().__init__()
+        d = cfg.token_dim
+        self.num_heads = cfg.num_heads
+        self.norm_q = nn.LayerNorm(d)
+        self.norm_kv = nn.LayerNorm(d)
+        self.to_q = nn.Linear(d, d)
+        self.to_k = nn.Linear(d, d)
+        self.to_v = nn.Linear(d, d)
+        self.to_out = nn.Linear(d, d)
+        self.norm_mlp = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, cfg.mlp_dim)
+        self.fc2 = nn.Linear(cfg.mlp_dim, d)
+
+    def heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, N, D = t.shape
+        return t.view(B, N, self.num_heads, D // self.num_heads).transpose(1, 2)  # (B, h, N, hd)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, q: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, N, d) mask tokens; ctx: (B, T, d) latent tokens; q: precomputed to_q(norm_q(x))."""
+        B, N, D = x.shape
+        if q is None:
+            q = self.to_q(self.norm_q(x))
+        kv = self.norm_kv(ctx)
+        o = F.scaled_dot_product_attention(self.heads(q), self.heads(self.to_k(kv)), self.heads(self.to_v(kv)))
+        x = x + self.to_out(o.transpose(1, 2).reshape(B, N, D))  # (B, N, d)
+        return x + self.fc2(F.gelu(self.fc1(self.norm_mlp(x))))
+
+
+class InfGenDecoder(nn.Module):
+    """Latent features + output grid -> image. Shared layers keep diffusers' Decoder names."""
+
+    def __init__(self, cfg: InfGenConfig):
+        super().__init__()
+        ch, g, eps, d = cfg.block_out_channels, cfg.norm_num_groups, cfg.norm_eps, cfg.token_dim
+        self.conv_in = nn.Conv2d(cfg.latent_channels, ch[-1], 3, padding=1)
+        # InfGen's new layers: Table 1's extra conv, token generation, cross-attention blocks.
+        self.conv_tokens = nn.Conv2d(ch[-1], d, 3, padding=1)
+        self.latent_pos = INPE(d, cfg.inpe_fourier_dim, cfg.inpe_scale, cfg.inpe_seed)
+        self.mask_pos = INPE(d, cfg.inpe_fourier_dim, cfg.inpe_scale, cfg.inpe_seed + 1)
+        self.mask_token = nn.Parameter(torch.randn(d) * 0.02)
+        self.blocks = nn.ModuleList([CrossAttnBlock(cfg) for _ in range(cfg.num_blocks)])
+        self.norm_tokens = nn.LayerNorm(d)
+        # The SDXL VAE decoder from the mid block on.
+        self.mid_block = UNetMidBlock2D(ch[-1], g, eps)
+        rev = list(reversed(ch))
+        self.up_blocks = nn.ModuleList([
+            UpDecoderBlock2D(rev[max(i - 1, 0)], rev[i], cfg.layers_per_block + 1, g, eps, i < len(ch) - 1)
+            for i in range(len(ch))])
+        self.conv_norm_out = nn.GroupNorm(g, ch[0], eps=eps)
+        self.conv_out = nn.Conv2d(ch[0], cfg.in_channels, 3, padding=1)
+
+    def mask_tokens(self, Hp: int, Wp: int) -> torch.Tensor:
+        """Mask tokens for an (H', W') grid: (1, H'W', d). Depends only on the size and weights."""
+        return (self.mask_token + self.mask_pos(Hp, Wp))[None]
+
+    def latent_tokens(self, z: torch.Tensor) -> torch.Tensor:
+        """Unscaled latent (B, C, h, w) -> latent tokens (B, h*w, d)."""
+        x = self.conv_tokens(self.conv_in(z))  # (B, d, h, w)
+        _, _, h, w = x.shape
+        return x.flatten(2).transpose(1, 2) + self.latent_pos(h, w)  # (B, hw, d)
+
+    def tokens_to_features(self, z: torch.Tensor, Hp: int, Wp: int,
+                           mask: torch.Tensor | None = None, q0: torch.Tensor | None = None) -> torch.Tensor:
+        """Token generation + cross-attention blocks + reshape: (B, C, h, w) -> (B, d, H', W').
+
+        mask and q0 may be precomputed (they depend only on (H', W')): mask_tokens(Hp, Wp) and
+        blocks[0].to_q(blocks[0].norm_q(mask))."""
+        ctx = self.latent_tokens(z)  # (B, T, d)
+        B = ctx.shape[0]
+        if mask is None:
+            mask = self.mask_tokens(Hp, Wp)
+        x = mask.expand(B, -1, -1)  # (B, N, d)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, ctx, q0.expand(B, -1, -1) if (i == 0 and q0 is not None) else None)
+        x = self.norm_tokens(x)
+        return x.transpose(1, 2).reshape(B, -1, Hp, Wp)  # (B, d, H', W')
+
+    def features_to_image(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, d, H', W') -> (B, 3, 8H', 8W'): mid block, up blocks, output head."""
+        x = self.mid_block(x)
+        for b in self.up_blocks:
+            x = b(x)
+        return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+    def forward(self, z: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
+        return self.features_to_image(self.tokens_to_features(z, Hp, Wp))
+
+
+class InfGen(nn.Module):
+    """encode(image) -> scaled latent; decode(z, h, w) -> image of any size in one pass."""
+
+    def __init__(self, cfg: InfGenConfig):
+        super().__init__()
+        self.config = cfg
+        c = cfg.latent_channels
+        self.encoder = Encoder(cfg)
+        self.quant_conv = nn.Conv2d(2 * c, 2 * c, 1)
+        self.post_quant_conv = nn.Conv2d(c, c, 1)
+        self.decoder = InfGenDecoder(cfg)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.post_quant_conv.weight.dtype
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """image: (B, 3, H, W) in [-1, 1] -> scaled latent (posterior mean): (B, C, H/8, W/8), each stride-2 stage rounding down as diffusers does."""
+        if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[1] != self.config.in_channels:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"image must be a (B, {self.config.in_channels}, H, W) tensor, got {shape}")
+        moments = self.quant_conv(self.encoder(image.to(self.dtype)))  # (B, 2C, h, w)
+        mean = moments[:, : self.config.latent_channels]
+        return mean * self.config.scaling_factor
+
+    def decode_grid(self, z: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
+        """Scaled latent (B, C, h, w) -> uncropped image (B, 3, 8H', 8W'). No input checks."""
+        z = self.post_quant_conv(z.to(self.dtype) / self.config.scaling_factor)
+        return self.decoder(z, Hp, Wp)
+
+    def decode(self, z: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Scaled latent (B, C, h_l, w_l) -> image (B, 3, h, w), unclamped."""
+        h, w = check_size(h, w, self.config)
+        z = check_latent(z, self.config)
+        Hp, Wp = token_grid(h, w, self.config)
+        return self.decode_grid(z, Hp, Wp)[:, :, :h, :w]
+
+    @torch.no_grad()
+    def extrapolate(self, z: torch.Tensor, h: int, w: int, max_step: float = 2.0) -> torch.Tensor:
+        """Training-free extrapolation: decode at most max_step x larger, re-encode, repeat.
+
+        Step sizes grow geometrically from the latent's native size (upscale * grid) to (h, w)."""
+        h, w = check_size(h, w, self.config)
+        z = check_latent(z, self.config)
+        if not (isinstance(max_step, numbers.Real) and max_step > 1):
+            raise ValueError(f"max_step must be a number > 1, got {max_step!r}")
+        u = self.config.upscale
+        nh, nw = u * z.shape[2], u * z.shape[3]
+        ratio = max(h / nh, w / nw)
+        steps = max(1, math.ceil(math.log(ratio) / math.log(max_step) - 1e-9)) if ratio > 1 else 1
+        for i in range(1, steps):
+            f = (i / steps)
+            sh = round(nh * (h / nh) ** f / u) * u
+            sw = round(nw * (w / nw) ** f / u) * u
+            image = self.decode(z, max(sh, u), max(sw, u)).clamp(-1, 1)
+            z = self.encode(image)
+        return self.decode(z, h, w)

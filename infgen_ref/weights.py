@@ -1,0 +1,106 @@
+"""Weights: SDXL VAE (diffusers format) into InfGen's shared layers; InfGen checkpoints.
+
+An InfGen checkpoint is a directory holding `config.json` (InfGenConfig) and
+`model.safetensors`. Nothing here unpickles: safetensors only.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import InfGenConfig
+from .model import InfGen
+
+# InfGen's own layers: not in an SDXL VAE checkpoint, left initialised by load_sdxl_vae.
+NEW_PREFIXES = ("decoder.conv_tokens.", "decoder.latent_pos.", "decoder.mask_pos.", "decoder.mask_token",
+                "decoder.blocks.", "decoder.norm_tokens.")
+# Older diffusers checkpoints name the mid-block attention like this.
+_LEGACY_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as is: lists every missing, unexpected or mis-shaped key."""
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no such weights file: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
+def _map_vae_key(key: str, t: torch.Tensor) -> tuple[str, torch.Tensor]:
+    """The one load-time re-layout: legacy attention names, and 1x1-conv attention weights -> Linear."""
+    parts = key.split(".")
+    if "attentions" in parts and parts[-2] in _LEGACY_ATTN:
+        key = ".".join(parts[:-2] + [_LEGACY_ATTN[parts[-2]], parts[-1]])
+    if ".attentions." in key and key.endswith("weight") and t.dim() == 4 and t.shape[2:] == (1, 1):
+        t = t[:, :, 0, 0]
+    return key, t
+
+
+def _assign(model: InfGen, state: dict[str, torch.Tensor], expected: set[str], source: str) -> None:
+    """Copy state into model, checking the key set and every shape first; all problems in one error."""
+    own = model.state_dict()
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    misshaped = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                       for k in expected & set(state) if state[k].shape != own[k].shape)
+    if missing or unexpected or misshaped:
+        lines = [f"cannot load {source}:"]
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if keys:
+                lines.append(f"  {len(keys)} {what}: " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
+        raise CheckpointError("\n".join(lines))
+    with torch.no_grad():
+        for k in expected:
+            own[k].copy_(state[k])
+
+
+def load_sdxl_vae(model: InfGen, path: str | Path) -> InfGen:
+    """Load a diffusers-format SDXL VAE (safetensors) into the encoder and the shared decoder layers."""
+    path = Path(path)
+    state = dict(_map_vae_key(k, v) for k, v in _read_safetensors(path).items())
+    expected = {k for k in model.state_dict() if not k.startswith(NEW_PREFIXES)}
+    _assign(model, state, expected, str(path))
+    return model
+
+
+def save_checkpoint(model: InfGen, directory: str | Path) -> Path:
+    """Write config.json and model.safetensors (float32 or the model's dtype) into directory."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    model.config.to_json(d / "config.json")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(d / "model.safetensors"), metadata={"format": "infgen"})
+    return d
+
+
+def load_checkpoint(directory: str | Path) -> InfGen:
+    """Read an InfGen checkpoint directory; any mismatch between config and tensors is an error."""
+    d = Path(directory)
+    cfg_path, w_path = d / "config.json", d / "model.safetensors"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{d} is not an InfGen checkpoint: no config.json")
+    try:
+        cfg = InfGenConfig.from_json(cfg_path)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{cfg_path}: bad config: {exc}") from exc
+    state = _read_safetensors(w_path)
+    model = InfGen(cfg)
+    _assign(model, state, set(model.state_dict()), str(w_path))
+    return model.eval()
+
+
+def checkpoint_config(directory: str | Path) -> InfGenConfig:
+    return InfGenConfig.from_json(Path(directory) / "config.json")
+
+
+__all__ = ["CheckpointError", "load_sdxl_vae", "save_checkpoint", "load_checkpoint", "checkpoint_config",
+           "NEW_PREFIXES"]
