@@ -84,12 +84,29 @@ class TorchBackend:
         self.cache.move_to_end(key)
         return self.cache[key]
 
+    def stages(self, Hp: int, Wp: int) -> list[tuple[str, object]]:
+        """The decode as a chain of (stage name, fn); each fn takes the previous stage's output.
+        Composed in order on the latent z they equal run(z, Hp, Wp). Used by runtime.profile."""
+        m, dec = self.model, self.model.decoder
+        mask, q0 = self.mask_and_q0(Hp, Wp)
+
+        def tokens(z):  # scaled latent (B, C, h, w) -> features (B, d, H', W')
+            zz = m.post_quant_conv(z.to(m.dtype) / m.config.scaling_factor)
+            return dec.tokens_to_features(zz, Hp, Wp, mask, q0)
+
+        def up_blocks(x):  # (B, d, H', W') -> (B, 3, 8H', 8W')
+            for b in dec.up_blocks:
+                x = b(x)
+            return dec.conv_out(torch.nn.functional.silu(dec.conv_norm_out(x)))
+
+        return [("tokens+cross_attn", tokens), ("mid_block", dec.mid_block), ("up_blocks", up_blocks)]
+
     @torch.inference_mode()
     def run(self, z: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
-        m = self.model
-        mask, q0 = self.mask_and_q0(Hp, Wp)
-        zz = m.post_quant_conv(z.to(m.dtype) / m.config.scaling_factor)
-        return m.decoder.features_to_image(m.decoder.tokens_to_features(zz, Hp, Wp, mask, q0))
+        x = z
+        for _, fn in self.stages(Hp, Wp):
+            x = fn(x)
+        return x
 
 
 def make_backend(name: str, model: InfGen, device: torch.device, dtype: torch.dtype, **options):

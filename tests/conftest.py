@@ -1,0 +1,27 @@
+import os
+
+import pytest
+import torch
+
+from infgen_ref.config import preset
+from infgen_ref.model import InfGen
+
+# Two cores on CI: keep the tests from oversubscribing them.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    return preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cfg):
+    torch.manual_seed(0)
+    return InfGen(tiny_cfg).eval()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|, in float64."""
+    a, b = a.double(), b.double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
