@@ -28,8 +28,9 @@ def resolve_model(model) -> InfGen:
     if not isinstance(model, (str, Path)):
         raise TypeError(f"model must be a preset name, a checkpoint directory or an InfGen, got {type(model).__name__}")
     if isinstance(model, str) and model in PRESETS:
-        torch.manual_seed(0)
-        return InfGen(preset(model)).eval()
+        with torch.random.fork_rng(devices=[]):  # the same random weights every time, global RNG untouched
+            torch.manual_seed(0)
+            return InfGen(preset(model)).eval()
     if Path(model).is_dir():
         return load_checkpoint(model)
     raise ValueError(f"model must be a preset ({', '.join(sorted(PRESETS))}) or a checkpoint directory, got {str(model)!r}")
