@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, ValueError, TypeError, OSError) as exc:
+    # ImportError: a backend's optional package is missing (its message says which).
+    except (CheckpointError, ValueError, TypeError, OSError, ImportError) as exc:
         msg = str(exc).strip().replace("\n", "; ") or type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)
         return EXIT_USAGE

@@ -65,7 +65,8 @@ def run_demo(out_dir: str | Path = "demo_out", sizes=DEMO_SIZES, model=None, bac
     out.mkdir(parents=True, exist_ok=True)
 
     name = f"checkpoint {model}" if isinstance(model, (str, Path)) else type(model).__name__
-    echo(f"model: {'preset ' + str(model) if engine.random_weights else name} (backend {engine.backend_name}, device {engine.device}, {engine.dtype})")
+    name = f"preset {model}" if engine.random_weights else name
+    echo(f"model: {name} (backend {engine.backend_name}, device {engine.device}, {engine.dtype})")
     if engine.random_weights:
         echo(RANDOM_NOTICE)
 

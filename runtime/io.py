@@ -59,7 +59,8 @@ def load_latent(path: str | Path) -> torch.Tensor:
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise ValueError(f"{str(p)!r} holds more than tensors; only weights_only torch files are read: {exc}") from exc
+            raise ValueError(f"{str(p)!r} holds more than tensors; only weights_only torch files are read: "
+                             f"{exc}") from exc
         except (RuntimeError, EOFError, OSError) as exc:
             raise ValueError(f"{str(p)!r} is not a readable torch file: {exc}") from exc
         if isinstance(obj, torch.Tensor):
