@@ -23,7 +23,7 @@ def decode_flops(cfg: InfGenConfig, h: int, w: int, latent_hw: tuple[int, int] |
                  batch: int = 1) -> dict[str, float]:
     """FLOPs of one decode to (h, w), per stage (keys: STAGES) plus "total".
 
-    tokens: post_quant_conv, conv_in, conv_tokens, INPE MLPs; cross_attn: the N blocks;
+    tokens: post_quant_conv, conv_in, conv_tokens, INPE (Fourier projection and MLPs); cross_attn: the N blocks;
     mid_block: 2 resnets + the one-head attention; up_blocks: up blocks and conv_out."""
     hl, wl = latent_hw or (cfg.latent_size, cfg.latent_size)
     Hp, Wp = math.ceil(h / cfg.upscale), math.ceil(w / cfg.upscale)
@@ -32,6 +32,7 @@ def decode_flops(cfg: InfGenConfig, h: int, w: int, latent_hw: tuple[int, int] |
     ch = list(reversed(cfg.block_out_channels))
     lin = lambda n, i, o: 2.0 * n * i * o  # noqa: E731
     tokens = (_conv(C, C, 1, hl, wl) + _conv(C, ch[0], 3, hl, wl) + _conv(ch[0], d, 3, hl, wl)
+              + lin(T + N, 3, F2 // 2)  # INPE: sphere points times the Fourier matrix B
               + lin(T, F2, d) + lin(T, d, d) + lin(N, F2, d) + lin(N, d, d))
     block = (2 * lin(N, d, d) + 2 * lin(T, d, d) + 4.0 * N * T * d
              + lin(N, d, cfg.mlp_dim) + lin(N, cfg.mlp_dim, d))

@@ -55,9 +55,9 @@ def check_latent(z, cfg: InfGenConfig) -> torch.Tensor:
         raise ValueError(f"latent grid must be at most {max_grid}x{max_grid}, got {tuple(z.shape[2:])}")
     bad = ~torch.isfinite(z)
     if bool(bad.any()):
-        n = int(bad.sum())
-        raise ValueError(f"latent contains {n} non-finite value(s) (NaN or inf), "
-                         f"e.g. at index {tuple(bad.nonzero()[0].tolist())}")
+        n, idx = int(bad.sum()), tuple(bad.nonzero()[0].tolist())
+        raise ValueError(f"latent contains {n} non-finite value(s) (NaN or inf), e.g. {z[idx].item()} "
+                         f"at index {idx}")
     return z
 
 
