@@ -8,7 +8,7 @@ would idle. Instead, two phases over (B, P pixels, C channels) rows:
 2. finalize (a few tiny PyTorch ops on (B, chunks, C)): Chan's parallel combination of the chunk
    moments into per-(batch, group) mean and variance, folded with gamma/beta into one per-(batch,
    channel) scale and shift.
-3. apply: y = x * scale + shift, optional SiLU, stored in the input dtype, channels-last.
+3. apply: y = (x - mean) * scale + shift, optional SiLU, stored in the input dtype, channels-last.
 Bytes moved: the input twice and the output once (the floor for a two-pass exact GroupNorm).
 Offsets are int64 at the chunk level: 4096^2 x 256 channels is 4.3 G elements.
 """
@@ -25,7 +25,8 @@ from .common import check_device, check_float, next_pow2
 @triton.jit
 def gn_stats_kernel(
     X,                      # pointer: input (B, P, C) contiguous (a channels-last (B, C, H, W), P = H*W)
-    MEAN, M2,               # pointers: fp32 outputs (B, K, C): per-chunk channel mean and sum of squared deviations
+    SHIFT, DMEAN, M2,       # pointers: fp32 outputs (B, K, C): per-chunk channel shift (first pixel),
+                            #   mean - shift, and sum of squared deviations from the mean
     P, C, K,                # pixels per image, channels, chunks per image
     CHUNK,                  # pixels per chunk (a multiple of BLOCK_P)
     BLOCK_P: tl.constexpr,  # pixels per tile
@@ -55,14 +56,16 @@ def gn_stats_kernel(
     t2 = tl.sum(s2, 0)
     nf = n.to(tl.float32)
     out = (b * K + k) * C + offs_c
-    tl.store(MEAN + out, shift + t1 / nf, mask=c_ok)
+    tl.store(SHIFT + out, shift, mask=c_ok)
+    tl.store(DMEAN + out, t1 / nf, mask=c_ok)
     tl.store(M2 + out, tl.maximum(t2 - t1 * t1 / nf, 0.0), mask=c_ok)
 
 
 @triton.jit
 def gn_apply_kernel(
     X, Y,                   # pointers: input and output (B, P, C) contiguous, same dtype
-    SCALE, SHIFT,           # pointers: fp32 (B, C): y = x * scale + shift
+    REF, DMU, SCALE, SHIFT, # pointers: fp32 (B, C): y = ((x - ref) - dmu) * scale + shift; the mean is
+                            #   ref + dmu, split so that fp32 keeps a small spread around a large mean
     P, C,                   # pixels per image, channels
     CHUNK,                  # pixels per program (a multiple of BLOCK_P)
     SILU: tl.constexpr,     # apply SiLU after the affine map
@@ -79,6 +82,8 @@ def gn_apply_kernel(
     offs_p = tl.arange(0, BLOCK_P)
     offs_c = tl.arange(0, BLOCK_C)
     c_ok = offs_c < C
+    r = tl.load(REF + b * C + offs_c, mask=c_ok, other=0.0)
+    dm = tl.load(DMU + b * C + offs_c, mask=c_ok, other=0.0)
     a = tl.load(SCALE + b * C + offs_c, mask=c_ok, other=0.0)
     s = tl.load(SHIFT + b * C + offs_c, mask=c_ok, other=0.0)
     n = tl.minimum(CHUNK, P - p0)
@@ -86,9 +91,9 @@ def gn_apply_kernel(
     for i in range(0, CHUNK, BLOCK_P):
         ok = ((i + offs_p) < n)[:, None] & c_ok[None, :]
         x = tl.load(x_ptr + tile, mask=ok, other=0.0).to(tl.float32)
-        y = x * a[None, :] + s[None, :]
+        y = ((x - r[None, :]) - dm[None, :]) * a[None, :] + s[None, :]
         if SILU:
-            y = y / (1.0 + tl.exp(-y))
+            y = y * tl.sigmoid(y)
         tl.store(y_ptr + tile, y.to(Y.dtype.element_ty), mask=ok)
         x_ptr += BLOCK_P * C
         y_ptr += BLOCK_P * C
@@ -146,31 +151,36 @@ def group_norm_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, g
 
     BLOCK_P, BLOCK_C, CHUNK = _tiles(P, C, B, dev)
     K = triton.cdiv(P, CHUNK)
-    mean = torch.empty((B, K, C), device=dev, dtype=torch.float32)
-    m2 = torch.empty((B, K, C), device=dev, dtype=torch.float32)
-    gn_stats_kernel[(K, B)](x, mean, m2, P, C, K, CHUNK, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, num_warps=4)
-    scale, shift = _finalize(mean, m2, P, CHUNK, groups, weight, bias, eps)
-    gn_apply_kernel[(K, B)](x, out, scale, shift, P, C, CHUNK, SILU=silu, BLOCK_P=BLOCK_P,
+    shift0, dmean, m2 = torch.empty((3, B, K, C), device=dev, dtype=torch.float32).unbind(0)
+    gn_stats_kernel[(K, B)](x, shift0, dmean, m2, P, C, K, CHUNK, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, num_warps=4)
+    ref, dmu, scale, shift = _finalize(shift0, dmean, m2, P, CHUNK, groups, weight, bias, eps)
+    gn_apply_kernel[(K, B)](x, out, ref, dmu, scale, shift, P, C, CHUNK, SILU=silu, BLOCK_P=BLOCK_P,
                             BLOCK_C=BLOCK_C, num_warps=4)
     return out
 
 
-def _finalize(mean, m2, P, CHUNK, groups, weight, bias, eps):
-    """Chunk moments (B, K, C) -> per-(batch, channel) scale and shift, fp32 (B, C)."""
-    B, K, C = mean.shape
+def _finalize(shift0, dmean, m2, P, CHUNK, groups, weight, bias, eps):
+    """Chunk moments (B, K, C) -> per-(batch, channel) ref, dmu (mean = ref + dmu), scale and
+    shift, fp32 (B, C) each. Centring before scaling keeps fp32 accurate when |mean| >> std."""
+    B, K, C = dmean.shape
     Cg = C // groups
-    n = torch.full((K,), float(CHUNK), device=mean.device, dtype=torch.float32)
+    n = torch.full((K,), float(CHUNK), device=dmean.device, dtype=torch.float32)
     n[-1] = float(P - (K - 1) * CHUNK)
     n = n.view(1, K, 1, 1)
-    mk = mean.view(B, K, groups, Cg)
+    # Chunk means relative to one reference value per group (its first shift): small numbers, so
+    # the fp32 sums below do not lose the spread to a large common mean.
+    s0 = shift0.view(B, K, groups, Cg)
+    ref = s0[:, :1, :, :1]                                                   # (B, 1, G, 1)
+    mk = (s0 - ref) + dmean.view(B, K, groups, Cg)                           # chunk mean - ref
     total = float(P * Cg)
-    mu = (mk * n).sum((1, 3)) / total                                        # (B, G)
-    dev2 = (mk - mu[:, None, :, None]).square() * n
+    dmu = (mk * n).sum((1, 3), keepdim=True) / total                         # (B, 1, G, 1)
+    dev2 = (mk - dmu).square() * n
     var = (m2.view(B, K, groups, Cg).sum((1, 3)) + dev2.sum((1, 3))) / total  # (B, G)
     rstd = torch.rsqrt(var + eps)
     scale = weight.float().view(1, groups, Cg) * rstd[:, :, None]              # (B, G, Cg)
-    shift = bias.float().view(1, groups, Cg) - mu[:, :, None] * scale
-    return scale.reshape(B, C).contiguous(), shift.reshape(B, C).contiguous()
+    shift = bias.float().view(1, groups, Cg).expand(B, -1, -1)
+    per_c = lambda t: t.reshape(B, groups, 1).expand(B, groups, Cg).reshape(B, C).contiguous()  # noqa: E731
+    return per_c(ref), per_c(dmu), scale.reshape(B, C).contiguous(), shift.reshape(B, C).contiguous()
 
 
 def group_norm_silu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int,

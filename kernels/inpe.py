@@ -83,8 +83,9 @@ def inpe_kernel(
 
 
 def inpe_embed(h: int, w: int, B: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor,
-               fc2_weight: torch.Tensor, fc2_bias: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-    """Positional embeddings of an (h, w) grid: (h*w, D) in fc1_weight's dtype.
+               fc2_weight: torch.Tensor, fc2_bias: torch.Tensor, add: torch.Tensor | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """Positional embeddings of an (h, w) grid: (h*w, D) in fc1_weight's dtype (or `out`).
 
     B: (3, F) Fourier matrix (used in fp32); fc1: (D, 2F), (D,); fc2: (D, D), (D,);
     add: optional (D,) vector added to every row (the mask token)."""
@@ -117,7 +118,11 @@ def inpe_embed(h: int, w: int, B: torch.Tensor, fc1_weight: torch.Tensor, fc1_bi
     w1, b1, w2, b2 = (t.contiguous() for t in tensors[:4])
     addv = add.to(dt).contiguous() if add is not None else b2
     T = h * w
-    out = torch.empty((T, D), device=dev, dtype=dt)
+    if out is None:
+        out = torch.empty((T, D), device=dev, dtype=dt)
+    elif out.shape != (T, D) or out.dtype != dt or out.device != dev or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {dt} ({T}, {D}) tensor on {dev}, got "
+                         f"{out.dtype} {tuple(out.shape)} on {out.device}")
     BLOCK_D = max(16, next_pow2(D))
     BLOCK_T = 16 if dev.type == "cuda" else 64
     grid = (triton.cdiv(T, BLOCK_T),)
