@@ -38,14 +38,13 @@ def inpe_kernel(
     DOT_FP32: tl.constexpr,       # upcast dot operands (interpreter only)
 ):
     """Grid: (cdiv(T, BLOCK_T),)."""
-    PI: tl.constexpr = 3.141592653589793
     t0 = tl.program_id(0).to(tl.int64) * BLOCK_T
     offs_t = t0 + tl.arange(0, BLOCK_T)                                     # int64 token ids
     t_ok = offs_t < T
     row = (offs_t // GW).to(tl.float32)
     col = (offs_t % GW).to(tl.float32)
-    lat = ((row + 0.5) / GH - 0.5) * PI
-    lon = ((col + 0.5) / GW - 0.5) * PI
+    lat = ((row + 0.5) / GH - 0.5) * 3.141592653589793
+    lon = ((col + 0.5) / GW - 0.5) * 3.141592653589793
     px = tl.cos(lat) * tl.cos(lon)
     py = tl.cos(lat) * tl.sin(lon)
     pz = tl.sin(lat)
@@ -54,7 +53,7 @@ def inpe_kernel(
     b0 = tl.load(FB + offs_f, mask=f_ok, other=0.0)
     b1 = tl.load(FB + F + offs_f, mask=f_ok, other=0.0)
     b2 = tl.load(FB + 2 * F + offs_f, mask=f_ok, other=0.0)
-    proj = 2 * PI * (px[:, None] * b0[None, :] + py[:, None] * b1[None, :] + pz[:, None] * b2[None, :])
+    proj = 6.283185307179586 * (px[:, None] * b0[None, :] + py[:, None] * b1[None, :] + pz[:, None] * b2[None, :])
     wdt = W1.dtype.element_ty
     feat_c = tl.cos(proj).to(wdt)                                           # (BLOCK_T, BLOCK_F)
     feat_s = tl.sin(proj).to(wdt)
