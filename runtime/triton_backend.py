@@ -61,6 +61,8 @@ def conv2d(x: torch.Tensor, conv: torch.nn.Conv2d, max_elems: int = MAX_CONV_ELE
     Cout, k = conv.out_channels, conv.kernel_size[0]
     if max(x.numel(), B * Cout * H * W) <= max_elems:
         return conv(x)
+    if conv.stride != (1, 1) or conv.padding != (k // 2, conv.kernel_size[1] // 2) or conv.groups != 1:
+        raise ValueError(f"banded conv needs stride 1, 'same' padding and groups 1, got {conv}")
     halo = k // 2
     rows = max(1, max_elems // (B * max(Cin, Cout) * W) - 2 * halo)
     out = torch.empty((B, Cout, H, W), device=x.device, dtype=x.dtype,
@@ -254,8 +256,11 @@ class TritonBackend:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 static_out = self._run_eager(static_in, Hp, Wp)
-            self._cached(self.graphs, key, lambda: (graph, static_in, static_out))
-        graph, static_in, static_out = self._cached(self.graphs, key, None)
+            # The graph reads the cached mask tokens / positional embeddings by address: keep
+            # them alive with the graph even if their caches evict them.
+            keep = (self.mask_and_q0(Hp, Wp), self.latent_pos(*z.shape[2:]))
+            self._cached(self.graphs, key, lambda: (graph, static_in, static_out, keep))
+        graph, static_in, static_out, _ = self._cached(self.graphs, key, None)
         static_in.copy_(z)
         graph.replay()
         return static_out.clone()
