@@ -108,18 +108,20 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 @pytest.mark.gpu
 @gpu
 def test_cuda_paper_preset_bf16_matches_fp32_and_graph_replay():
-    """Paper preset, random weights, 512x384 output: triton bf16 vs torch fp32; graph == eager."""
+    """Paper preset, random weights, 512x384 output, batch 2: triton bf16 is as close to torch fp32
+    as torch bf16 is (rule 6, relative norms); a graph replay equals the captured run; eager ~ graph."""
     from infgen_ref.config import preset
     from infgen_ref.model import InfGen
     torch.manual_seed(0)
     model = InfGen(preset("paper")).eval()
     z = torch.randn(2, 4, 64, 64, device="cuda")
+    rel = lambda a, b: ((a.float() - b).norm() / b.norm()).item()  # noqa: E731
     ref = TorchBackend(copy.deepcopy(model), DEV, torch.float32).run(z, 64, 48).float()
+    err_torch = rel(TorchBackend(copy.deepcopy(model), DEV, torch.bfloat16).run(z, 64, 48), ref)
     be = TritonBackend(copy.deepcopy(model), DEV, torch.bfloat16, cuda_graphs=True)
     out = be.run(z, 64, 48).float()
     again = be.run(z, 64, 48).float()  # graph replay
-    rel = ((out - ref).norm() / ref.norm()).item()
-    assert rel < 2e-2, rel
+    assert rel(out, ref) <= 2 * err_torch + 1e-3, (rel(out, ref), err_torch)
     torch.testing.assert_close(again, out, atol=0, rtol=0)
-    eager = TritonBackend(copy.deepcopy(model), DEV, torch.bfloat16, cuda_graphs=False).run(z, 64, 48).float()
-    torch.testing.assert_close(eager, out, atol=2e-2, rtol=0)
+    eager = TritonBackend(copy.deepcopy(model), DEV, torch.bfloat16, cuda_graphs=False).run(z, 64, 48)
+    assert rel(eager, out) <= 2 * err_torch + 1e-3
