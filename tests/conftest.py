@@ -6,6 +6,11 @@ import torch
 from infgen_ref.config import preset
 from infgen_ref.model import InfGen
 
+# Without CUDA, the Triton kernels run in Triton's interpreter on CPU tensors. TRITON_INTERPRET is
+# read when @triton.jit decorates, so it must be set before any test imports `kernels`.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Two cores on CI: keep the tests from oversubscribing them.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

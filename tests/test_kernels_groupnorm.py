@@ -1,0 +1,119 @@
+"""Two-phase channels-last GroupNorm(+SiLU) kernel vs a float64 reference (STYLE rule 6)."""
+import pytest
+import torch
+
+from kernels.groupnorm import group_norm_silu, group_norm_silu_ref
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+CL = torch.channels_last
+
+
+def check(out, x, w, b, G, silu):
+    assert torch.isfinite(out).all(), "unwritten (poisoned) or non-finite output"
+    ref = group_norm_silu_ref(x.double(), w.double(), b.double(), G, 1e-6, silu)
+    err = (out.double() - ref).abs().max().item()
+    err_torch = (group_norm_silu_ref(x, w, b, G, 1e-6, silu).double() - ref).abs().max().item()
+    assert err <= 2 * err_torch + ATOL[x.dtype], (err, err_torch)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("B,C,H,W,G,silu", [
+    (2, 64, 7, 9, 8, True),      # tiny preset's widths; batch 2
+    (1, 96, 13, 5, 32, True),    # 3 channels per group, C not a power of two
+    (3, 24, 33, 17, 6, False),   # mid-block attention's norm (no SiLU); several chunks + a ragged one
+    (1, 512, 3, 3, 32, True),    # paper width, 16 channels per group
+])
+def test_matches_reference(B, C, H, W, G, silu, dtype):
+    torch.manual_seed(C + H)
+    x = (torch.randn(B, C, H, W, device=DEV) * 3 + 5).to(dtype).contiguous(memory_format=CL)
+    w, b = torch.randn(C, device=DEV), torch.randn(C, device=DEV)
+    out = torch.full_like(x, float("nan"))
+    y = group_norm_silu(x, w, b, G, 1e-6, silu, out=out)
+    assert y is out and y.is_contiguous(memory_format=CL)
+    check(y, x, w, b, G, silu)
+
+
+def test_large_mean_small_spread_is_stable():
+    """Shifted chunk moments: mean 1000, std 0.01 in fp32 (E[x^2] - E[x]^2 would lose it all)."""
+    torch.manual_seed(4)
+    x = (1000 + 0.01 * torch.randn(2, 32, 23, 19, device=DEV, dtype=torch.float64)).float().contiguous(memory_format=CL)
+    w, b = torch.randn(32, device=DEV), torch.randn(32, device=DEV)
+    ref = group_norm_silu_ref(x.double(), w.double(), b.double(), 4)
+    err = (group_norm_silu(x, w, b, 4).double() - ref).abs().max().item()
+    assert err < 1e-4, err
+
+
+def test_token_layout_b_p_c():
+    torch.manual_seed(5)
+    x = torch.randn(2, 50, 32, device=DEV)
+    w, b = torch.randn(32, device=DEV), torch.randn(32, device=DEV)
+    check(group_norm_silu(x, w, b, 8), x, w, b, 8, True)
+
+
+def test_bad_inputs_are_named():
+    x = torch.randn(1, 16, 4, 4, device=DEV)
+    w = torch.ones(16, device=DEV)
+    with pytest.raises(ValueError, match="channels_last"):
+        group_norm_silu(x, w, w, 4)
+    xc = x.contiguous(memory_format=CL)
+    with pytest.raises(ValueError, match="groups must be a positive divisor"):
+        group_norm_silu(xc, w, w, 5)
+    with pytest.raises(ValueError, match=r"weight must have shape \(16,\)"):
+        group_norm_silu(xc, torch.ones(8, device=DEV), w, 4)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        group_norm_silu(xc, w, w, 4, eps=0.0)
+    with pytest.raises(TypeError, match="x must be float32"):
+        group_norm_silu(xc.long(), w, w, 4)
+    with pytest.raises(ValueError, match="x must be"):
+        group_norm_silu(x[0, 0], w, w, 4)
+
+
+# ----------------------------------------------------------------------------- CUDA, larger
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by scripts/gpu_check.sh)")
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_1024_square_bf16():
+    torch.manual_seed(6)
+    x = torch.randn(1, 256, 1024, 1024, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=CL)
+    w, b = torch.randn(256, device="cuda"), torch.randn(256, device="cuda")
+    check(group_norm_silu(x, w, b, 32), x, w, b, 32, True)
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_past_2_31_elements():
+    """(1, 256, 4096, 4096) bf16: 4.3 G elements, the 4K decode's largest activation. Checks
+    pixels at both ends (the last ones sit past 2^31) against float64 statistics."""
+    need = 2 * 256 * 4096 * 4096 * 2 + (4 << 30)
+    free, _ = torch.cuda.mem_get_info()
+    if free < need:
+        pytest.skip(f"needs {need / 2**30:.0f} GiB free on the GPU, {free / 2**30:.0f} GiB are")
+    torch.manual_seed(7)
+    B, C, H, W, G = 1, 256, 4096, 4096, 32
+    x = torch.empty(B, C, H, W, device="cuda", dtype=torch.bfloat16, memory_format=CL)
+    nhwc = x.permute(0, 2, 3, 1)  # (B, H, W, C) view
+    for r in range(0, H, 512):  # fill without a float32 copy of the whole tensor
+        nhwc[:, r:r + 512].copy_(torch.randn(B, 512, W, C, device="cuda") * (1 + r / H) + r / H)
+    w, b = torch.randn(C, device="cuda"), torch.randn(C, device="cuda")
+    y = group_norm_silu(x, w, b, G)
+    # float64 statistics per group, accumulated band by band
+    s1 = torch.zeros(G, device="cuda", dtype=torch.float64)
+    s2 = torch.zeros(G, device="cuda", dtype=torch.float64)
+    for r in range(0, H, 256):
+        band = nhwc[0, r:r + 256].double().reshape(-1, G, C // G)
+        s1 += band.sum((0, 2))
+        s2 += band.square().sum((0, 2))
+    n = H * W * (C // G)
+    mean = s1 / n
+    rstd = torch.rsqrt(s2 / n - mean.square() + 1e-6)
+    ynhwc = y.permute(0, 2, 3, 1)
+    for rows in (slice(0, 4), slice(H - 4, H)):  # the last rows lie past element 2^31
+        xb = nhwc[0, rows].double().reshape(-1, G, C // G)
+        ref = ((xb - mean[:, None]) * rstd[:, None]).reshape(-1, C) * w.double() + b.double()
+        ref = torch.nn.functional.silu(ref)
+        err = (ynhwc[0, rows].double().reshape(-1, C) - ref).abs().max().item()
+        assert err < 3e-2, (rows, err)

@@ -1,0 +1,127 @@
+"""backend="triton": whole decode vs the float64 reference (CPU: Triton interpreter, tiny preset)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from runtime.engine import InfGenEngine, TorchBackend
+from runtime.triton_backend import TritonBackend, conv2d, triton_available, unavailable_reason, upsample_nearest2x
+
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def decoded(tiny_model):
+    """One interpreter decode (slow) shared by the tests below: batch 2, latent 5x7, grid 6x5."""
+    torch.manual_seed(1)
+    z = torch.randn(2, 4, 5, 7, device=DEV)
+    be = TritonBackend(copy.deepcopy(tiny_model), DEV, torch.float32)
+    out = be.run(z, 6, 5)
+    ref = TorchBackend(copy.deepcopy(tiny_model).double(), DEV, torch.float64).run(z.double(), 6, 5)
+    torch_fp32 = TorchBackend(copy.deepcopy(tiny_model), DEV, torch.float32).run(z, 6, 5)
+    return be, z, out, ref, torch_fp32
+
+
+def test_decode_matches_float64_reference(decoded):
+    _, _, out, ref, torch_fp32 = decoded
+    assert out.shape == ref.shape == (2, 3, 48, 40)
+    err = (out.double() - ref).abs().max().item()
+    err_torch = (torch_fp32.double() - ref).abs().max().item()
+    assert err <= 2 * err_torch + 1e-4, (err, err_torch)
+
+
+def test_stages_compose_to_run(decoded):
+    be, z, out, _, _ = decoded
+    names = [n for n, _ in be.stages(6, 5)]
+    assert names == ["tokens+cross_attn", "mid_block", "up_blocks"]
+    x = z
+    with torch.inference_mode():
+        for _, fn in be.stages(6, 5):
+            x = fn(x)
+    torch.testing.assert_close(x, out, atol=0, rtol=0)
+
+
+def test_token_cache_is_per_grid_and_bounded(decoded):
+    be = decoded[0]
+    mask, q0 = be.mask_and_q0(6, 5)
+    assert be.mask_and_q0(6, 5)[0] is mask  # cached, not recomputed
+    assert mask.shape == (1, 30, be.cfg.token_dim) and q0.shape == mask.shape
+    for g in range(1, be.cache_size + 2):
+        be.mask_and_q0(g, 2)
+    assert len(be.token_cache) == be.cache_size and (6, 5) not in be.token_cache
+
+
+def test_engine_decodes_with_triton_backend(tiny_model):
+    """Through the engine (validation, crop, clamp), batch 1, output size not a multiple of 8."""
+    torch.manual_seed(2)
+    z = torch.randn(1, 4, 3, 4)
+    eng = InfGenEngine(copy.deepcopy(tiny_model), backend="triton", device=DEV)
+    ref = InfGenEngine(copy.deepcopy(tiny_model), backend="torch", device=DEV, dtype="fp32")
+    img = eng.decode(z, 21, 30)
+    assert eng.backend_name == "triton" and img.shape == (1, 3, 21, 30)
+    tol = 1e-4 if eng.dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(img.float(), ref.decode(z, 21, 30), atol=tol, rtol=0)
+
+
+def test_cpu_without_interpreter_says_why(monkeypatch, tiny_model):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not triton_available(CPU)
+    assert "backend='torch'" in unavailable_reason(CPU)
+    with pytest.raises(ValueError, match="backend='torch'"):
+        TritonBackend(tiny_model, CPU, torch.float32)
+
+
+def test_bad_options_are_named(tiny_model):
+    with pytest.raises(ValueError, match="cuda_graphs must be"):
+        TritonBackend(copy.deepcopy(tiny_model), DEV, torch.float32, cuda_graphs="yes")
+    with pytest.raises(ValueError, match="cache_size must be"):
+        TritonBackend(copy.deepcopy(tiny_model), DEV, torch.float32, cache_size=0)
+    if DEV.type == "cpu":
+        with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
+            TritonBackend(copy.deepcopy(tiny_model), CPU, torch.float32, cuda_graphs=True)
+
+
+@pytest.mark.parametrize("k", [3, 1])
+def test_banded_conv_equals_conv(k):
+    """Row bands with halos (used past 2^31 elements) give the unsplit conv, channels-last too."""
+    torch.manual_seed(k)
+    conv = torch.nn.Conv2d(5, 7, k, padding=k // 2)
+    x = torch.randn(2, 5, 23, 9).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = conv2d(x, conv, max_elems=2 * 7 * 9 * 4)  # forces bands of a few rows
+        torch.testing.assert_close(got, conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_upsample_nearest2x_equals_interpolate():
+    x = torch.randn(2, 3, 5, 7).contiguous(memory_format=torch.channels_last)
+    y = upsample_nearest2x(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, F.interpolate(x, scale_factor=2.0, mode="nearest"), atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------- CUDA
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by scripts/gpu_check.sh)")
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_paper_preset_bf16_matches_fp32_and_graph_replay():
+    """Paper preset, random weights, 512x384 output, batch 2: triton bf16 is as close to torch fp32
+    as torch bf16 is (rule 6, relative norms); a graph replay equals the captured run; eager ~ graph."""
+    from infgen_ref.config import preset
+    from infgen_ref.model import InfGen
+    torch.manual_seed(0)
+    model = InfGen(preset("paper")).eval()
+    z = torch.randn(2, 4, 64, 64, device="cuda")
+    rel = lambda a, b: ((a.float() - b).norm() / b.norm()).item()  # noqa: E731
+    ref = TorchBackend(copy.deepcopy(model), DEV, torch.float32).run(z, 64, 48).float()
+    err_torch = rel(TorchBackend(copy.deepcopy(model), DEV, torch.bfloat16).run(z, 64, 48), ref)
+    be = TritonBackend(copy.deepcopy(model), DEV, torch.bfloat16, cuda_graphs=True)
+    out = be.run(z, 64, 48).float()
+    again = be.run(z, 64, 48).float()  # graph replay
+    assert rel(out, ref) <= 2 * err_torch + 1e-3, (rel(out, ref), err_torch)
+    torch.testing.assert_close(again, out, atol=0, rtol=0)
+    eager = TritonBackend(copy.deepcopy(model), DEV, torch.bfloat16, cuda_graphs=False).run(z, 64, 48)
+    assert rel(eager, out) <= 2 * err_torch + 1e-3
