@@ -1,0 +1,177 @@
+"""runtime.profile on the CPU with the tiny preset: outputs, the cost split, failing rows."""
+import contextlib
+import io
+import json
+
+import jsonschema
+import pytest
+import torch
+from PIL import Image
+
+from infgen_ref.cost import decode_flops
+from runtime import profile as prof
+from runtime.engine import InfGenEngine
+
+SIZES = ["128x128", "192x128"]  # WIDTHxHEIGHT; tiny decodes in ~50-100 ms on one core
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: two threads on a shared two-core machine spend their time waiting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """One CLI run: torch (with its stage chain) and tensorrt (not installable here)."""
+    out = tmp_path_factory.mktemp("profile")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = prof.main(["--preset", "tiny", "--sizes", *SIZES, "--backends", "torch,tensorrt",
+                        "--baselines", "none", "--warmup", "3", "--iters", "15", "--out", str(out),
+                        "--no-progress"])
+    return rc, buf.getvalue(), out
+
+
+class RaisingBackend:
+    """A backend whose run raises the given exception (a broken or out-of-memory backend)."""
+
+    name = "raising"
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    def run(self, z, Hp, Wp):
+        raise self.exc
+
+
+class BrokenStagesBackend:
+    """run works (the torch backend's), stages raises: the breakdown fails, the row does not."""
+
+    name = "broken-stages"
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def run(self, z, Hp, Wp):
+        return self.inner.run(z, Hp, Wp)
+
+    def stages(self, Hp, Wp):
+        raise RuntimeError("stage chain exploded")
+
+
+def engine_with(backend_fn):
+    def build(model, device, dtype):
+        engine = InfGenEngine(model, backend="torch", device=device, dtype=dtype)
+        engine.backend = backend_fn(engine.backend)
+        return engine
+    return build
+
+
+def test_cli_writes_table_json_and_png(cli_run):
+    rc, stdout, out = cli_run
+    assert rc == 0
+    assert "median ms" in stdout and "% floor" in stdout
+    assert "tokens+cross_attn" in stdout and "to_uint8" in stdout
+    report = json.loads((out / "profile.json").read_text())
+    jsonschema.validate(report, prof.SCHEMA)
+    assert report["device"]["type"] == "cpu"
+    assert report["versions"]["torch"] == torch.__version__
+    assert len(report["git_commit"]) == 40 or report["git_commit"] == "unknown"
+    ok = [r for r in report["rows"] if r["target"] == "torch"]
+    assert [(r["width"], r["height"]) for r in ok] == [(128, 128), (192, 128)]
+    for r in ok:
+        assert r["status"] == "ok", r["message"]
+        assert 0 < r["p10_s"] <= r["median_s"] <= r["p90_s"]
+        assert r["images_per_s"] == pytest.approx(1 / r["median_s"])
+        assert r["peak_memory_bytes"] > 0
+        assert r["tflops"] == pytest.approx(r["flops"] / r["median_s"] / 1e12)
+        assert r["floor_share"] == pytest.approx(r["floor_s"] / r["median_s"])
+        assert [s["name"] for s in r["stages"]] == ["tokens+cross_attn", "mid_block", "up_blocks", "to_uint8"]
+    # TensorRT cannot be installed here: its rows say so and the run went on.
+    trt = [r for r in report["rows"] if r["target"] == "tensorrt"]
+    assert len(trt) == 2 and all(r["status"] in ("unavailable", "error") and r["message"] for r in trt)
+    with Image.open(out / "profile.png") as im:
+        im.load()
+        assert im.size[0] > 100 and im.size[1] > 100
+        assert im.convert("L").getextrema()[0] < 128  # something was drawn on the white canvas
+
+
+def test_stage_flops_add_up_to_the_cost_model(cli_run, tiny_cfg):
+    report = json.loads((cli_run[2] / "profile.json").read_text())
+    for r in (r for r in report["rows"] if r["stages"]):
+        total = decode_flops(tiny_cfg, r["height"], r["width"])["total"]
+        assert r["flops"] == pytest.approx(total, rel=1e-12)
+        assert sum(s["flops"] for s in r["stages"]) == pytest.approx(total, rel=1e-12)
+        assert r["stages"][-1]["flops"] == 0  # to_uint8
+
+
+def test_stage_times_add_up_to_end_to_end(cli_run):
+    """Each iteration runs the end-to-end path, then the stage chain (the same work, minus the
+    input check); the median of the paired ratios is within 10% of 1."""
+    report = json.loads((cli_run[2] / "profile.json").read_text())
+    rows = [r for r in report["rows"] if r["stages"]]
+    assert len(rows) == 2
+    for r in rows:
+        ratio = r["stage_sum_over_end_to_end"]
+        assert abs(ratio - 1) <= 0.10, (r["width"], r["height"], ratio)
+
+
+def test_failing_rows_do_not_stop_the_run(tiny_model):
+    fp32 = torch.float32
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    def no_build(model, device, dtype):
+        raise RuntimeError("engine file is corrupt")
+
+    targets = [
+        prof.Target("broken", "torch", fp32, build=engine_with(lambda b: RaisingBackend(ValueError("boom")))),
+        prof.Target("oom", "torch", fp32, build=engine_with(lambda b: RaisingBackend(oom))),
+        prof.Target("no-build", "torch", fp32, build=no_build),
+        prof.Target("bad-stages", "torch", fp32, build=engine_with(BrokenStagesBackend)),
+        prof.Target("torch", "torch", fp32),
+    ]
+    sizes = [(64, 64), (64, 96)]
+    rows = prof.profile(tiny_model, "cpu", sizes, targets, warmup=0, iters=2, progress=False)
+    by = {(r["target"], r["width"]): r for r in rows}
+    assert len(rows) == len(targets) * len(sizes)
+    for w in (64, 96):
+        assert by["broken", w]["status"] == "error" and "boom" in by["broken", w]["message"]
+        assert by["oom", w]["status"] == "OOM" and "out of memory" in by["oom", w]["message"]
+        assert by["no-build", w]["status"] == "error" and "corrupt" in by["no-build", w]["message"]
+        bad = by["bad-stages", w]
+        assert bad["status"] == "ok" and bad["median_s"] > 0 and bad["stages"] is None
+        assert "stage chain exploded" in bad["stages_error"]
+        assert by["torch", w]["status"] == "ok" and by["torch", w]["stages"]
+    report = prof.make_report(rows, torch.device("cpu"), "tiny", tiny_model.config, {}, {})
+    jsonschema.validate(report, prof.SCHEMA)
+    table = prof.format_table(report)
+    assert "OOM" in table and "boom" in table and "stage chain exploded" in table
+
+
+def test_sizes_past_the_limits_are_skipped(tiny_model):
+    t = [prof.Target("torch", "torch", torch.float32)]
+    rows = prof.profile(tiny_model, "cpu", [(64, 64), (2160, 3840), (512, 512)], t, warmup=0, iters=1,
+                        max_megapixels=0.1, progress=False)
+    assert [r["status"] for r in rows] == ["ok", "skipped", "skipped"]
+    assert "max_size 2048" in rows[1]["message"] and "--max-megapixels" in rows[2]["message"]
+
+
+def test_targets_and_sizes_parse():
+    cpu = torch.device("cpu")
+    targets, aliases = prof.make_targets(["torch", "onnxruntime"], ["torch-fp32", "torch-bf16"], torch.float32, cpu)
+    assert [(t.name, t.dtype) for t in targets] == [("torch", torch.float32), ("onnxruntime", torch.float32),
+                                                    ("torch-bf16", torch.bfloat16)]
+    assert aliases == {"torch-fp32": "torch"}
+    assert prof.parse_size("1920x1080") == (1080, 1920)
+    with pytest.raises(ValueError, match="1920-1080"):
+        prof.parse_size("1920-1080")
+    with pytest.raises(ValueError, match="cudnn"):
+        prof.make_targets(["cudnn"], [], torch.float32, cpu)
+    with pytest.raises(ValueError, match="torch-int8"):
+        prof.make_targets([], ["torch-int8"], torch.float32, cpu)
+    with pytest.raises(ValueError, match="iters"):
+        prof.profile("tiny", "cpu", [(64, 64)], targets, iters=0)
