@@ -10,7 +10,7 @@ The spec, in one place (STYLE rule 9):
                                                             mask-token grid (H', W')
     output   image  (batch, 3, 8*grid_h, 8*grid_w) float32  uncropped, unclamped
     dynamic  batch, latent_h, latent_w, grid_h, grid_w
-    opset    OPSET (20), default ONNX domain only, plus "infgen" in the TensorRT flavour
+    opset    OPSET (22), default ONNX domain only, plus "infgen" in the TensorRT flavour
 
 Two flavours of the same function:
 - "onnxruntime": the reference modules as they are (model.decode_grid). Standard ops only:
@@ -40,7 +40,7 @@ from torch import nn
 from infgen_ref.config import PRESETS, dtype_name, parse_dtype, preset
 from infgen_ref.model import InfGen
 
-OPSET = 20
+OPSET = 22
 FLAVOURS = ("onnxruntime", "tensorrt")
 INPUTS = ("latent", "grid")
 OUTPUTS = ("image",)
@@ -158,6 +158,7 @@ def export_onnx(model: InfGen, out: str | Path, dtype="fp32", flavour: str = "on
     program.save(str(out), external_data=external)
     proto = onnx.load(str(out), load_external_data=False)
     name_dims(proto)
+    expand_group_norm(proto)
     onnx.save(proto, str(out))
     check_onnx(out)
     return out
@@ -179,6 +180,45 @@ def name_dims(proto) -> None:
         for d in vi.type.tensor_type.shape.dim:
             if d.dim_param:
                 d.dim_param = pattern.sub(lambda m: rename[m.group(1)], d.dim_param)
+
+
+def expand_group_norm(proto) -> int:
+    """Rewrite every GroupNormalization-21 node as Cast(float) -> Reshape (B, G, -1) ->
+    InstanceNormalization -> Reshape back -> Cast like X -> per-channel Mul/Add: the same function
+    (stash_type=1 statistics in fp32, per-channel affine) in ops every TensorRT parser reads the
+    same way. Returns the number of nodes rewritten."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+    g = proto.graph
+    nodes, n = [], 0
+    for node in g.node:
+        if node.op_type != "GroupNormalization" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        G, eps = int(attrs["num_groups"]), float(attrs.get("epsilon", 1e-5))
+        x, scale, bias = node.input
+        t = f"{node.name or node.output[0]}_gn"
+        g.initializer.extend([numpy_helper.from_array(np.array([0, G, -1], np.int64), f"{t}_shape"),
+                              numpy_helper.from_array(np.ones(G, np.float32), f"{t}_ones"),
+                              numpy_helper.from_array(np.zeros(G, np.float32), f"{t}_zeros"),
+                              numpy_helper.from_array(np.array([1, 2], np.int64), f"{t}_axes")])
+        nodes += [helper.make_node("Cast", [x], [f"{t}_xf"], to=onnx.TensorProto.FLOAT),
+                  helper.make_node("Reshape", [f"{t}_xf", f"{t}_shape"], [f"{t}_grouped"]),
+                  helper.make_node("InstanceNormalization", [f"{t}_grouped", f"{t}_ones", f"{t}_zeros"],
+                                   [f"{t}_normed"], epsilon=eps),
+                  helper.make_node("Shape", [x], [f"{t}_xshape"]),
+                  helper.make_node("Reshape", [f"{t}_normed", f"{t}_xshape"], [f"{t}_back"]),
+                  helper.make_node("CastLike", [f"{t}_back", x], [f"{t}_y"]),
+                  helper.make_node("Unsqueeze", [scale, f"{t}_axes"], [f"{t}_scale"]),
+                  helper.make_node("Unsqueeze", [bias, f"{t}_axes"], [f"{t}_bias"]),
+                  helper.make_node("Mul", [f"{t}_y", f"{t}_scale"], [f"{t}_scaled"]),
+                  helper.make_node("Add", [f"{t}_scaled", f"{t}_bias"], list(node.output))]
+        n += 1
+    del g.node[:]
+    g.node.extend(nodes)
+    return n
 
 
 def check_onnx(path: str | Path) -> None:
