@@ -1,0 +1,317 @@
+"""ONNX export of the InfGen decode: one graph for every output size.
+
+    python -m export.onnx --preset tiny --out infgen_tiny.onnx
+    python -m export.onnx --checkpoint ckpt/ --dtype bf16 --flavour tensorrt --out infgen_trt.onnx
+
+The spec, in one place (STYLE rule 9):
+
+    inputs   latent (batch, C, latent_h, latent_w) float32   scaled diffusion latent
+             grid   (grid_h, grid_w)              float32   values unused; its SHAPE is the
+                                                            mask-token grid (H', W')
+    output   image  (batch, 3, 8*grid_h, 8*grid_w) float32  uncropped, unclamped
+    dynamic  batch, latent_h, latent_w, grid_h, grid_w
+    opset    OPSET (22), default ONNX domain only, plus "infgen" in the TensorRT flavour
+
+Two flavours of the same function:
+- "onnxruntime": the reference modules as they are (model.decode_grid). Standard ops only:
+  attention is MatMul/Softmax/MatMul, GroupNorm is Reshape + InstanceNormalization + affine
+  Mul/Add, nearest 2x is Resize(nearest, asymmetric, floor).
+- "tensorrt": the mid-block self-attention (one head, head dim = channels, 512 for the paper
+  preset) is one node infgen::FlashAttention that TensorRT's ONNX parser hands to the plugin
+  registered by export/trt.py (its kernel is the project's Triton flash kernel); nearest 2x is
+  Reshape/Expand/Reshape (TensorRT's Resize layer has no bf16). Everything else is as above.
+See docs/export.md for why each op is expressed as it is.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infgen_ref.config import PRESETS, dtype_name, parse_dtype, preset
+from infgen_ref.model import InfGen
+
+OPSET = 22
+FLAVOURS = ("onnxruntime", "tensorrt")
+INPUTS = ("latent", "grid")
+OUTPUTS = ("image",)
+# input name -> {axis: dim name}; the output's dims follow (batch, 3, 8*grid_h, 8*grid_w).
+DYNAMIC_DIMS = {"latent": {0: "batch", 2: "latent_h", 3: "latent_w"}, "grid": {0: "grid_h", 1: "grid_w"}}
+# Sample shapes traced by torch.export: every dynamic size >= 2 (0 and 1 get specialised).
+SAMPLE_BATCH, SAMPLE_LATENT, SAMPLE_GRID = 2, (4, 6), (3, 5)
+PLUGIN_DOMAIN, PLUGIN_OP, PLUGIN_VERSION = "infgen", "FlashAttention", "1"
+
+
+# ----------------------------------------------------------------------------- custom op
+@torch.library.custom_op("infgen::flash_attention", mutates_args=())
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Single-head attention softmax(q k^T * scale) v: q, k, v (B, N, D) -> (B, N, D).
+    Eager: PyTorch SDPA. Exported (TensorRT flavour): the node infgen::FlashAttention."""
+    return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=scale)[:, 0]
+
+
+@flash_attention.register_fake
+def _(q, k, v, scale):
+    return torch.empty_like(q)
+
+
+def _plugin_schema():
+    """OpSchema of infgen::FlashAttention (the exporter needs it to know the node's one output)."""
+    import onnx
+    S = onnx.defs.OpSchema
+    return S(PLUGIN_OP, PLUGIN_DOMAIN, 1,
+             inputs=[S.FormalParameter(n, "T") for n in ("q", "k", "v")],
+             outputs=[S.FormalParameter("o", "T")],
+             type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "")],
+             attributes=[S.Attribute("scale", S.AttrType.FLOAT, "softmax scale"),
+                         S.Attribute("plugin_namespace", S.AttrType.STRING, "TensorRT plugin namespace"),
+                         S.Attribute("plugin_version", S.AttrType.STRING, "TensorRT plugin version")])
+
+
+def _flash_attention_onnx(q, k, v, scale: float):
+    """Translation of infgen::flash_attention into one ONNX node in the "infgen" domain.
+    plugin_namespace / plugin_version are the attributes TensorRT's parser looks plugins up by."""
+    import onnxscript
+    op = onnxscript.values.Op(onnxscript.values.Opset(PLUGIN_DOMAIN, 1), PLUGIN_OP, _plugin_schema())
+    return op(q, k, v, scale=scale, plugin_namespace=PLUGIN_DOMAIN, plugin_version=PLUGIN_VERSION)
+
+
+# ----------------------------------------------------------------------------- export module
+def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest 2x as Reshape/Expand/Reshape, exactly F.interpolate(scale_factor=2, 'nearest').
+    x: (B, C, H, W) -> (B, C, 2H, 2W)."""
+    B, C, H, W = x.shape
+    return x[:, :, :, None, :, None].expand(B, C, H, 2, W, 2).reshape(B, C, 2 * H, 2 * W)
+
+
+class ExportDecode(nn.Module):
+    """(latent (B, C, h_l, w_l) float32, grid (H', W')) -> image (B, 3, 8H', 8W') float32."""
+
+    def __init__(self, model: InfGen, flavour: str):
+        super().__init__()
+        if flavour not in FLAVOURS:
+            raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+        self.model, self.flavour = model, flavour
+
+    def mid_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The mid block's attention with its core as infgen::flash_attention. x: (B, C, H, W)."""
+        attn = self.model.decoder.mid_block.attentions[0]
+        B, C, H, W = x.shape
+        h = attn.group_norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        o = flash_attention(attn.to_q(h), attn.to_k(h), attn.to_v(h), 1.0 / math.sqrt(C))  # (B, HW, C)
+        return x + attn.to_out[0](o).transpose(1, 2).reshape(B, C, H, W)
+
+    def forward(self, latent: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        Hp, Wp = grid.shape
+        m = self.model
+        if self.flavour == "onnxruntime":
+            return m.decode_grid(latent, Hp, Wp).float()
+        dec = m.decoder
+        z = m.post_quant_conv(latent.to(m.dtype) / m.config.scaling_factor)
+        x = dec.tokens_to_features(z, Hp, Wp)  # (B, d, H', W')
+        x = dec.mid_block.resnets[1](self.mid_attention(dec.mid_block.resnets[0](x)))
+        for blk in dec.up_blocks:
+            for r in blk.resnets:
+                x = r(x)
+            if blk.upsamplers is not None:
+                x = blk.upsamplers[0].conv(upsample_nearest2x(x))
+        return dec.conv_out(F.silu(dec.conv_norm_out(x))).float()  # (B, 3, 8H', 8W')
+
+
+def sample_inputs(cfg, batch: int = SAMPLE_BATCH, latent=SAMPLE_LATENT, grid=SAMPLE_GRID):
+    """(latent, grid) example tensors with the given shapes."""
+    return (torch.randn(batch, cfg.latent_channels, *latent), torch.zeros(*grid))
+
+
+# ----------------------------------------------------------------------------- export
+def export_onnx(model: InfGen, out: str | Path, dtype="fp32", flavour: str = "onnxruntime",
+                opset: int = OPSET) -> Path:
+    """Export model (cast to dtype, on the CPU) to out; returns out. External data (out + '.data')
+    is written when the weights pass 2 GB. Validated with onnx.checker and strict shape inference."""
+    import onnx
+    dtype = parse_dtype(dtype)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.to(device="cpu", dtype=dtype).eval()
+    module = ExportDecode(model, flavour).eval()
+    D = torch.export.Dim.DYNAMIC
+    dynamic = {name: {axis: D for axis in axes} for name, axes in DYNAMIC_DIMS.items()}
+    table = {torch.ops.infgen.flash_attention.default: _flash_attention_onnx}
+    with torch.no_grad():
+        program = torch.onnx.export(module, sample_inputs(model.config), dynamo=True, opset_version=opset,
+                                    input_names=list(INPUTS), output_names=list(OUTPUTS),
+                                    dynamic_shapes=dynamic, custom_translation_table=table,
+                                    optimize=True, verbose=False)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = nbytes >= 2 * 1024**3 - 64 * 1024**2
+    for p in (out, out.with_name(out.name + ".data")):
+        p.unlink(missing_ok=True)
+    program.save(str(out), external_data=external)
+    proto = onnx.load(str(out), load_external_data=False)
+    name_dims(proto)
+    expand_group_norm(proto)
+    onnx.save(proto, str(out))
+    check_onnx(out)
+    return out
+
+
+def name_dims(proto) -> None:
+    """Rename the exporter's symbols (s38, 8*s38, ...) to DYNAMIC_DIMS names everywhere in the graph."""
+    g = proto.graph
+    rename = {}
+    for inp in g.input:
+        for axis, name in DYNAMIC_DIMS.get(inp.name, {}).items():
+            sym = inp.type.tensor_type.shape.dim[axis].dim_param
+            if sym:
+                rename[sym] = name
+    if not rename:
+        return
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(rename, key=len, reverse=True))) + r")\b")
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param:
+                d.dim_param = pattern.sub(lambda m: rename[m.group(1)], d.dim_param)
+
+
+def expand_group_norm(proto) -> int:
+    """Rewrite every GroupNormalization-21 node as Cast(float) -> Reshape (B, G, -1) ->
+    InstanceNormalization -> Reshape back -> Cast like X -> per-channel Mul/Add: the same function
+    (stash_type=1 statistics in fp32, per-channel affine) in ops every TensorRT parser reads the
+    same way. Returns the number of nodes rewritten."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+    g = proto.graph
+    nodes, n = [], 0
+    for node in g.node:
+        if node.op_type != "GroupNormalization" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        G, eps = int(attrs["num_groups"]), float(attrs.get("epsilon", 1e-5))
+        x, scale, bias = node.input
+        t = f"{node.name or node.output[0]}_gn"
+        g.initializer.extend([numpy_helper.from_array(np.array([0, G, -1], np.int64), f"{t}_shape"),
+                              numpy_helper.from_array(np.ones(G, np.float32), f"{t}_ones"),
+                              numpy_helper.from_array(np.zeros(G, np.float32), f"{t}_zeros"),
+                              numpy_helper.from_array(np.array([1, 2], np.int64), f"{t}_axes")])
+        nodes += [helper.make_node("Cast", [x], [f"{t}_xf"], to=onnx.TensorProto.FLOAT),
+                  helper.make_node("Reshape", [f"{t}_xf", f"{t}_shape"], [f"{t}_grouped"]),
+                  helper.make_node("InstanceNormalization", [f"{t}_grouped", f"{t}_ones", f"{t}_zeros"],
+                                   [f"{t}_normed"], epsilon=eps),
+                  helper.make_node("Shape", [x], [f"{t}_xshape"]),
+                  helper.make_node("Reshape", [f"{t}_normed", f"{t}_xshape"], [f"{t}_back"]),
+                  helper.make_node("CastLike", [f"{t}_back", x], [f"{t}_y"]),
+                  helper.make_node("Unsqueeze", [scale, f"{t}_axes"], [f"{t}_scale"]),
+                  helper.make_node("Unsqueeze", [bias, f"{t}_axes"], [f"{t}_bias"]),
+                  helper.make_node("Mul", [f"{t}_y", f"{t}_scale"], [f"{t}_scaled"]),
+                  helper.make_node("Add", [f"{t}_scaled", f"{t}_bias"], list(node.output))]
+        n += 1
+    del g.node[:]
+    g.node.extend(nodes)
+    return n
+
+
+def check_onnx(path: str | Path) -> None:
+    """onnx.checker (full check, by path so external data works) + strict shape inference."""
+    import onnx
+    onnx.checker.check_model(str(path), full_check=True)
+    onnx.shape_inference.infer_shapes_path(str(path), str(path) + ".inferred", strict_mode=True)
+    Path(str(path) + ".inferred").unlink()
+
+
+def with_reference_attention(proto):
+    """A copy of a TensorRT-flavour model in which infgen::FlashAttention is defined as a local
+    function with the standard-op body MatMul(Softmax(MatMul(q, k^T) * scale), v), so onnxruntime
+    can run the TensorRT-flavour graph. (TensorRT's parser would inline such a function instead of
+    calling the plugin, which is why the exported file does not carry it.)"""
+    import onnx
+    from onnx import helper
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    scale = helper.make_node("Constant", [], ["s"])
+    scale.attribute.append(onnx.AttributeProto(name="value_float", type=onnx.AttributeProto.FLOAT,
+                                               ref_attr_name="scale"))
+    nodes = [scale,
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["qk"]),
+             helper.make_node("CastLike", ["s", "qk"], ["sc"]),
+             helper.make_node("Mul", ["qk", "sc"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["o"])]
+    fn = helper.make_function(PLUGIN_DOMAIN, PLUGIN_OP, ["q", "k", "v"], ["o"], nodes,
+                              [helper.make_opsetid("", OPSET)],
+                              attributes=["scale", "plugin_namespace", "plugin_version"])
+    m.functions.append(fn)
+    return m
+
+
+# ----------------------------------------------------------------------------- cache + CLI
+def model_digest(model: InfGen, dtype, flavour: str, opset: int = OPSET) -> str:
+    """sha256 of everything an export depends on: weights, config, dtype, flavour, opset, torch."""
+    h = hashlib.sha256()
+    h.update(model.config.to_json().encode())
+    h.update(f"{dtype_name(parse_dtype(dtype))}|{flavour}|{opset}|{torch.__version__}".encode())
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached_export(model: InfGen, dtype="fp32", flavour: str = "onnxruntime", cache_dir=None) -> Path:
+    """The ONNX file for (weights, config, dtype, flavour), exported on first use into cache_dir
+    (default $INFGEN_CACHE or ~/.cache/infgen) under onnx/<digest>/model.onnx."""
+    root = Path(cache_dir or os.environ.get("INFGEN_CACHE") or Path.home() / ".cache" / "infgen")
+    path = root / "onnx" / model_digest(model, dtype, flavour)[:32] / "model.onnx"
+    if not path.is_file():
+        tmp = path.with_name(f"tmp-{os.getpid()}.onnx")
+        export_onnx(model, tmp, dtype, flavour)
+        data = tmp.with_name(tmp.name + ".data")
+        if data.exists():  # the .onnx refers to its data file by name: keep the pair together
+            raise ValueError(f"model too large for the ONNX cache ({data}); export it with python -m export.onnx")
+        tmp.replace(path)
+    return path
+
+
+def load_model(checkpoint=None, preset_name=None) -> InfGen:
+    from infgen_ref.weights import load_checkpoint
+    if checkpoint is not None:
+        return load_checkpoint(checkpoint)
+    torch.manual_seed(0)
+    return InfGen(preset(preset_name)).eval()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n")[0])
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="InfGen checkpoint directory (config.json + model.safetensors)")
+    src.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="random weights of a preset")
+    ap.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    ap.add_argument("--flavour", choices=FLAVOURS, default="onnxruntime")
+    ap.add_argument("--opset", type=int, default=OPSET)
+    ap.add_argument("--out", default=None, help="output .onnx (default infgen_<preset>_<dtype>[_trt].onnx)")
+    args = ap.parse_args(argv)
+    name = Path(args.checkpoint).name if args.checkpoint else args.preset
+    out = Path(args.out or f"infgen_{name}_{args.dtype}{'_trt' if args.flavour == 'tensorrt' else ''}.onnx")
+    model = load_model(args.checkpoint, None if args.checkpoint else args.preset)
+    t0 = time.perf_counter()
+    export_onnx(model, out, args.dtype, args.flavour, args.opset)
+    dt = time.perf_counter() - t0
+    data = out.with_name(out.name + ".data")
+    size = out.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    print(f"wrote {out} ({size / 1e6:.1f} MB{', external data ' + data.name if data.exists() else ''}) "
+          f"opset {args.opset}, flavour {args.flavour}, {args.dtype}, in {dt:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

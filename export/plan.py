@@ -1,0 +1,184 @@
+"""TensorRT build plan: optimisation profiles over the token grid, profile selection, shape
+binding, engine cache keys. Pure functions of plain data: everything here runs without TensorRT.
+
+Profiles split the grid's LONG side L = max(H', W') into intervals (lo_i, hi_i]: each listed
+opt size closes an interval at its own long side, and a last interval reaches the maximum. A
+profile's box is min (g_min, g_min) .. max (hi_i, hi_i) for the grid, so a request with long
+side in profile i's interval lies inside its box whatever its short side; the runtime picks
+the first profile whose interval holds L, so every size has exactly one profile.
+
+    grid    (H', W')               H' = ceil(h / 8)
+    latent  (B, C, h_l, w_l)       one latent range for every profile
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shlex
+from dataclasses import asdict, dataclass, field
+
+# Common output sizes (h, w) in pixels: 1024^2, 1920x1080, 2048^2, 3840x2160, 4096^2.
+DEFAULT_OPT_SIZES = ((1024, 1024), (1080, 1920), (2048, 2048), (2160, 3840), (4096, 4096))
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One optimisation profile: grid long side in (lo, hi]; shapes per input as (min, opt, max)."""
+    lo: int                                   # exclusive lower bound of the long side
+    hi: int                                   # inclusive upper bound
+    shapes: dict = field(default_factory=dict)  # input name -> (min, opt, max), each a tuple
+
+
+@dataclass(frozen=True)
+class Plan:
+    upscale: int
+    latent_channels: int
+    min_res: int
+    max_res: int
+    batch: int
+    latent_range: tuple                       # (min, opt, max) latent side
+    profiles: tuple                           # Profile, ordered by hi
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["version"] = PLAN_VERSION
+        return json.dumps(d, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        d = json.loads(text)
+        if d.pop("version", None) != PLAN_VERSION:
+            raise ValueError(f"plan version must be {PLAN_VERSION}")
+        profiles = tuple(Profile(p["lo"], p["hi"], {k: tuple(tuple(s) for s in v) for k, v in p["shapes"].items()})
+                         for p in d.pop("profiles"))
+        return cls(profiles=profiles, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _positive_int(name, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return v
+
+
+def make_plan(min_res: int = 256, max_res: int = 4096, opt_sizes=DEFAULT_OPT_SIZES, batch: int = 1,
+              upscale: int = 8, latent_channels: int = 4, latent_range=(16, 64, 128)) -> Plan:
+    """Profiles covering every output (h, w) with min_res <= h, w <= max_res, batch 1..batch.
+
+    opt_sizes: (h, w) pixel sizes to tune for; those outside min..max are dropped, and sizes with
+    the same grid long side are merged (the first is kept). latent_range: (min, opt, max) side of
+    the latent grid accepted by every profile."""
+    for name, v in (("min_res", min_res), ("max_res", max_res), ("batch", batch), ("upscale", upscale),
+                    ("latent_channels", latent_channels)):
+        _positive_int(name, v)
+    if min_res > max_res:
+        raise ValueError(f"min_res must be <= max_res, got {min_res} > {max_res}")
+    lat = tuple(latent_range)
+    if len(lat) != 3 or not all(isinstance(x, int) and x >= 1 for x in lat) or not lat[0] <= lat[1] <= lat[2]:
+        raise ValueError(f"latent_range must be (min, opt, max) positive ints in order, got {latent_range!r}")
+    g_min, g_max = math.ceil(min_res / upscale), math.ceil(max_res / upscale)
+    opts = {}
+    for size in opt_sizes:
+        if len(size) != 2:
+            raise ValueError(f"opt sizes must be (h, w) pairs, got {size!r}")
+        h, w = (_positive_int("opt size", int(x)) for x in size)
+        gh, gw = math.ceil(h / upscale), math.ceil(w / upscale)
+        if g_min <= min(gh, gw) and max(gh, gw) <= g_max:
+            opts.setdefault(max(gh, gw), (gh, gw))
+    if g_max not in opts:
+        opts[g_max] = (g_max, g_max)
+    C = latent_channels
+    latent_shapes = ((1, C, lat[0], lat[0]), (1, C, lat[1], lat[1]), (batch, C, lat[2], lat[2]))
+    profiles, lo = [], g_min - 1
+    for hi in sorted(opts):
+        grid = ((g_min, g_min), opts[hi], (hi, hi))
+        profiles.append(Profile(lo, hi, {"latent": latent_shapes, "grid": grid}))
+        lo = hi
+    return Plan(upscale, latent_channels, min_res, max_res, batch, lat, tuple(profiles))
+
+
+def pick_profile(plan: Plan, Hp: int, Wp: int) -> int:
+    """Index of the profile serving grid (H', W'); ValueError naming the size if none does."""
+    L = max(Hp, Wp)
+    g_min = math.ceil(plan.min_res / plan.upscale)
+    if min(Hp, Wp) >= g_min:
+        for i, p in enumerate(plan.profiles):
+            if p.lo < L <= p.hi:
+                return i
+    u = plan.upscale
+    raise ValueError(f"token grid {Hp}x{Wp} (output {u * Hp}x{u * Wp}) is outside this engine's plan: "
+                     f"outputs {plan.min_res}..{plan.max_res} per side")
+
+
+def bind_shapes(plan: Plan, latent_shape, Hp: int, Wp: int) -> tuple[int, dict, tuple]:
+    """(profile index, {input name: shape}, output shape) for one request, checked against the
+    profile's min/max; ValueError naming the bad dimension otherwise."""
+    i = pick_profile(plan, Hp, Wp)
+    shapes = {"latent": tuple(int(s) for s in latent_shape), "grid": (Hp, Wp)}
+    for name, shape in shapes.items():
+        lo, _, hi = plan.profiles[i].shapes[name]
+        if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            raise ValueError(f"{name} shape {shape} is outside profile {i}'s range {lo}..{hi}")
+    B = shapes["latent"][0]
+    return i, shapes, (B, 3, plan.upscale * Hp, plan.upscale * Wp)
+
+
+# ----------------------------------------------------------------------------- cache keys
+def cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, dtype: str, plan: Plan) -> str:
+    """sha256 hex of what makes an engine valid: the ONNX bytes, TensorRT version, GPU, dtype, profiles."""
+    parts = {"onnx": onnx_sha256, "tensorrt": trt_version, "gpu": gpu_name, "dtype": dtype,
+             "plan": json.loads(plan.to_json())}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def engine_metadata(key: str, engine_bytes: bytes, **fields) -> dict:
+    """The sidecar JSON written beside an engine: its key, size and sha256, plus the key's parts."""
+    return {"key": key, "size": len(engine_bytes), "sha256": hashlib.sha256(engine_bytes).hexdigest(), **fields}
+
+
+def validate_cached(key: str, metadata_text: str | None, engine_bytes: bytes | None) -> str | None:
+    """None if the cached engine may be loaded, else the reason it must be rebuilt."""
+    if metadata_text is None or engine_bytes is None:
+        return "no cached engine"
+    try:
+        meta = json.loads(metadata_text)
+    except json.JSONDecodeError as exc:
+        return f"metadata is not JSON ({exc})"
+    if not isinstance(meta, dict):
+        return "metadata is not a JSON object"
+    if meta.get("key") != key:
+        return f"key mismatch (cached {str(meta.get('key'))[:12]}, wanted {key[:12]})"
+    if meta.get("size") != len(engine_bytes):
+        return f"size mismatch (metadata {meta.get('size')}, file {len(engine_bytes)})"
+    if meta.get("sha256") != hashlib.sha256(engine_bytes).hexdigest():
+        return "engine bytes do not match their sha256 (corrupt)"
+    return None
+
+
+# ----------------------------------------------------------------------------- command lines
+def _dims(shape) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def trtexec_command(plan: Plan, onnx_path: str, engine_path: str, timing_cache: str | None = None) -> str:
+    """trtexec equivalent of the build: one --minShapes/--optShapes/--maxShapes triple per profile."""
+    args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}", "--stronglyTyped"]
+    for p in plan.profiles:
+        for flag, j in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
+            args.append(flag + "=" + ",".join(f"{n}:{_dims(s[j])}" for n, s in p.shapes.items()))
+    if timing_cache:
+        args.append(f"--timingCacheFile={timing_cache}")
+    return shlex.join(args)
+
+
+def polygraphy_command(plan: Plan, onnx_path: str, engine_path: str, timing_cache: str | None = None) -> str:
+    """polygraphy equivalent: repeated --trt-min/opt/max-shapes groups make one profile each."""
+    args = ["polygraphy", "convert", onnx_path, "--convert-to", "trt", "-o", engine_path, "--strongly-typed"]
+    for p in plan.profiles:
+        for flag, j in (("--trt-min-shapes", 0), ("--trt-opt-shapes", 1), ("--trt-max-shapes", 2)):
+            args.append(flag)
+            args.extend(f"{n}:[{','.join(str(x) for x in s[j])}]" for n, s in p.shapes.items())
+    if timing_cache:
+        args.extend(["--timing-cache", timing_cache])
+    return shlex.join(args)

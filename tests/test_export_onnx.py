@@ -1,0 +1,159 @@
+"""ONNX export: graph spec, validity, and onnxruntime parity with the fp32 reference (tiny preset)."""
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.onnx import (DYNAMIC_DIMS, PLUGIN_DOMAIN, PLUGIN_OP, cached_export, export_onnx, model_digest,
+                         upsample_nearest2x, with_reference_attention)
+from export.plan import make_plan
+from runtime.engine import InfGenEngine
+from runtime.ort_backend import OrtBackend
+
+ATOL = 1e-4
+# A small plan for the tiny preset: outputs 16..200 px, batch 1..2, latents 4..16.
+SMALL_PLAN = dict(min_res=16, max_res=200, opt_sizes=((64, 64), (40, 96)), batch=2, upscale=8,
+                  latent_channels=4, latent_range=(4, 8, 16))
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, tmp_path_factory):
+    """(onnxruntime-flavour path via the export cache, TensorRT-flavour path), exported once."""
+    d = tmp_path_factory.mktemp("onnx")
+    ort_path = cached_export(tiny_model, "fp32", "onnxruntime", cache_dir=d)
+    trt_path = export_onnx(tiny_model, d / "tiny_trt.onnx", "fp32", "tensorrt")
+    return ort_path, trt_path
+
+
+def session(model_or_path):
+    import onnxruntime as ort
+    src = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    return ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+
+
+def ort_run(sess, z, Hp, Wp):
+    return sess.run(["image"], {"latent": z.numpy(), "grid": np.zeros((Hp, Wp), np.float32)})[0]
+
+
+def reference(model, z, Hp, Wp):
+    with torch.no_grad():
+        return model.decode_grid(z, Hp, Wp).numpy()
+
+
+def plan_corners():
+    """(batch, latent side, grid) at every profile's min, opt and max of the small plan."""
+    plan = make_plan(**SMALL_PLAN)
+    out = []
+    for p in plan.profiles:
+        for j in range(3):
+            lat, grid = p.shapes["latent"][j], p.shapes["grid"][j]
+            out.append((lat[0], lat[2], grid))
+    return out
+
+
+def test_graph_inputs_outputs_and_named_dynamic_dims(exported):
+    m = onnx.load(str(exported[0]))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(m.graph.input) + list(m.graph.output)}
+    assert dims == {"latent": ["batch", 4, "latent_h", "latent_w"], "grid": ["grid_h", "grid_w"],
+                    "image": ["batch", 3, "8*grid_h", "8*grid_w"]}
+    assert set(DYNAMIC_DIMS) == {"latent", "grid"}
+    assert {o.domain for o in m.opset_import} == {""}
+    assert not [i for i in m.graph.initializer if i.data_type == onnx.TensorProto.DOUBLE and i.dims]
+
+
+def test_checker_and_strict_shape_inference(exported):
+    for path in exported:
+        onnx.checker.check_model(str(path), full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True)
+        out = inferred.graph.output[0].type.tensor_type
+        assert out.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_ops_standard_groupnorm_resize(exported):
+    ops = {n.op_type for n in onnx.load(str(exported[0])).graph.node}
+    assert "GroupNormalization" not in ops and "InstanceNormalization" in ops
+    assert "Resize" in ops and "Softmax" in ops
+
+
+@pytest.mark.parametrize("batch,lat,grid", plan_corners())
+def test_onnxruntime_matches_reference_at_plan_corners(tiny_model, exported, batch, lat, grid):
+    torch.manual_seed(1)
+    z = torch.randn(batch, 4, lat, lat)
+    out = ort_run(session(exported[0]), z, *grid)
+    ref = reference(tiny_model, z, *grid)
+    assert out.shape == ref.shape == (batch, 3, 8 * grid[0], 8 * grid[1])
+    assert np.abs(out - ref).max() <= ATOL
+
+
+@pytest.mark.parametrize("h,w,batch,lat", [(100, 37, 2, (5, 7)), (61, 203, 1, (9, 3)), (17, 17, 2, (4, 4))])
+def test_engine_onnxruntime_odd_sizes(tiny_model, exported, h, w, batch, lat):
+    """Sizes that are not multiples of 8, non-square, batch 2, through InfGenEngine (crop + clamp)."""
+    torch.manual_seed(2)
+    z = torch.randn(batch, 4, *lat)
+    eng = InfGenEngine(tiny_model, backend="onnxruntime", onnx_path=exported[0])
+    assert eng.backend_name == "onnxruntime"
+    out = eng.decode(z, h, w)
+    with torch.no_grad():
+        ref = tiny_model.decode(z, h, w).clamp(-1, 1)
+    assert out.shape == (batch, 3, h, w)
+    assert (out - ref).abs().max().item() <= ATOL
+
+
+def test_tensorrt_flavour_has_one_plugin_node_and_standard_rest(exported, tiny_cfg):
+    m = onnx.load(str(exported[1]))
+    custom = [n for n in m.graph.node if n.domain != ""]
+    assert [(n.domain, n.op_type) for n in custom] == [(PLUGIN_DOMAIN, PLUGIN_OP)]
+    node = custom[0]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    C = tiny_cfg.block_out_channels[-1]
+    assert attrs["plugin_namespace"] == b"infgen" and attrs["plugin_version"] == b"1"
+    assert math.isclose(attrs["scale"], 1 / math.sqrt(C), rel_tol=1e-6)
+    assert "Resize" not in {n.op_type for n in m.graph.node}  # nearest 2x as Reshape/Expand
+    inferred = onnx.shape_inference.infer_shapes(m)
+    vi = {v.name: v for v in list(inferred.graph.value_info)}
+    for name in node.input:
+        shape = [d.dim_param or d.dim_value for d in vi[name].type.tensor_type.shape.dim]
+        assert shape[0] == "batch" and shape[2] == C and "grid_h" in str(shape[1]) and "grid_w" in str(shape[1])
+    assert {(o.domain, o.version) for o in m.opset_import} >= {(PLUGIN_DOMAIN, 1)}
+
+
+@pytest.mark.parametrize("batch,lat,grid", [(2, (6, 4), (7, 3)), (1, (8, 8), (12, 12))])
+def test_tensorrt_flavour_numerics_with_reference_attention(tiny_model, exported, batch, lat, grid):
+    """The TensorRT graph minus the plugin (attention as a local function) equals the reference."""
+    torch.manual_seed(3)
+    z = torch.randn(batch, 4, *lat)
+    sess = session(with_reference_attention(onnx.load(str(exported[1]))))
+    assert np.abs(ort_run(sess, z, *grid) - reference(tiny_model, z, *grid)).max() <= ATOL
+
+
+def test_upsample_nearest2x_equals_interpolate():
+    x = torch.randn(2, 3, 5, 7)
+    ref = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+    assert torch.equal(upsample_nearest2x(x), ref)
+
+
+def test_export_cache_reuses_and_keys(tiny_model, exported):
+    path = exported[0]
+    mtime = path.stat().st_mtime_ns
+    assert cached_export(tiny_model, "fp32", "onnxruntime", cache_dir=path.parents[2]) == path
+    assert path.stat().st_mtime_ns == mtime
+    base = model_digest(tiny_model, "fp32", "onnxruntime")
+    assert model_digest(tiny_model, "fp16", "onnxruntime") != base
+    assert model_digest(tiny_model, "fp32", "tensorrt") != base
+    other = type(tiny_model)(tiny_model.config)
+    assert model_digest(other, "fp32", "onnxruntime") != base
+
+
+def test_ort_backend_rejects_bad_options(tiny_model, exported, tmp_path):
+    with pytest.raises(ValueError, match="dtype"):
+        OrtBackend(tiny_model, torch.device("cpu"), torch.bfloat16, onnx_path=exported[0])
+    with pytest.raises(FileNotFoundError, match="nope.onnx"):
+        OrtBackend(tiny_model, torch.device("cpu"), torch.float32, onnx_path=tmp_path / "nope.onnx")
+
+
+def test_auto_backend_on_cpu_is_torch_and_reported():
+    eng = InfGenEngine("tiny", backend="auto", device="cpu")
+    assert eng.backend_name == "torch" and eng.backend.name == "torch"

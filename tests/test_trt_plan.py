@@ -1,0 +1,156 @@
+"""The TensorRT path up to TensorRT: plan, profile selection, shape binding, cache keys and
+invalidation, the CLI. None of these need TensorRT; the build itself is not tested here."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from export.plan import (DEFAULT_OPT_SIZES, Plan, bind_shapes, cache_key, make_plan, pick_profile,
+                         polygraphy_command, trtexec_command, validate_cached)
+from export.trt import engine_paths, read_cached, write_cached
+
+PLAN_4K = make_plan(256, 4096, DEFAULT_OPT_SIZES, batch=2)
+
+
+def test_default_plan_profiles():
+    grids = [p.shapes["grid"] for p in PLAN_4K.profiles]
+    # one profile per common size, opt at that size, min/opt/max ordered in every dim
+    assert [g[1] for g in grids] == [(128, 128), (135, 240), (256, 256), (270, 480), (512, 512)]
+    for p in PLAN_4K.profiles:
+        for name, (lo, opt, hi) in p.shapes.items():
+            assert all(a <= b <= c for a, b, c in zip(lo, opt, hi)), (name, lo, opt, hi)
+    assert PLAN_4K.profiles[0].lo == 31 and PLAN_4K.profiles[-1].hi == 512
+    assert PLAN_4K.profiles[-1].shapes["latent"][2][0] == 2  # max batch
+
+
+@settings(max_examples=300, deadline=None)
+@given(h=st.integers(256, 4096), w=st.integers(256, 4096), b=st.integers(1, 2), lat=st.integers(16, 128))
+def test_every_size_in_exactly_the_picked_profile(h, w, b, lat):
+    Hp, Wp = math.ceil(h / 8), math.ceil(w / 8)
+    i = pick_profile(PLAN_4K, Hp, Wp)
+    holding = [j for j, p in enumerate(PLAN_4K.profiles) if p.lo < max(Hp, Wp) <= p.hi]
+    assert holding == [i]
+    lo, _, hi = PLAN_4K.profiles[i].shapes["grid"]
+    assert lo[0] <= Hp <= hi[0] and lo[1] <= Wp <= hi[1]
+    j, shapes, out = bind_shapes(PLAN_4K, (b, 4, lat, lat), Hp, Wp)
+    assert j == i and shapes == {"latent": (b, 4, lat, lat), "grid": (Hp, Wp)}
+    assert out == (b, 3, 8 * Hp, 8 * Wp)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lo=st.integers(8, 2000), span=st.integers(0, 3000),
+       opts=st.lists(st.tuples(st.integers(8, 5000), st.integers(8, 5000)), max_size=6))
+def test_random_plans_cover_min_to_max(lo, span, opts):
+    plan = make_plan(lo, lo + span, opts, batch=1)
+    g_min, g_max = math.ceil(lo / 8), math.ceil((lo + span) / 8)
+    assert plan.profiles[0].lo == g_min - 1 and plan.profiles[-1].hi == g_max
+    for a, b in zip(plan.profiles, plan.profiles[1:]):
+        assert a.hi == b.lo  # contiguous, disjoint intervals
+    for L in {g_min, g_max, (g_min + g_max) // 2}:
+        for Hp, Wp in ((L, g_min), (g_min, L), (L, L)):
+            lo_s, _, hi_s = plan.profiles[pick_profile(plan, Hp, Wp)].shapes["grid"]
+            assert lo_s[0] <= Hp <= hi_s[0] and lo_s[1] <= Wp <= hi_s[1]
+
+
+def test_out_of_plan_requests_name_the_size():
+    with pytest.raises(ValueError, match="513x10"):
+        pick_profile(PLAN_4K, 513, 10)
+    with pytest.raises(ValueError, match="outside this engine's plan"):
+        pick_profile(PLAN_4K, 100, 20)  # 160 px < min_res 256
+    with pytest.raises(ValueError, match="latent shape"):
+        bind_shapes(PLAN_4K, (3, 4, 64, 64), 128, 128)  # batch 3 > 2
+    with pytest.raises(ValueError, match="latent shape"):
+        bind_shapes(PLAN_4K, (1, 4, 8, 64), 128, 128)  # latent side 8 < 16
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(min_res=512, max_res=256), "min_res"), (dict(batch=0), "batch"), (dict(max_res=1.5), "max_res"),
+    (dict(latent_range=(64, 16, 128)), "latent_range"), (dict(opt_sizes=((1, 2, 3),)), "opt sizes")])
+def test_make_plan_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_plan(**kwargs)
+
+
+def test_plan_json_round_trip():
+    assert Plan.from_json(PLAN_4K.to_json()) == PLAN_4K
+
+
+def test_cache_key_changes_with_every_part():
+    parts = dict(onnx_sha256="a" * 64, trt_version="10.9.0", gpu_name="NVIDIA H100", dtype="bf16", plan=PLAN_4K)
+    base = cache_key(**parts)
+    assert base == cache_key(**parts)
+    changes = dict(onnx_sha256="b" * 64, trt_version="10.13.0", gpu_name="NVIDIA H200", dtype="fp16",
+                   plan=make_plan(256, 2048))
+    for k, v in changes.items():
+        assert cache_key(**{**parts, k: v}) != base, k
+
+
+def test_cached_engine_accepted_only_when_valid(tmp_path):
+    key = cache_key("a" * 64, "10.9.0", "gpu", "bf16", PLAN_4K)
+    assert read_cached(tmp_path, key) == (None, "no cached engine")
+    blob = b"fake engine bytes" * 100
+    write_cached(tmp_path, key, blob, dtype="bf16")
+    assert read_cached(tmp_path, key) == (blob, "ok")
+    engine, meta = engine_paths(tmp_path, key)
+    # mismatched key: an engine for another ONNX / TensorRT / GPU / dtype / plan
+    other = cache_key("a" * 64, "10.9.0", "gpu", "fp16", PLAN_4K)
+    assert read_cached(tmp_path, other)[0] is None
+    m = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**m, "key": other}))
+    assert "key mismatch" in read_cached(tmp_path, key)[1]
+    meta.write_text(json.dumps(m))
+    # corrupt engine: one flipped byte, then a truncated file
+    engine.write_bytes(blob[:-1] + b"X")
+    assert "corrupt" in read_cached(tmp_path, key)[1]
+    engine.write_bytes(blob[:10])
+    assert "size mismatch" in read_cached(tmp_path, key)[1]
+    # corrupt metadata; missing metadata
+    engine.write_bytes(blob)
+    meta.write_text("{not json")
+    assert "not JSON" in read_cached(tmp_path, key)[1]
+    meta.unlink()
+    assert read_cached(tmp_path, key) == (None, "no cached engine")
+    assert validate_cached(key, "[]", blob) == "metadata is not a JSON object"
+
+
+def test_commands_carry_every_profile():
+    t = trtexec_command(PLAN_4K, "m.onnx", "m.engine", "t.cache")
+    p = polygraphy_command(PLAN_4K, "m.onnx", "m.engine")
+    n = len(PLAN_4K.profiles)
+    assert t.count("--minShapes=") == t.count("--optShapes=") == t.count("--maxShapes=") == n
+    assert "--stronglyTyped" in t and "latent:1x4x16x16,grid:32x32" in t and "--timingCacheFile=t.cache" in t
+    assert p.count("--trt-min-shapes") == n and "grid:[512,512]" in p
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "export.trt", *args], capture_output=True, text=True,
+                          cwd=cwd, env={"PYTHONPATH": str(__import__("pathlib").Path.cwd()), "PATH": "/usr/bin:/bin"},
+                          timeout=120)
+
+
+def test_cli_dry_run_writes_plan_and_prints_commands(tmp_path):
+    r = run_cli("--max-res", "4096", "--dry-run", "--engine-dir", str(tmp_path / "eng"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    plan = Plan.from_json((tmp_path / "eng" / "plan.json").read_text())
+    assert plan.max_res == 4096 and len(plan.profiles) == 5
+    assert "trtexec --onnx=" in r.stdout and "polygraphy convert" in r.stdout
+
+
+def test_cli_build_without_tensorrt_names_the_package(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed here; this test checks the message when it is missing")
+    except ImportError:
+        pass
+    r = run_cli("--max-res", "2048", "--preset", "tiny", "--engine-dir", str(tmp_path / "eng"), cwd=tmp_path)
+    assert r.returncode != 0
+    assert "pip install 'tensorrt" in r.stderr and "tensorrt" in r.stderr
+
+
+def test_cli_rejects_max_res_beyond_the_model(tmp_path):
+    r = run_cli("--preset", "tiny", "--max-res", "4096", "--dry-run", "--engine-dir", str(tmp_path), cwd=tmp_path)
+    assert r.returncode != 0 and "max_size 2048" in r.stderr
