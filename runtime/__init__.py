@@ -1,0 +1,4 @@
+"""InfGen deployment runtime: `from runtime import InfGenEngine`."""
+from runtime.engine import BACKENDS, InfGenEngine
+
+__all__ = ["BACKENDS", "InfGenEngine"]
