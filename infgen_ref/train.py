@@ -187,6 +187,9 @@ class Trainer:
         torch.manual_seed(args.seed)
         cfg = preset(args.preset) if args.config is None else InfGenConfig.from_json(args.config)
         self.model = InfGen(cfg).to(self.device)
+        with torch.no_grad():  # posterior std starts at e^-5: at the default init (std ~1) the
+            # sampling noise drowns the latent and the decoder learns to ignore whole channels
+            self.model.quant_conv.bias[cfg.latent_channels:] = args.init_logvar
         self.disc = PatchDiscriminator().to(self.device)
         self.lpips = load_lpips(args.lpips)
         self.step = 0
@@ -351,6 +354,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--init-logvar", type=float, default=-10.0, help="initial posterior log-variance (bias)")
     p.add_argument("--lpips", default=None, help="local TorchScript LPIPS file; without it LPIPS is off")
     p.add_argument("--lpips-weight", type=float, default=0.1)
     p.add_argument("--gan-weight", type=float, default=0.1)

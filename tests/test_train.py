@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from infgen_ref.data import HELD_OUT, TRAIN_PHOTOS, generated_image, photo_paths
-from infgen_ref.train import CropSampler, Trainer, decode_window, parse_args
+from infgen_ref.train import CropSampler, Trainer, decode_window, parse_args, positional_warm_start
 from infgen_ref.weights import load_checkpoint
 
 
@@ -16,7 +16,7 @@ def _images(n=3, size=64):
 def _args(tmp_path, *extra):
     return parse_args(["--preset", "tiny", "--out", str(tmp_path), "--batch-size", "2", "--grid-min", "3",
                        "--grid-max", "4", "--window", "5", "--max-scale", "2", "--warmup", "2",
-                       "--quiet", "--log-every", "1", *extra])
+                       "--quiet", "--log-every", "1", "--warm-start-steps", "0", *extra])
 
 
 def _run(args, images=None):
@@ -51,10 +51,28 @@ def test_decode_window_matches_full_grid_tokens(tiny_model):
         assert decode_window(tiny_model, z, (6, 7, 1, 2, 3, 4)).shape == (1, 3, 24, 32)
 
 
+def test_positional_warm_start_learns_lookup_and_touches_only_its_layers():
+    from infgen_ref.config import preset
+    from infgen_ref.model import InfGen
+    torch.manual_seed(0)
+    m = InfGen(preset("tiny"))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    sampler = CropSampler(_images(), [], 2, 3, 4, seed=0)
+    losses = positional_warm_start(m, sampler, steps=40, lr=3e-3, max_scale=2.0, device=torch.device("cpu"))
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, (losses[:5], losses[-5:])
+    after = m.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "decoder.blocks.0.to_q.weight" in changed and "decoder.mask_pos.fc1.weight" in changed
+    assert not any(k.startswith(("encoder.", "decoder.up_blocks.", "decoder.mid_block.", "decoder.blocks.1."))
+                   for k in changed), sorted(changed)
+
+
 def test_short_run_losses_finite_and_weights_change(tmp_path):
     args = _args(tmp_path, "--stage1-steps", "3", "--stage2-steps", "3", "--gan-start", "0")
     torch.manual_seed(0)
     before = {k: v.clone() for k, v in Trainer(args).model.state_dict().items()}
+    assert torch.equal(before["quant_conv.bias"][4:], torch.full((4,), -10.0))  # small posterior noise at start
     t, hist = _run(args)
     assert [h["stage"] for h in hist] == [1, 1, 1, 2, 2, 2]
     assert all(math.isfinite(h["loss"]) and math.isfinite(h["l1"]) for h in hist)
