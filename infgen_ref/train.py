@@ -43,17 +43,34 @@ class CropSampler:
     when an image is large enough."""
 
     def __init__(self, photos, generated, batch_size: int, grid_min: int, grid_max: int,
-                 photo_fraction: float = 0.6, seed: int = 0):
+                 photo_fraction: float = 0.6, seed: int = 0, colour_aug: float = 0.0):
         if not photos and not generated:
             raise ValueError("no training images")
         self.photos, self.generated = photos, generated
         self.batch_size, self.grid_min, self.grid_max = batch_size, grid_min, grid_max
         self.photo_fraction = photo_fraction if photos and generated else (1.0 if photos else 0.0)
         self.rng = random.Random(seed)
+        self.colour_aug = colour_aug
 
     def _pick(self):
         pool = self.photos if self.rng.random() < self.photo_fraction else self.generated
         return pool[self.rng.randrange(len(pool))]
+
+    def recolour(self, crop: torch.Tensor) -> torch.Tensor:
+        """Colour augmentation: grayscale crops get a random tint, others (with probability
+        colour_aug) a random channel order. Without it a small model settles on grey output:
+        most global colour is cheap to ignore under L1, and the encoder learns to drop it."""
+        if self.colour_aug <= 0:
+            return crop
+        r = self.rng
+        if bool((crop[:, 0] == crop[:, 1]).all() and (crop[:, 1] == crop[:, 2]).all()):
+            gain = torch.tensor([r.uniform(0.4, 1.2) for _ in range(3)]).view(1, 3, 1, 1)
+            return (crop * gain).clamp(0, 1)
+        if r.random() < self.colour_aug:
+            perm = [0, 1, 2]
+            r.shuffle(perm)
+            return crop[:, perm]
+        return crop
 
     def sample(self, max_scale: float, window: int, upscale: int = 8):
         r = self.rng
@@ -74,6 +91,7 @@ class CropSampler:
             crop = img[None, :, y0:y0 + ch, x0:x0 + cw]
             if r.random() < 0.5:
                 crop = crop.flip(-1)
+            crop = self.recolour(crop)
             ins.append(F.interpolate(crop, size=(upscale * gh, upscale * gw), mode="bicubic", antialias=True,
                                      align_corners=False))
             tgt = F.interpolate(crop, size=(upscale * Th, upscale * Tw), mode="bicubic", antialias=True,
@@ -359,6 +377,8 @@ def parse_args(argv=None):
     p.add_argument("--lpips-weight", type=float, default=0.1)
     p.add_argument("--gan-weight", type=float, default=0.1)
     p.add_argument("--gan-start", type=float, default=0.5, help="fraction of stage 2 before the GAN loss starts")
+    p.add_argument("--colour-aug", type=float, default=0.5,
+                   help="probability of a random channel order per photo crop; grayscale crops are tinted (0: off)")
     p.add_argument("--num-generated", type=int, default=48, help="procedural training images")
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=10)
@@ -385,7 +405,8 @@ def main(argv=None):
     print(f"training data: {len(photos)} photos, {len(generated)} generated images; "
           f"LPIPS {'on: ' + a.lpips if a.lpips else 'off (no local weights given with --lpips)'}")
     trainer = Trainer(a)
-    sampler = CropSampler(photos, generated, a.batch_size, a.grid_min, a.grid_max, seed=a.seed)
+    sampler = CropSampler(photos, generated, a.batch_size, a.grid_min, a.grid_max, seed=a.seed,
+                          colour_aug=a.colour_aug)
     t0 = time.time()
     trainer.run(sampler)
     print(f"done: {trainer.step} steps in {time.time() - t0:.0f} s; checkpoint {trainer.out / 'model'}")

@@ -37,6 +37,21 @@ def test_sampler_shapes_and_range():
         assert x.min() >= -1 and x.max() <= 1 and y.min() >= -1 and y.max() <= 1
 
 
+def test_colour_augmentation_tints_grey_and_permutes_colour():
+    g = generated_image(0, 64)
+    grey = g.mean(0, keepdim=True).expand(3, -1, -1).clone()
+    s = CropSampler([grey], [], batch_size=4, grid_min=3, grid_max=3, seed=0, colour_aug=1.0)
+    x, _, _ = s.sample(1.0, 3)
+    assert (x[:, 0] - x[:, 1]).abs().amax() > 0.05  # tinted: no longer grey
+    s = CropSampler([g], [], batch_size=1, grid_min=3, grid_max=3, seed=0, colour_aug=1.0)
+    crop = g[None, :, :8, :8]
+    seen = {tuple(s.recolour(crop)[0, :, 0, 0].tolist()) for _ in range(30)}
+    assert len(seen) > 1 and all(sorted(v) == sorted(crop[0, :, 0, 0].tolist()) for v in seen)
+    off = CropSampler([grey], [], batch_size=2, grid_min=3, grid_max=3, seed=0)
+    x, _, _ = off.sample(1.0, 3)
+    assert torch.equal(x[:, 0], x[:, 1])  # colour_aug=0 leaves grey grey
+
+
 def test_decode_window_matches_full_grid_tokens(tiny_model):
     """The window's mask tokens are the full grid's: the cross-attention output of a window equals
     the same window cut from the full grid's features (mid block and up blocks differ by design)."""
