@@ -259,7 +259,7 @@ def main(argv=None):
                      "input_bicubic_psnr", "input_bicubic_ssim"])
     if a.fidelity:
         print("\nfidelity against the torch fp32 output:")
-        _print_rows(fidelity(device=a.device, checkpoint=a.checkpoint),
+        _print_rows(fidelity(a.sizes, device=a.device, checkpoint=a.checkpoint),
                     ["backend", "dtype", "size", "psnr", "max_abs", "finite", "skipped"])
     print(f"total {time.perf_counter() - t:.1f} s")
 
