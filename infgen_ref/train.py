@@ -1,0 +1,416 @@
+"""Train an InfGen model from scratch: `python -m infgen_ref.train --preset demo --out out/demo`.
+
+Two stages, as the paper's setup implies when no SDXL VAE weights are at hand:
+  1. steps [0, stage1_steps): encoder + InfGen decoder trained together as a plain VAE at the
+     native size (output grid = latent grid; posterior sampled, small KL). The decoder here is the
+     InfGen decoder itself, so stage 2 starts from it, as InfGen starts from SDXL's decoder.
+  2. steps [stage1_steps, stage1_steps + stage2_steps): encoder and quant_conv frozen; the decoder
+     learns the resolution-agnostic task: the input is a photo crop resized to the fixed input
+     size, the target the same crop at scale 1..max_scale times that size. Only a random window of
+     the target's token grid (window x window tokens) is decoded per step, which keeps the step
+     cost flat across scales; the mask tokens keep their positions in the full grid.
+Loss (paper): L1 + 0.1 LPIPS (only when --lpips names a local TorchScript LPIPS file) + 0.1 PatchGAN
+hinge loss (from --gan-start, a fraction of stage 2). AdamW, warmup then cosine decay per stage.
+Checkpoints: <out>/train_state.pt (resume with --resume) and <out>/model/ (config.json +
+model.safetensors, loadable with infgen_ref.weights.load_checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .config import PRESETS, InfGenConfig, preset
+from .data import training_images
+from .model import InfGen
+from .weights import save_checkpoint
+
+
+# ----------------------------------------------------------------------------- data
+class CropSampler:
+    """Batches of (input, target, window) from a list of (3, H, W) images in [0, 1].
+
+    input: (B, 3, 8gh, 8gw) in [-1, 1], gh, gw in [grid_min, grid_max] tokens (one size per batch);
+    target: (B, 3, 8wh, 8ww), the window (oy, ox, wh, ww) of the full target grid (Th, Tw) =
+    round(scale * (gh, gw)). Source crops are resized down to both sizes (antialiased), never up
+    when an image is large enough."""
+
+    def __init__(self, photos, generated, batch_size: int, grid_min: int, grid_max: int,
+                 photo_fraction: float = 0.6, seed: int = 0, colour_aug: float = 0.0):
+        if not photos and not generated:
+            raise ValueError("no training images")
+        self.photos, self.generated = photos, generated
+        self.batch_size, self.grid_min, self.grid_max = batch_size, grid_min, grid_max
+        self.photo_fraction = photo_fraction if photos and generated else (1.0 if photos else 0.0)
+        self.rng = random.Random(seed)
+        self.colour_aug = colour_aug
+
+    def _pick(self):
+        pool = self.photos if self.rng.random() < self.photo_fraction else self.generated
+        return pool[self.rng.randrange(len(pool))]
+
+    def recolour(self, crop: torch.Tensor) -> torch.Tensor:
+        """Colour augmentation: grayscale crops get a random tint, others (with probability
+        colour_aug) a random channel order. Without it a small model settles on grey output:
+        most global colour is cheap to ignore under L1, and the encoder learns to drop it."""
+        if self.colour_aug <= 0:
+            return crop
+        r = self.rng
+        if bool((crop[:, 0] == crop[:, 1]).all() and (crop[:, 1] == crop[:, 2]).all()):
+            gain = torch.tensor([r.uniform(0.4, 1.2) for _ in range(3)]).view(1, 3, 1, 1)
+            return (crop * gain).clamp(0, 1)
+        if r.random() < self.colour_aug:
+            perm = [0, 1, 2]
+            r.shuffle(perm)
+            return crop[:, perm]
+        return crop
+
+    def sample(self, max_scale: float, window: int, upscale: int = 8):
+        r = self.rng
+        gh, gw = r.randint(self.grid_min, self.grid_max), r.randint(self.grid_min, self.grid_max)
+        s = r.uniform(1.0, max_scale)
+        Th, Tw = max(gh, round(gh * s)), max(gw, round(gw * s))
+        wh, ww = min(Th, window), min(Tw, window)
+        oy, ox = r.randint(0, Th - wh), r.randint(0, Tw - ww)
+        ins, tgts = [], []
+        for _ in range(self.batch_size):
+            img = self._pick()
+            H, W = img.shape[1:]
+            # source crop with the target's aspect; zoom >= 1 (downscale) when the image allows it
+            zmax = min(H / (upscale * Th), W / (upscale * Tw))
+            z = r.uniform(min(1.0, zmax), max(min(1.0, zmax), min(zmax, 2.0)))
+            ch, cw = min(H, round(upscale * Th * z)), min(W, round(upscale * Tw * z))
+            y0, x0 = r.randint(0, H - ch), r.randint(0, W - cw)
+            crop = img[None, :, y0:y0 + ch, x0:x0 + cw]
+            if r.random() < 0.5:
+                crop = crop.flip(-1)
+            crop = self.recolour(crop)
+            ins.append(F.interpolate(crop, size=(upscale * gh, upscale * gw), mode="bicubic", antialias=True,
+                                     align_corners=False))
+            tgt = F.interpolate(crop, size=(upscale * Th, upscale * Tw), mode="bicubic", antialias=True,
+                                align_corners=False)
+            tgts.append(tgt[:, :, upscale * oy:upscale * (oy + wh), upscale * ox:upscale * (ox + ww)])
+        x = torch.cat(ins).clamp(0, 1) * 2 - 1
+        y = torch.cat(tgts).clamp(0, 1) * 2 - 1
+        return x, y, (Th, Tw, oy, ox, wh, ww)
+
+
+# ----------------------------------------------------------------------------- losses
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: (B, 3, H, W) -> (B, 1, H/4 - 2, W/4 - 2) logits, one per overlapping patch."""
+
+    def __init__(self, ch: int = 32, groups: int = 8):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, ch, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.GroupNorm(groups, 2 * ch), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * ch, 4 * ch, 4, 1, 1), nn.GroupNorm(groups, 4 * ch), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * ch, 1, 4, 1, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def load_lpips(path: str | None):
+    """A TorchScript LPIPS module f(x, y) -> distance for images in [-1, 1], or None without a path."""
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--lpips {path!r}: no such file (a TorchScript LPIPS module is expected)")
+    m = torch.jit.load(str(p), map_location="cpu").eval()
+    for q in m.parameters():
+        q.requires_grad_(False)
+    return m
+
+
+# ----------------------------------------------------------------------------- model pieces
+def encode_moments(model: InfGen, x: torch.Tensor):
+    """image (B, 3, H, W) -> unscaled posterior (mean, logvar), each (B, C, H/8, W/8)."""
+    mean, logvar = model.quant_conv(model.encoder(x)).chunk(2, dim=1)
+    return mean, logvar.clamp(-30, 20)
+
+
+def decode_window(model: InfGen, z: torch.Tensor, win) -> torch.Tensor:
+    """Unscaled latent (B, C, h, w) -> the image of window (oy, ox, wh, ww) of the (Th, Tw) grid:
+    (B, 3, 8wh, 8ww). The mask tokens are those of the full grid, cut to the window."""
+    Th, Tw, oy, ox, wh, ww = win
+    dec = model.decoder
+    mask = dec.mask_tokens(Th, Tw).view(1, Th, Tw, -1)[:, oy:oy + wh, ox:ox + ww].reshape(1, wh * ww, -1)
+    feats = dec.tokens_to_features(model.post_quant_conv(z), wh, ww, mask=mask)  # (B, d, wh, ww)
+    return dec.features_to_image(feats)
+
+
+def attention_logits(blk, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+    """A cross-attention block's logits: mask tokens (B, N, d), latent tokens (B, T, d) -> (B, heads, N, T)."""
+    q, k = blk.heads(blk.to_q(blk.norm_q(x))), blk.heads(blk.to_k(blk.norm_kv(ctx)))
+    return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+
+
+def positional_warm_start(model: InfGen, sampler: "CropSampler", steps: int, lr: float, max_scale: float,
+                          device) -> list[float]:
+    """Teach the first cross-attention block to look up the latent token under each mask token.
+
+    At initialisation the attention is near uniform, so every mask token sees the image mean and the
+    decoder learns position-dependent blur for a long time. Here, before any image loss, block 0's
+    logits are trained with cross-entropy towards the latent token whose cell holds the mask token's
+    centre, on real latent tokens (content included) and random output grids. Touches only the
+    positional encodings, the latent-token convs and block 0's norms and q/k projections."""
+    dec = model.decoder
+    blk = dec.blocks[0]
+    params = [p for m in (dec.latent_pos, dec.mask_pos, dec.conv_in, dec.conv_tokens, blk.norm_q, blk.norm_kv,
+                          blk.to_q, blk.to_k) for p in m.parameters()] + [dec.mask_token]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    losses = []
+    for step in range(steps):
+        x, _, (Th, Tw, _, _, _, _) = sampler.sample(max_scale, 1)
+        gh, gw = x.shape[2] // model.config.upscale, x.shape[3] // model.config.upscale
+        with torch.no_grad():
+            z = encode_moments(model, x.to(device))[0]
+        ctx = dec.latent_tokens(model.post_quant_conv(z))  # (B, T, d)
+        logits = attention_logits(blk, dec.mask_tokens(Th, Tw), ctx)  # (B, heads, N, T)
+        iy = ((torch.arange(Th, device=device) + 0.5) * gh / Th).long()
+        ix = ((torch.arange(Tw, device=device) + 0.5) * gw / Tw).long()
+        target = (iy[:, None] * gw + ix[None, :]).reshape(-1)  # (N,) latent index under each mask token
+        loss = F.cross_entropy(logits.flatten(0, 2), target.repeat(logits.shape[0] * logits.shape[1]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
+    """Linear warmup, then cosine decay to 10% of lr."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+# ----------------------------------------------------------------------------- training
+class Trainer:
+    def __init__(self, args):
+        self.args = args
+        self.device = torch.device(args.device)
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(args.seed)
+        cfg = preset(args.preset) if args.config is None else InfGenConfig.from_json(args.config)
+        self.model = InfGen(cfg).to(self.device)
+        with torch.no_grad():  # posterior std starts at e^-5: at the default init (std ~1) the
+            # sampling noise drowns the latent and the decoder learns to ignore whole channels
+            self.model.quant_conv.bias[cfg.latent_channels:] = args.init_logvar
+        self.disc = PatchDiscriminator().to(self.device)
+        self.lpips = load_lpips(args.lpips)
+        self.step = 0
+        self.opt = self.opt_d = None
+        self.log_path = self.out / "log.jsonl"
+
+    # -- stages
+    def stage(self, step: int) -> int:
+        return 1 if step < self.args.stage1_steps else 2
+
+    def make_optimizers(self, stage: int):
+        m, a = self.model, self.args
+        if stage == 1:
+            params = list(m.parameters())
+        else:
+            for p in list(m.encoder.parameters()) + list(m.quant_conv.parameters()):
+                p.requires_grad_(False)
+            params = list(m.decoder.parameters()) + list(m.post_quant_conv.parameters())
+        self.opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.5, 0.9), weight_decay=a.weight_decay)
+        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=a.lr, betas=(0.5, 0.9), weight_decay=a.weight_decay)
+
+    @torch.no_grad()
+    def set_scaling_factor(self, sampler: CropSampler, batches: int = 8):
+        """After stage 1: scaling_factor = 1 / std of the posterior means (scaled latents ~ unit std)."""
+        ms = []
+        for _ in range(batches):
+            x, _, _ = sampler.sample(1.0, 10_000)
+            ms.append(encode_moments(self.model, x.to(self.device))[0].flatten())
+        std = float(torch.cat(ms).std())
+        self.model.config.scaling_factor = round(1.0 / max(std, 1e-6), 5)
+
+    # -- checkpoints
+    def save(self):
+        state = {"step": self.step, "config": self.model.config.to_dict(), "args": vars(self.args),
+                 "model": self.model.state_dict(), "disc": self.disc.state_dict(),
+                 "opt": self.opt.state_dict(), "opt_d": self.opt_d.state_dict(),
+                 "stage": self.stage(self.step - 1) if self.step else 1}
+        tmp = self.out / "train_state.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.out / "train_state.pt")
+        save_checkpoint(self.model, self.out / "model")
+
+    def resume(self):
+        path = self.out / "train_state.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: no {path}")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.config.scaling_factor = state["config"]["scaling_factor"]
+        self.model.load_state_dict(state["model"])
+        self.disc.load_state_dict(state["disc"])
+        self.step = state["step"]
+        self.make_optimizers(state["stage"])
+        self.opt.load_state_dict(state["opt"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        if self.stage(self.step) != state["stage"]:  # saved at the end of stage 1
+            self.make_optimizers(self.stage(self.step))
+
+    # -- one step
+    def train_step(self, x, y, win, stage: int, use_gan: bool) -> dict:
+        a, m = self.args, self.model
+        if stage == 1:
+            mean, logvar = encode_moments(m, x)
+            z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+            kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        else:
+            with torch.no_grad():
+                z = encode_moments(m, x)[0]
+            kl = torch.zeros(())
+        out = decode_window(m, z, win)  # (B, 3, 8wh, 8ww)
+        l1 = (out - y).abs().mean()
+        loss = l1 + a.kl_weight * kl
+        logs = {"l1": l1.item()}
+        if self.lpips is not None:
+            lp = self.lpips(out, y).mean()
+            loss = loss + a.lpips_weight * lp
+            logs["lpips"] = lp.item()
+        if use_gan:
+            g = -self.disc(out).mean()
+            loss = loss + a.gan_weight * g
+            logs["g"] = g.item()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g_ in self.opt.param_groups for p in g_["params"]], 1.0)
+        self.opt.step()
+        if use_gan:  # hinge loss for the discriminator
+            d = F.relu(1 - self.disc(y)).mean() + F.relu(1 + self.disc(out.detach())).mean()
+            self.opt_d.zero_grad(set_to_none=True)
+            d.backward()
+            self.opt_d.step()
+            logs["d"] = d.item()
+        logs["loss"] = loss.item()
+        if not math.isfinite(logs["loss"]):
+            raise FloatingPointError(f"loss is {logs['loss']} at step {self.step}: {logs}")
+        return logs
+
+    def run(self, sampler: CropSampler) -> list[dict]:
+        a = self.args
+        total = a.stage1_steps + a.stage2_steps
+        if a.resume:
+            self.resume()
+        elif self.opt is None:
+            if a.warm_start_steps:
+                losses = positional_warm_start(self.model, sampler, a.warm_start_steps, a.warm_start_lr,
+                                               a.max_scale, self.device)
+                print(f"positional warm start: cross-entropy {losses[0]:.3f} -> {losses[-1]:.3f} "
+                      f"in {a.warm_start_steps} steps")
+            self.make_optimizers(self.stage(0))
+        history = []
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=total, initial=self.step, dynamic_ncols=True, disable=a.quiet)
+        except ImportError:
+            bar = None
+        t0 = time.time()
+        while self.step < total:
+            stage = self.stage(self.step)
+            if stage == 2 and self.step == a.stage1_steps:
+                self.set_scaling_factor(sampler)
+                self.make_optimizers(2)
+            s_step = self.step - (0 if stage == 1 else a.stage1_steps)
+            s_total = a.stage1_steps if stage == 1 else a.stage2_steps
+            lr = lr_at(s_step, s_total, a.lr, a.warmup)
+            for opt in (self.opt, self.opt_d):
+                for g in opt.param_groups:
+                    g["lr"] = lr
+            use_gan = stage == 2 and a.gan_weight > 0 and s_step >= a.gan_start * a.stage2_steps
+            x, y, win = sampler.sample(1.0 if stage == 1 else a.max_scale, a.window)
+            logs = self.train_step(x.to(self.device), y.to(self.device), win, stage, use_gan)
+            self.step += 1
+            logs.update(step=self.step, stage=stage, lr=lr, grid=list(win[:2]), t=round(time.time() - t0, 1))
+            history.append(logs)
+            if self.step % a.log_every == 0 or self.step == total:
+                with open(self.log_path, "a") as f:
+                    f.write(json.dumps(logs) + "\n")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(stage=stage, l1=f"{logs['l1']:.4f}", lr=f"{lr:.1e}")
+            if self.step % a.save_every == 0 or self.step == total or self.step == a.stage1_steps:
+                self.save()
+        if bar is not None:
+            bar.close()
+        return history
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m infgen_ref.train", description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    p.add_argument("--config", default=None, help="an InfGenConfig JSON file instead of --preset")
+    p.add_argument("--out", required=True, help="directory for train_state.pt, model/ and log.jsonl")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--stage1-steps", type=int, default=1500, help="plain-VAE steps (encoder + decoder)")
+    p.add_argument("--stage2-steps", type=int, default=2500, help="InfGen steps (encoder frozen)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--grid-min", type=int, default=12, help="smallest input latent grid side (tokens)")
+    p.add_argument("--grid-max", type=int, default=16, help="largest input latent grid side (tokens)")
+    p.add_argument("--max-scale", type=float, default=4.0, help="largest target / input size in stage 2")
+    p.add_argument("--window", type=int, default=16, help="decoded window side, tokens (8 px each)")
+    p.add_argument("--warm-start-steps", type=int, default=200,
+                   help="positional warm start of cross-attention block 0 before stage 1 (0: off)")
+    p.add_argument("--warm-start-lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--init-logvar", type=float, default=-10.0, help="initial posterior log-variance (bias)")
+    p.add_argument("--lpips", default=None, help="local TorchScript LPIPS file; without it LPIPS is off")
+    p.add_argument("--lpips-weight", type=float, default=0.1)
+    p.add_argument("--gan-weight", type=float, default=0.1)
+    p.add_argument("--gan-start", type=float, default=0.5, help="fraction of stage 2 before the GAN loss starts")
+    p.add_argument("--colour-aug", type=float, default=0.5,
+                   help="probability of a random channel order per photo crop; grayscale crops are tinted (0: off)")
+    p.add_argument("--num-generated", type=int, default=48, help="procedural training images")
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    for name in ("stage1_steps", "stage2_steps"):
+        if getattr(a, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
+    if a.batch_size < 1 or not 1 <= a.grid_min <= a.grid_max or a.window < 1 or a.max_scale < 1:
+        p.error(f"need batch-size >= 1, 1 <= grid-min <= grid-max, window >= 1, max-scale >= 1; got "
+                f"{a.batch_size}, {a.grid_min}, {a.grid_max}, {a.window}, {a.max_scale}")
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    random.seed(a.seed)
+    photos, generated = training_images(a.num_generated, a.seed)
+    print(f"training data: {len(photos)} photos, {len(generated)} generated images; "
+          f"LPIPS {'on: ' + a.lpips if a.lpips else 'off (no local weights given with --lpips)'}")
+    trainer = Trainer(a)
+    sampler = CropSampler(photos, generated, a.batch_size, a.grid_min, a.grid_max, seed=a.seed,
+                          colour_aug=a.colour_aug)
+    t0 = time.time()
+    trainer.run(sampler)
+    print(f"done: {trainer.step} steps in {time.time() - t0:.0f} s; checkpoint {trainer.out / 'model'}")
+
+
+if __name__ == "__main__":
+    main()

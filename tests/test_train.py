@@ -1,0 +1,166 @@
+"""The trainer on tiny data: losses, the two stages, GAN and LPIPS switches, checkpoint and resume."""
+import math
+
+import pytest
+import torch
+
+from infgen_ref.data import HELD_OUT, TRAIN_PHOTOS, generated_image, photo_paths
+from infgen_ref.train import CropSampler, Trainer, decode_window, parse_args, positional_warm_start
+from infgen_ref.weights import load_checkpoint
+
+
+def _images(n=3, size=64):
+    return [generated_image(i, size) for i in range(n)]
+
+
+def _args(tmp_path, *extra):
+    return parse_args(["--preset", "tiny", "--out", str(tmp_path), "--batch-size", "2", "--grid-min", "3",
+                       "--grid-max", "4", "--window", "5", "--max-scale", "2", "--warmup", "2",
+                       "--quiet", "--log-every", "1", "--warm-start-steps", "0", *extra])
+
+
+def _run(args, images=None):
+    torch.manual_seed(0)
+    t = Trainer(args)
+    sampler = CropSampler(images or _images(), [], args.batch_size, args.grid_min, args.grid_max, seed=args.seed)
+    return t, t.run(sampler)
+
+
+def test_sampler_shapes_and_range():
+    s = CropSampler(_images(), _images(2, 96), batch_size=3, grid_min=3, grid_max=5, seed=1)
+    for _ in range(5):
+        x, y, (Th, Tw, oy, ox, wh, ww) = s.sample(max_scale=3.0, window=6)
+        gh, gw = x.shape[2] // 8, x.shape[3] // 8
+        assert x.shape[:2] == (3, 3) and 3 <= gh <= 5 and 3 <= gw <= 5
+        assert y.shape == (3, 3, 8 * wh, 8 * ww)
+        assert gh <= Th <= 3 * gh + 1 and 0 <= oy <= Th - wh and 0 <= ox <= Tw - ww and wh <= 6
+        assert x.min() >= -1 and x.max() <= 1 and y.min() >= -1 and y.max() <= 1
+
+
+def test_colour_augmentation_tints_grey_and_permutes_colour():
+    g = generated_image(0, 64)
+    grey = g.mean(0, keepdim=True).expand(3, -1, -1).clone()
+    s = CropSampler([grey], [], batch_size=4, grid_min=3, grid_max=3, seed=0, colour_aug=1.0)
+    x, _, _ = s.sample(1.0, 3)
+    assert (x[:, 0] - x[:, 1]).abs().amax() > 0.05  # tinted: no longer grey
+    s = CropSampler([g], [], batch_size=1, grid_min=3, grid_max=3, seed=0, colour_aug=1.0)
+    crop = g[None, :, :8, :8]
+    seen = {tuple(s.recolour(crop)[0, :, 0, 0].tolist()) for _ in range(30)}
+    assert len(seen) > 1 and all(sorted(v) == sorted(crop[0, :, 0, 0].tolist()) for v in seen)
+    off = CropSampler([grey], [], batch_size=2, grid_min=3, grid_max=3, seed=0)
+    x, _, _ = off.sample(1.0, 3)
+    assert torch.equal(x[:, 0], x[:, 1])  # colour_aug=0 leaves grey grey
+
+
+def test_decode_window_matches_full_grid_tokens(tiny_model):
+    """The window's mask tokens are the full grid's: the cross-attention output of a window equals
+    the same window cut from the full grid's features (mid block and up blocks differ by design)."""
+    z = torch.randn(1, 4, 3, 4)
+    dec = tiny_model.decoder
+    with torch.no_grad():
+        zz = tiny_model.post_quant_conv(z)
+        full = dec.tokens_to_features(zz, 6, 7)  # (1, d, 6, 7)
+        mask = dec.mask_tokens(6, 7).view(1, 6, 7, -1)[:, 1:4, 2:6].reshape(1, 12, -1)
+        win = dec.tokens_to_features(zz, 3, 4, mask=mask)
+        assert torch.allclose(win, full[:, :, 1:4, 2:6], atol=1e-5)
+        assert decode_window(tiny_model, z, (6, 7, 1, 2, 3, 4)).shape == (1, 3, 24, 32)
+
+
+def test_positional_warm_start_learns_lookup_and_touches_only_its_layers():
+    from infgen_ref.config import preset
+    from infgen_ref.model import InfGen
+    torch.manual_seed(0)
+    m = InfGen(preset("tiny"))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    sampler = CropSampler(_images(), [], 2, 3, 4, seed=0)
+    losses = positional_warm_start(m, sampler, steps=40, lr=3e-3, max_scale=2.0, device=torch.device("cpu"))
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, (losses[:5], losses[-5:])
+    after = m.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "decoder.blocks.0.to_q.weight" in changed and "decoder.mask_pos.fc1.weight" in changed
+    assert not any(k.startswith(("encoder.", "decoder.up_blocks.", "decoder.mid_block.", "decoder.blocks.1."))
+                   for k in changed), sorted(changed)
+
+
+def test_short_run_losses_finite_and_weights_change(tmp_path):
+    args = _args(tmp_path, "--stage1-steps", "3", "--stage2-steps", "3", "--gan-start", "0")
+    torch.manual_seed(0)
+    before = {k: v.clone() for k, v in Trainer(args).model.state_dict().items()}
+    assert torch.equal(before["quant_conv.bias"][4:], torch.full((4,), -10.0))  # small posterior noise at start
+    t, hist = _run(args)
+    assert [h["stage"] for h in hist] == [1, 1, 1, 2, 2, 2]
+    assert all(math.isfinite(h["loss"]) and math.isfinite(h["l1"]) for h in hist)
+    assert all("g" in h and "d" in h for h in hist[3:]) and not any("g" in h for h in hist[:3])
+    after = t.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert t.model.config.scaling_factor != 0.13025  # set from the encoder's statistics after stage 1
+    assert (tmp_path / "log.jsonl").read_text().count("\n") == 6
+
+
+def test_loss_decreases_on_one_image(tmp_path):
+    args = _args(tmp_path, "--stage1-steps", "25", "--stage2-steps", "0", "--lr", "2e-3", "--grid-min", "4",
+                 "--grid-max", "4")
+    _, hist = _run(args, images=[generated_image(7, 48)])
+    first, last = sum(h["l1"] for h in hist[:5]) / 5, sum(h["l1"] for h in hist[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+
+
+def test_stage2_freezes_encoder(tmp_path):
+    args = _args(tmp_path, "--stage1-steps", "2", "--stage2-steps", "3", "--gan-weight", "0")
+    t, _ = _run(args)
+    t2, _ = _run(_args(tmp_path / "b", "--stage1-steps", "2", "--stage2-steps", "0", "--gan-weight", "0"))
+    for k, v in t.model.state_dict().items():
+        if k.startswith(("encoder.", "quant_conv.")):
+            assert torch.equal(v, t2.model.state_dict()[k]), k
+    assert not any(p.requires_grad for p in t.model.encoder.parameters())
+
+
+def test_checkpoint_and_resume(tmp_path):
+    args = _args(tmp_path, "--stage1-steps", "2", "--stage2-steps", "2", "--save-every", "2")
+    t, _ = _run(args)
+    saved = load_checkpoint(tmp_path / "model")
+    for k, v in t.model.state_dict().items():
+        assert torch.equal(v, saved.state_dict()[k]), k
+    assert saved.config.scaling_factor == t.model.config.scaling_factor
+    # resume: same step, same weights, then it goes on to the new total
+    args2 = _args(tmp_path, "--stage1-steps", "2", "--stage2-steps", "4", "--resume")
+    t2 = Trainer(args2)
+    t2.resume()
+    assert t2.step == 4
+    for k, v in t.model.state_dict().items():
+        assert torch.equal(v, t2.model.state_dict()[k]), k
+    assert t2.opt.state_dict()["state"].keys() == t.opt.state_dict()["state"].keys()
+    _, hist = _run(args2)
+    assert [h["step"] for h in hist] == [5, 6]
+
+
+def test_lpips_only_from_a_local_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        _run(_args(tmp_path, "--stage1-steps", "1", "--stage2-steps", "0", "--lpips", str(tmp_path / "nope.pt")))
+
+    class FakeLPIPS(torch.nn.Module):
+        def forward(self, x, y):
+            return (x - y).pow(2).mean(dim=(1, 2, 3))
+    path = tmp_path / "lpips.pt"
+    torch.jit.script(FakeLPIPS()).save(str(path))
+    _, hist = _run(_args(tmp_path / "r", "--stage1-steps", "2", "--stage2-steps", "0", "--lpips", str(path)))
+    assert all("lpips" in h and math.isfinite(h["lpips"]) for h in hist)
+    _, hist = _run(_args(tmp_path / "s", "--stage1-steps", "1", "--stage2-steps", "0"))
+    assert "lpips" not in hist[0]
+
+
+def test_bad_arguments():
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--stage1-steps", "-1"])
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--grid-min", "9", "--grid-max", "4"])
+
+
+def test_training_data_offline_and_held_out():
+    names = {p.name for p in photo_paths()}
+    assert names and not names & set(HELD_OUT)
+    assert not set(TRAIN_PHOTOS) & set(HELD_OUT)
+    a, b = generated_image(3, 64), generated_image(3, 64)
+    assert torch.equal(a, b) and a.shape == (3, 64, 64) and 0 <= a.min() and a.max() <= 1
+    assert not torch.equal(a, generated_image(4, 64))
