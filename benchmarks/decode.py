@@ -24,17 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infgen_ref.config import PRESETS  # noqa: E402
+from infgen_ref.config import PRESETS, parse_size  # noqa: E402
 from infgen_ref.cost import decode_flops, floor_seconds  # noqa: E402
 from runtime.engine import InfGenEngine  # noqa: E402
-
-
-def parse_size(s: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in s.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {s!r}") from exc
-    return w, h
 
 
 def time_decode(eng: InfGenEngine, z: torch.Tensor, h: int, w: int, warmup: int, iters: int) -> dict:
@@ -76,7 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--out", default="decode_out")
     a = p.parse_args(argv)
-    sizes = [parse_size(s) for s in a.sizes]
+    sizes = [parse_size(s)[::-1] for s in a.sizes]  # (w, h)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

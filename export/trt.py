@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from infgen_ref.config import parse_size
 from export.plan import (DEFAULT_OPT_SIZES, Plan, cache_key, engine_metadata, make_plan,
                          polygraphy_command, trtexec_command, validate_cached)
 
@@ -231,14 +232,11 @@ def load_or_build(onnx_path: str | Path, plan: Plan, dtype: str, engine_dir: str
 
 # ----------------------------------------------------------------------------- CLI
 def parse_sizes(text: str) -> tuple:
-    """'1024x1024,1080x1920' -> ((1024, 1024), (1080, 1920)) as (h, w)."""
-    out = []
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        parts = item.lower().split("x")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise argparse.ArgumentTypeError(f"sizes must look like HxW[,HxW...], got {item!r}")
-        out.append((int(parts[0]), int(parts[1])))
-    return tuple(out)
+    """argparse type: '1024x1024,1920x1080' (WIDTHxHEIGHT, as every tool here) -> ((1024, 1024), (1080, 1920)) as (h, w)."""
+    try:
+        return tuple(parse_size(t) for t in text.split(",") if t.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def main(argv=None) -> int:
@@ -250,8 +248,8 @@ def main(argv=None) -> int:
     ap.add_argument("--min-res", type=int, default=256, help="smallest output side (pixels)")
     ap.add_argument("--max-res", type=int, default=4096, help="largest output side (pixels)")
     ap.add_argument("--opt-sizes", type=parse_sizes, default=DEFAULT_OPT_SIZES,
-                    help="HxW sizes to tune for, comma-separated (default: 1024x1024,1080x1920,2048x2048,"
-                         "2160x3840,4096x4096)")
+                    help="WIDTHxHEIGHT sizes to tune for, comma-separated (default: 1024x1024,1920x1080,"
+                         "2048x2048,3840x2160,4096x4096)")
     ap.add_argument("--batch", type=int, default=1, help="largest batch")
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     ap.add_argument("--engine-dir", default="engines")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,19 @@ def parse_dtype(dtype) -> torch.dtype:
         if key in DTYPES:
             return DTYPES[key]
     raise ValueError(f"dtype must be one of {sorted(DTYPES)} (or the torch dtype), got {dtype!r}")
+
+
+def parse_size(text) -> tuple[int, int]:
+    """A size as users write it, 'WIDTHxHEIGHT' ('3840x2160' is landscape 4K) or 'N' for a square,
+    -> (height, width), the order of tensor shapes. Range checks belong to the model's config."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*]\s*(\d+))?\s*", str(text))
+    if not m:
+        raise ValueError(f"size must be WIDTHxHEIGHT like 3840x2160 (or one number for a square), got {text!r}")
+    w = int(m.group(1))
+    h = int(m.group(2)) if m.group(2) is not None else w
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {text!r}")
+    return h, w
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -7,24 +7,21 @@ on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 from infgen_ref.config import DTYPES, PRESETS
+from infgen_ref.config import parse_size as config_parse_size
 from runtime.engine import BACKENDS
 EXIT_USAGE = 2
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'WxH' (or 'N' for a square) -> (h, w). Range checks are the model's (they depend on its config)."""
-    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*]\s*(\d+))?\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT like 3840x2160 (or one number for a square), "
-                                         f"got {text!r}")
-    w = int(m.group(1))
-    h = int(m.group(2)) if m.group(2) is not None else w
-    return h, w
+    """argparse type: 'WxH' (or 'N' for a square) -> (h, w); see infgen_ref.config.parse_size."""
+    try:
+        return config_parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def positive_int(text: str) -> int:

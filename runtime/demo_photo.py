@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import infgen_ref
+from infgen_ref.config import parse_size
 from infgen_ref.weights import load_checkpoint
 
 DEMO_DIR = Path(infgen_ref.__file__).resolve().parent / "assets" / "demo"
@@ -36,10 +37,13 @@ def parse_sizes(sizes) -> list[tuple[int, int]]:
         sizes = [s for s in sizes.split(",") if s.strip()]
     out = []
     for s in sizes:
-        try:
-            w, h = (int(v) for v in (s.lower().split("x") if isinstance(s, str) else s))
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"size must be WIDTHxHEIGHT like 512x288, got {s!r}") from exc
+        if isinstance(s, str):
+            h, w = parse_size(s)
+        else:
+            try:
+                w, h = (int(v) for v in s)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"size must be WIDTHxHEIGHT like 512x288, got {s!r}") from exc
         out.append((w, h))
     if not out:
         raise ValueError("need at least one size")

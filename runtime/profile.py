@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from infgen_ref.config import PRESETS, dtype_name, parse_dtype
+from infgen_ref.config import PRESETS, dtype_name, parse_dtype, parse_size
 from infgen_ref.cost import H100_BF16_FLOPS, decode_flops, floor_seconds
 from infgen_ref.model import InfGen, token_grid
 from runtime.engine import InfGenEngine, resolve_device, resolve_model
@@ -130,17 +130,6 @@ class CompiledDecode:
 
 
 # ----------------------------------------------------------------------------- parsing
-def parse_size(text: str) -> tuple[int, int]:
-    """'WIDTHxHEIGHT' (as in 1920x1080) -> (height, width)."""
-    try:
-        w, h = (int(p) for p in str(text).lower().split("x"))
-    except ValueError as exc:
-        raise ValueError(f"size must be WIDTHxHEIGHT such as 1920x1080, got {text!r}") from exc
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive, got {text!r}")
-    return h, w
-
-
 def make_targets(backends: list[str], baselines: list[str], dtype: torch.dtype,
                  device: torch.device) -> tuple[list[Target], dict[str, str]]:
     """Backends at the run's dtype, then the baselines; a baseline equal to a row already there

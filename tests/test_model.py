@@ -166,3 +166,14 @@ def test_extrapolate_within_one_step_is_plain_decode(tiny_model, monkeypatch):
 def test_extrapolate_rejects_bad_step(tiny_model, z):
     with pytest.raises(ValueError, match="0.5"):
         tiny_model.extrapolate(z, 64, 64, max_step=0.5)
+
+
+def test_parse_size_is_width_by_height_everywhere():
+    """One parser for every tool: 'WIDTHxHEIGHT' or 'N' -> (height, width)."""
+    from infgen_ref.config import parse_size
+    assert parse_size("3840x2160") == (2160, 3840)
+    assert parse_size(" 512 X 288 ") == (288, 512)
+    assert parse_size("64") == (64, 64)
+    for bad in ("0x5", "abc", "12x", "-5x10", "3.5x2", "1920-1080"):
+        with pytest.raises(ValueError, match=bad.replace(".", r"\.")):
+            parse_size(bad)
