@@ -33,8 +33,6 @@ def parse_size(text) -> tuple[int, int]:
         raise ValueError(f"size must be WIDTHxHEIGHT like 3840x2160 (or one number for a square), got {text!r}")
     w = int(m.group(1))
     h = int(m.group(2)) if m.group(2) is not None else w
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive, got {text!r}")
     return h, w
 
 
