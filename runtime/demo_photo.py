@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import infgen_ref
 from infgen_ref.config import parse_size
 from infgen_ref.weights import load_checkpoint
+from runtime.demo import DEMO_CHECKPOINT as DEMO_DIR
+from runtime.io import load_image
 
-DEMO_DIR = Path(infgen_ref.__file__).resolve().parent / "assets" / "demo"
 DEMO_PHOTO = DEMO_DIR / "coffee.jpg"
 DEFAULT_SIZES = ((256, 256), (512, 288), (1024, 1024), (1920, 1080))  # (width, height)
 INPUT_SIZE = (96, 144)  # (height, width) of the encoder input: a 12 x 18 latent
@@ -52,8 +52,7 @@ def parse_sizes(sizes) -> list[tuple[int, int]]:
 
 def load_photo(path: str | Path = DEMO_PHOTO) -> torch.Tensor:
     """Image file -> (1, 3, H, W) float32 in [-1, 1]."""
-    from infgen_ref.data import load_rgb
-    return load_rgb(path)[None] * 2 - 1
+    return load_image(path)
 
 
 def resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
