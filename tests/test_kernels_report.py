@@ -19,11 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """One report run over the runtime and sweep entries (about a minute on 2 cores)."""
+    """One report run over the default entries (runtime, sweep, option; about a minute on 2 cores)."""
     out = tmp_path_factory.mktemp("report")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "kernels.report", "--out", str(out), "--jobs", "2",
-                           "--used-by", "runtime", "--used-by", "sweep", "--check"],
+                           "--check"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     data = json.loads((out / "compile_report.json").read_text())
     return proc, data, (out / "compile_report.md").read_text()
