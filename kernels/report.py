@@ -2,22 +2,26 @@
 launch options can run, compiled for Hopper (H100) on a machine without a GPU.
 
   python -m kernels.report [--out DIR] [--jobs N] [--used-by runtime] [--check]
+  python -m kernels.report --compare A/compile_report.json B/compile_report.json   # side by side
 
 Each entry is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`
 from the same `Launch` the launcher would run (kernels.common.Launch), built on meta tensors shaped
 like the real call sites, with the signature and `tt.divisibility` 16 attributes Triton's JIT
 gives those arguments (`jit_signature`). The cubin is read back with the `cuobjdump` inside the
-triton wheel: registers, stack, spill stores/loads (STL/LDL instructions), shared memory against
-the 232,448 B an H100 block may use, HGMMA (wgmma) vs HMMA (mma.sync) vs neither (FMA dots),
-cp.async (LDGSTS) and TMA (UTMALDG/UBLKCP), and blocks per SM. A configuration that fails to
-compile or to fit is a row saying why. Writes DIR/compile_report.json and DIR/compile_report.md.
-`--check` exits 1 unless every runtime entry compiles, fits, has no spill stores and (bf16/fp16
-attention) uses HGMMA, and every sweep entry compiles and fits.
+triton wheel, and ptxas -v's log (each entry is compiled afresh, not from Triton's cache, to get
+it): registers, stack, spill store/load bytes, shared memory against the 232,448 B an H100 block
+may use, HGMMA (wgmma) vs HMMA (mma.sync) vs neither (FMA dots), cp.async (LDGSTS) and TMA
+(UTMALDG/UBLKCP), and blocks per SM. A configuration that fails to compile or to fit is a row
+saying why. Writes DIR/compile_report.json and DIR/compile_report.md. `--check` exits 1 unless
+every runtime and plugin entry compiles, fits, has no spill stores and (attention) uses HGMMA,
+and every sweep entry compiles and fits.
 
 Adding a kernel = adding `Entry` objects to `entries()`: an entry only needs a zero-argument
 `compile` callable returning Triton's compiled kernel (a `tl` kernel through `compile_launch`, a
 Gluon kernel through its own source type) or any object with `.asm["cubin"]` (bytes) and
-`.metadata.shared` / `.metadata.num_warps` / `.metadata.name`.
+`.metadata.shared` / `.metadata.num_warps` / `.metadata.name`, e.g.
+`Entry("attn_d512", "mid-block attention", "64x512 w12", "bf16", ("runtime",),
+functools.partial(compile_d512, cfg, torch.bfloat16), expect_hgmma=True)`.
 
 Nothing here runs a kernel: timings belong to benchmarks/kernels.py on a GPU.
 """
@@ -37,7 +41,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -240,7 +244,11 @@ def _tile(cfg) -> str:
 def attention_call(site: str, dt: torch.dtype, D: int) -> tuple:
     """q, k, v, out as the triton backend passes them (runtime/triton_backend.py), on meta tensors.
     cross: q a head-split view of (1, M, H*D) queries, k and v views of a (1, T, 2*H*D) K|V
-    projection; self: q, k, v views of a packed (1, M, 3D) QKV, one head."""
+    projection; self: q, k, v views of a packed (1, M, 3D) QKV, one head; plugin: contiguous
+    (1, M, D) tensors, one head (export/trt.py's layout)."""
+    if site == "plugin":  # export/trt.py's entry: contiguous (B, N, D) q, k, v, o, one head
+        q, k, v, out = (meta(1, TOKENS, D, dtype=dt)[:, None] for _ in range(4))
+        return q, k, v, out
     if site == "cross":
         H = {64: 8, 16: 4}.get(D, 8)
         q = meta(1, TOKENS, H * D, dtype=dt).view(1, TOKENS, H, D).transpose(1, 2)
@@ -288,6 +296,10 @@ def attention_entries() -> list[Entry]:
                 out.append(Entry("attn_fwd_kernel", label, f"d{D} {_tile(cfg)}" + (" kv_tma" if tma else ""), "bf16",
                                  ("sweep",), partial(_attention, site, torch.bfloat16, D, cfg, kv_tma=tma),
                                  expect_hgmma=True))
+    for name in ("bf16", "fp16"):  # the TensorRT plugin's layout (its entry kernel lives in export/trt.py)
+        cfg = pick_config(512, CUDA)
+        out.append(Entry("attn_fwd_kernel", "TensorRT plugin layout (B, N, 512), one head", f"d512 {_tile(cfg)}",
+                         name, ("plugin",), partial(_attention, "plugin", DTYPES[name], 512, cfg), expect_hgmma=True))
     for site, D, label in ATTENTION_SITES[:2]:
         cfg = pick_config(D, CUDA)
         # An option the runtime does not use yet: q pre-scaled by scale * log2(e).
@@ -324,14 +336,13 @@ def groupnorm_entries() -> list[Entry]:
     out = []
     for C, label in GN_CHANNELS.items():
         BP, BC, _ = _tiles(270 * 480, C, 1, CUDA)
-        for name, dt in DTYPES.items():
-            out.append(Entry("gn_stats_kernel", f"GroupNorm, {label}", f"C{C} {BP}x{BC} w4", name, ("runtime",),
-                             partial(_groupnorm, "stats", dt, C)))
-            out.append(Entry("gn_apply_kernel", f"GroupNorm+SiLU, {label}", f"C{C} {BP}x{BC} w4 silu", name,
-                             ("runtime",), partial(_groupnorm, "apply", dt, C)))
-            if C in GN_NO_SILU:
-                out.append(Entry("gn_apply_kernel", f"GroupNorm, {label} attention norm", f"C{C} {BP}x{BC} w4",
-                                 name, ("runtime",), partial(_groupnorm, "apply", dt, C, False)))
+        kinds = [("gn_stats_kernel", f"GroupNorm, {label}", f"C{C} {BP}x{BC} w4", "stats", True),
+                 ("gn_apply_kernel", f"GroupNorm+SiLU, {label}", f"C{C} {BP}x{BC} w4 silu", "apply", True)]
+        if C in GN_NO_SILU:
+            kinds.append(("gn_apply_kernel", f"GroupNorm, {label} attention norm", f"C{C} {BP}x{BC} w4", "apply", False))
+        for kernel, site, tile, kind, silu in kinds:
+            for name, dt in DTYPES.items():
+                out.append(Entry(kernel, site, tile, name, ("runtime",), partial(_groupnorm, kind, dt, C, silu)))
     return out
 
 
@@ -385,12 +396,12 @@ def _run_index(i: int) -> dict:
 
 
 def check(rows: list[dict]) -> list[str]:
-    """Problems: a runtime entry that does not compile, fit, stay free of spill stores, or (when
-    expected) use HGMMA; a sweep entry that does not compile or fit."""
+    """Problems: a runtime or plugin entry that does not compile, fit, stay free of spill stores,
+    or (when expected) use HGMMA; a sweep entry that does not compile or fit."""
     bad = []
     for r in rows:
         what = f"{r['kernel']} {r['config']} {r['dtype']} ({r['site']})"
-        if "runtime" in r["used_by"]:
+        if {"runtime", "plugin"} & set(r["used_by"]):
             if not (r["ok"] and r["fits"]):
                 bad.append(f"{what}: {r.get('error')}")
             elif r["spill_stores"]:
@@ -443,19 +454,47 @@ def markdown(report: dict) -> str:
            f"{SHARED_PER_BLOCK:,} B. Spill st/ld: ptxas -v's spill store/load bytes. MMA: HGMMA (wgmma), HMMA "
            f"(mma.sync) or none (FMA dots), with the instruction count. cp.async: LDGSTS; TMA: UTMALDG/UBLKCP/UTMASTG. "
            f"Blocks/SM from registers, shared memory and warps.", ""]
-    for title, keep in (("Runtime configurations", lambda r: "runtime" in r["used_by"]),
+    for title, keep in (("Runtime and plugin configurations", lambda r: {"runtime", "plugin"} & set(r["used_by"])),
                         ("Sweep configurations (benchmarks/kernels.py)", lambda r: r["used_by"] == ["sweep"]),
                         ("Options the runtime does not use yet", lambda r: "option" in r["used_by"]),
                         ("Rejected (not launched; see the note in kernels/)", lambda r: "rejected" in r["used_by"]),
-                        ("Other", lambda r: not set(r["used_by"]) & {"runtime", "sweep", "option", "rejected"})):
+                        ("Other", lambda r: not set(r["used_by"]) & set(USED_BY))):
             part = [r for r in rows if keep(r)]
             if part:
                 out += [f"## {title}", "", markdown_table(part), ""]
     problems = report["problems"]
-    out += ["## Check", "", "All runtime configurations compile, fit, have no spill stores and use HGMMA where "
-            "expected; all sweep configurations compile and fit." if not problems else
+    out += ["## Check", "", "All runtime and plugin configurations compile, fit, have no spill stores and use "
+            "HGMMA where expected; all sweep configurations compile and fit." if not problems else
             "\n".join(f"- {p}" for p in problems), ""]
     return "\n".join(out)
+
+
+def compare(reports: list[dict], used_by=("runtime", "plugin")) -> str:
+    """One Markdown table of the entries used by `used_by`, side by side across reports (e.g. one
+    per triton version): registers, spill store bytes, shared memory and blocks per SM per report;
+    dtypes with equal numbers share a row."""
+    versions = " / ".join(r["env"]["triton"] for r in reports)
+    keyed = [{(x["kernel"], x["site"], x["config"], x["dtype"]): x for x in r["rows"]} for r in reports]
+    rows = []
+    for key, first in keyed[0].items():
+        if not set(first["used_by"]) & set(used_by):
+            continue
+        xs = [kd.get(key) for kd in keyed]
+        ok = [x for x in xs if x and x["ok"]]
+
+        def cell(f):
+            return " / ".join(str(f(x)) if x and x["ok"] else "-" for x in xs)
+        cells = ([cell(lambda x: x["regs"]), cell(lambda x: x["spill_stores"]), cell(lambda x: f"{x['shared']:,}"),
+                  ok[0]["mma"], f"{ok[0]['cp_async']} / {ok[0]['tma']}", cell(lambda x: x["blocks_per_sm"])]
+                 if ok else ["-"] * 5 + [first.get("error", "")])
+        if rows and rows[-1][0] == key[:3] and rows[-1][2] == cells:
+            rows[-1][1].append(key[3])
+        else:
+            rows.append((key[:3], [key[3]], cells))
+    lines = [f"| kernel | site | config | dtype | regs ({versions}) | spill B | shared B | MMA | cp.async / TMA "
+             f"| blocks/SM |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(k)} | {', '.join(d)} | {' | '.join(c)} |" for k, d, c in rows]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -466,7 +505,12 @@ def main(argv=None) -> int:
                    help=f"entries used by this (repeatable; default: {', '.join(DEFAULT_USED_BY)})")
     p.add_argument("--kernel", action="append", help="only this kernel (repeatable)")
     p.add_argument("--check", action="store_true", help="exit 1 when check() finds a problem")
+    p.add_argument("--compare", nargs="+", metavar="JSON",
+                   help="compile nothing: print the runtime/plugin rows of these reports side by side")
     a = p.parse_args(argv)
+    if a.compare:
+        print(compare([json.loads(Path(f).read_text()) for f in a.compare]))
+        return 0
     if a.jobs < 1:
         p.error(f"--jobs must be >= 1, got {a.jobs}")
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
