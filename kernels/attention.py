@@ -150,7 +150,7 @@ def attn_fwd_kernel(
 CUDA_CONFIGS = {
     64: (128, 64, 4, 3),
     128: (128, 64, 8, 3),
-    256: (64, 32, 8, 3),
+    256: (64, 64, 8, 2),
     512: (64, 16, 8, 3),
 }
 # fp32 inputs on CUDA run torch SDPA instead (FP32_ON_CUDA): the kernel's exact fp32 dots are FMA
