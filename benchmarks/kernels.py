@@ -150,7 +150,10 @@ def inpe_case(h, w, D, F_, dt) -> dict:
 
 def env() -> dict:
     import triton
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    try:
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git on this machine
+        git = ""
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu (Triton interpreter, smoke run)", "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(), "commit": git or None}

@@ -416,8 +416,11 @@ def check(rows: list[dict]) -> list[str]:
 
 def environment() -> dict:
     import triton
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    try:
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    except OSError:  # no git on this machine
+        git = ""
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "triton": triton.__version__, "torch": torch.__version__, "python": sys.version.split()[0],
             "target": "cuda sm_90a (GPUTarget('cuda', 90, 32)), compiled without a GPU", "commit": git or None,
