@@ -29,16 +29,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.attention import attention_flops, flash_attention, pick_config  # noqa: E402
+from kernels.attention import SWEEP_CONFIGS, attention_flops, flash_attention, pick_config  # noqa: E402
 from kernels.groupnorm import group_norm_bytes, group_norm_silu  # noqa: E402
 from kernels.inpe import inpe_embed, inpe_flops  # noqa: E402
 
 QUANTILES = [0.5, 0.1, 0.9]
-SWEEP = {
-    512: [(64, 32, 8, 2), (64, 32, 8, 1), (64, 64, 8, 1), (32, 64, 4, 2), (64, 16, 4, 2), (128, 32, 8, 1),
-          (32, 32, 4, 3)],
-    64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 4), (128, 32, 4, 4), (256, 64, 8, 3)],
-}
+SWEEP = SWEEP_CONFIGS  # (BLOCK_M, BLOCK_N, warps, stages, kv_tma) by head dim; kernels.report checks each fits
 
 
 DEV = "cuda"
@@ -87,9 +83,9 @@ def attention_case(kind: str, B, H, M, N, D, dt, sweep: bool) -> dict:
     row = {"kind": kind, "B": B, "H": H, "M": M, "N": N, "D": D, "dtype": str(dt), "flops": flops,
            "default_config": list(pick_config(D, q.device))}
 
-    def run_triton(cfg=None):
-        out = flash_attention(q, k, v, config=cfg)
-        r = bench(lambda: flash_attention(q, k, v, config=cfg))
+    def run_triton(cfg=None, kv_tma=False):
+        out = flash_attention(q, k, v, config=cfg, kv_tma=kv_tma)
+        r = bench(lambda: flash_attention(q, k, v, config=cfg, kv_tma=kv_tma))
         r["tflops"] = flops / (r["median_ms"] * 1e-3) / 1e12
         return r, out
 
@@ -102,9 +98,9 @@ def attention_case(kind: str, B, H, M, N, D, dt, sweep: bool) -> dict:
     row["sdpa"] = safe(run_sdpa)
     if sweep:
         row["sweep"] = []
-        for cfg in SWEEP.get(D, []):
-            r = safe(lambda: run_triton(cfg)[0])
-            row["sweep"].append({"config": list(cfg), **r})
+        for *cfg, tma in SWEEP.get(D, []):
+            r = safe(lambda: run_triton(tuple(cfg), tma)[0])
+            row["sweep"].append({"config": list(cfg), "kv_tma": tma, **r})
     del q, k, v, out
     if DEV == "cuda":
         torch.cuda.empty_cache()
@@ -154,7 +150,10 @@ def inpe_case(h, w, D, F_, dt) -> dict:
 
 def env() -> dict:
     import triton
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    try:
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git on this machine
+        git = ""
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu (Triton interpreter, smoke run)", "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(), "commit": git or None}
@@ -213,7 +212,7 @@ def main(argv=None) -> int:
         best = [s for s in r.get("sweep", []) if "tflops" in s]
         if best:
             s = max(best, key=lambda s: s["tflops"])
-            print(f"      best swept tile {s['config']}: {s['tflops']:.1f} TF/s")
+            print(f"      best swept tile {s['config']}{' kv_tma' if s['kv_tma'] else ''}: {s['tflops']:.1f} TF/s")
     for r in result["groupnorm"]:
         if "error" in r:
             print("groupnorm error:", r["error"])

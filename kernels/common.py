@@ -1,20 +1,15 @@
-"""Shared launcher checks for the Triton kernels (input validation, interpreter detection).
+"""Shared launcher pieces for the Triton kernels: input validation, interpreter detection, and
+`Launch`, one kernel launch as data (what a launcher runs and what kernels.report compiles).
 
 Nothing here imports triton: the kernel files do, so `import kernels.common` stays cheap.
 """
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass, field
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def interpreter_on() -> bool:
-    """True when TRITON_INTERPRET=1, i.e. @triton.jit kernels (decorated after it was set) run on
-    CPU tensors through Triton's interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def is_interpreted(kernel) -> bool:
@@ -54,3 +49,26 @@ def check_float(t, name: str, dtype: torch.dtype | None = None) -> None:
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+@dataclass
+class Launch:
+    """One kernel launch as data. The launchers build one and call it; kernels.report builds the
+    same object from meta tensors shaped like the runtime's call sites and compiles it for sm_90a,
+    so the report compiles exactly the arguments, constexprs and options the launcher uses."""
+
+    kernel: object                  # the @triton.jit function
+    grid: tuple[int, ...]
+    args: dict                      # runtime arguments by name: tensors, ints, floats
+    constexprs: dict = field(default_factory=dict)  # constexpr arguments by name
+    num_warps: int = 4
+    num_stages: int | None = None   # None: Triton's default (3 on CUDA)
+
+    def options(self) -> dict:
+        opts = {"num_warps": self.num_warps}
+        if self.num_stages is not None:
+            opts["num_stages"] = self.num_stages
+        return opts
+
+    def __call__(self):
+        return self.kernel[self.grid](**self.args, **self.constexprs, **self.options())

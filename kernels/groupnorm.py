@@ -1,7 +1,8 @@
 """GroupNorm (+ SiLU) on channels-last activations, statistics split across the image.
 
 32 groups x batch 1 gives 32 programs if each program owns a group: most of an H100's 132 SMs
-would idle. Instead, two phases over (B, P pixels, C channels) rows:
+would idle. Instead, three steps over (B, P pixels, C channels) rows (two kernels and, between
+them, a few PyTorch ops):
 1. stats: each program reads a chunk of pixels x all channels (coalesced: a channels-last pixel
    is C contiguous values) and writes per-channel chunk mean and M2 (sum of squared deviations),
    accumulated around a shift (the chunk's first pixel) so that fp32 does not cancel.
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .common import check_device, check_float, next_pow2
+from .common import Launch, check_device, check_float, next_pow2
 
 
 @triton.jit
@@ -149,14 +150,32 @@ def group_norm_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, g
     elif out.shape != x.shape or out.dtype != x.dtype or out.stride() != x.stride() or out.device != dev:
         raise ValueError(f"out must match x: {x.dtype} {tuple(x.shape)} strides {x.stride()} on {dev}")
 
-    BLOCK_P, BLOCK_C, CHUNK = _tiles(P, C, B, dev)
-    K = triton.cdiv(P, CHUNK)
-    shift0, dmean, m2 = torch.empty((3, B, K, C), device=dev, dtype=torch.float32).unbind(0)
-    gn_stats_kernel[(K, B)](x, shift0, dmean, m2, P, C, K, CHUNK, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, num_warps=4)
-    ref, dmu, scale, shift = _finalize(shift0, dmean, m2, P, CHUNK, groups, weight, bias, eps)
-    gn_apply_kernel[(K, B)](x, out, ref, dmu, scale, shift, P, C, CHUNK, SILU=silu, BLOCK_P=BLOCK_P,
-                            BLOCK_C=BLOCK_C, num_warps=4)
+    tiles = _tiles(P, C, B, dev)
+    stats, moments = gn_stats_launch(x, B, P, C, tiles)
+    stats()
+    params = _finalize(*moments, P, tiles[2], groups, weight, bias, eps)
+    gn_apply_launch(x, out, params, B, P, C, tiles, silu)()
     return out
+
+
+def gn_stats_launch(x: torch.Tensor, B: int, P: int, C: int, tiles: tuple[int, int, int]):
+    """The stats launch for checked (B, P, C)-ordered x and _tiles(...) -> (Launch, (shift0, dmean,
+    m2)): the per-chunk moments it writes, fp32 (B, K, C) each."""
+    BLOCK_P, BLOCK_C, CHUNK = tiles
+    K = triton.cdiv(P, CHUNK)
+    shift0, dmean, m2 = torch.empty((3, B, K, C), device=x.device, dtype=torch.float32).unbind(0)
+    return Launch(gn_stats_kernel, (K, B), dict(X=x, SHIFT=shift0, DMEAN=dmean, M2=m2, P=P, C=C, K=K, CHUNK=CHUNK),
+                  dict(BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C), num_warps=4), (shift0, dmean, m2)
+
+
+def gn_apply_launch(x: torch.Tensor, out: torch.Tensor, params, B: int, P: int, C: int,
+                    tiles: tuple[int, int, int], silu: bool) -> Launch:
+    """The apply launch: params = _finalize's (ref, dmu, scale, shift), fp32 (B, C) each."""
+    BLOCK_P, BLOCK_C, CHUNK = tiles
+    ref, dmu, scale, shift = params
+    return Launch(gn_apply_kernel, (triton.cdiv(P, CHUNK), B),
+                  dict(X=x, Y=out, REF=ref, DMU=dmu, SCALE=scale, SHIFT=shift, P=P, C=C, CHUNK=CHUNK),
+                  dict(SILU=bool(silu), BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C), num_warps=4)
 
 
 def _finalize(shift0, dmean, m2, P, CHUNK, groups, weight, bias, eps):

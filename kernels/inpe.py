@@ -1,12 +1,14 @@
-"""INPE in one kernel: token index -> normalised coordinates -> sphere -> Fourier features -> MLP.
+"""INPE: grid -> normalised coordinates -> sphere -> Fourier features (PyTorch) -> MLP (one kernel).
 
 For an (H, W) grid, token t sits at row t // W, column t % W, normalised to ((i + 0.5) / H,
 (j + 0.5) / W); the point goes onto the unit sphere (latitude, longitude each spanning
-(-pi/2, pi/2)), is lifted to [cos(2 pi p B), sin(2 pi p B)] with the fixed (3, F) Gaussian B,
-then fc2(gelu(fc1(features))) (+ an optional vector, the mask token). Coordinates, sphere and
-features are fp32 (as in infgen_ref.inpe); the MLP runs on the weights' dtype with fp32
-accumulation, and the hidden layer never leaves registers. The embedding depends only on the
-grid size and the weights, so the runtime computes it once per (H', W') and caches it.
+(-pi/2, pi/2)) and is lifted to [cos(2 pi p B), sin(2 pi p B)] with the fixed (3, F) Gaussian B:
+infgen_ref.inpe's own functions, in fp32. The kernel runs fc2(gelu(fc1(features))) (+ an
+optional vector, the mask token) in the weights' dtype with fp32 accumulation, BLOCK_H hidden
+units at a time, so the hidden layer never leaves the chip. (The features used to be computed
+in the kernel too; libdevice's sinf/cosf bring a slow path with a local array and spills on
+sm_90a, and the features cost little next to the MLP.) The embedding depends only on the grid
+size and the weights, so the runtime computes it once per (H', W') and caches it.
 """
 from __future__ import annotations
 
@@ -17,68 +19,52 @@ import triton.language as tl
 from infgen_ref.inpe import fourier_features, grid_coords, sphere
 
 from .attention import mma
-from .common import check_device, check_float, is_interpreted, next_pow2
+from .common import Launch, check_device, check_float, is_interpreted, next_pow2
 
 
 @triton.jit
 def inpe_kernel(
     OUT,                    # pointer: (T, D) embeddings, row-major, in the weights' dtype
-    FB,                     # pointer: (3, F) fp32 Fourier matrix B, row-major
+    FEAT,                   # pointer: (T, 2F) Fourier features [cos | sin], row-major, in the weights' dtype
     W1, B1,                 # pointers: fc1 weight (D, 2F) row-major, bias (D,)
     W2, B2,                 # pointers: fc2 weight (D, D) row-major, bias (D,)
     ADD,                    # pointer: (D,) vector added to every row (mask token); unused without HAS_ADD
-    T, GH, GW,              # tokens (GH * GW), grid height and width
-    F, D,                   # Fourier frequencies, embedding width
+    T, F2, D,               # tokens, feature width (2F), embedding width
     HAS_ADD: tl.constexpr,  # add ADD to the output
     BLOCK_T: tl.constexpr,  # tokens per program (>= 16 for tl.dot)
-    BLOCK_F: tl.constexpr,  # next power of two >= F (>= 16)
-    BLOCK_D: tl.constexpr,  # next power of two >= D (>= 16): the hidden width kept in registers
-    BLOCK_O: tl.constexpr,  # output columns per fc2 step
+    BLOCK_F: tl.constexpr,  # next power of two >= 2F (>= 16)
+    BLOCK_D: tl.constexpr,  # next power of two >= D (>= 16): the output row kept in registers
+    BLOCK_H: tl.constexpr,  # hidden units per step (a power of two <= BLOCK_D)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 weights, else "tf32" (ignored)
     DOT_FP32: tl.constexpr,       # upcast dot operands (interpreter only)
 ):
-    """Grid: (cdiv(T, BLOCK_T),)."""
-    t0 = tl.program_id(0).to(tl.int64) * BLOCK_T
-    offs_t = t0 + tl.arange(0, BLOCK_T)                                     # int64 token ids
+    """Grid: (cdiv(T, BLOCK_T),). fc2(gelu(fc1(feat))) + b2 (+ add) for BLOCK_T tokens, BLOCK_H
+    hidden units at a time: the hidden layer never leaves the chip."""
+    offs_t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)  # int64 token ids
     t_ok = offs_t < T
-    row = (offs_t // GW).to(tl.float32)
-    col = (offs_t % GW).to(tl.float32)
-    lat = ((row + 0.5) / GH - 0.5) * 3.141592653589793
-    lon = ((col + 0.5) / GW - 0.5) * 3.141592653589793
-    px = tl.cos(lat) * tl.cos(lon)
-    py = tl.cos(lat) * tl.sin(lon)
-    pz = tl.sin(lat)
     offs_f = tl.arange(0, BLOCK_F)
-    f_ok = offs_f < F
-    b0 = tl.load(FB + offs_f, mask=f_ok, other=0.0)
-    b1 = tl.load(FB + F + offs_f, mask=f_ok, other=0.0)
-    b2 = tl.load(FB + 2 * F + offs_f, mask=f_ok, other=0.0)
-    proj = 6.283185307179586 * (px[:, None] * b0[None, :] + py[:, None] * b1[None, :] + pz[:, None] * b2[None, :])
-    wdt = W1.dtype.element_ty
-    feat_c = tl.cos(proj).to(wdt)                                           # (BLOCK_T, BLOCK_F)
-    feat_s = tl.sin(proj).to(wdt)
-
+    f_ok = offs_f < F2
+    feat = tl.load(FEAT + offs_t[:, None] * F2 + offs_f[None, :], mask=t_ok[:, None] & f_ok[None, :],
+                   other=0.0)                                               # (BLOCK_T, BLOCK_F)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
-    # fc1 as two dots over the cos and sin halves of the (D, 2F) weight, read transposed.
-    w1_mask = f_ok[:, None] & d_ok[None, :]
-    w1c = tl.load(W1 + offs_d[None, :] * (2 * F) + offs_f[:, None], mask=w1_mask, other=0.0)
-    w1s = tl.load(W1 + offs_d[None, :] * (2 * F) + F + offs_f[:, None], mask=w1_mask, other=0.0)
-    h = mma(feat_c, w1c, DOT_PRECISION, DOT_FP32) + mma(feat_s, w1s, DOT_PRECISION, DOT_FP32)
-    h += tl.load(B1 + offs_d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
-    h = 0.5 * h * (1.0 + tl.erf(h * 0.7071067811865476))                   # exact GELU
-    h = h.to(wdt)                                                           # (BLOCK_T, BLOCK_D)
-
-    for o0 in tl.static_range(0, BLOCK_D, BLOCK_O):
-        offs_o = o0 + tl.arange(0, BLOCK_O)
-        o_ok = offs_o < D
-        w2 = tl.load(W2 + offs_o[None, :] * D + offs_d[:, None], mask=d_ok[:, None] & o_ok[None, :], other=0.0)
-        y = mma(h, w2, DOT_PRECISION, DOT_FP32)                             # (BLOCK_T, BLOCK_O)
-        y += tl.load(B2 + offs_o, mask=o_ok, other=0.0).to(tl.float32)[None, :]
-        if HAS_ADD:
-            y += tl.load(ADD + offs_o, mask=o_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(OUT + offs_t[:, None] * D + offs_o[None, :], y.to(OUT.dtype.element_ty),
-                 mask=t_ok[:, None] & o_ok[None, :])
+    y = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)                      # fc2 output rows
+    for h0 in range(0, D, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        h_ok = offs_h < D
+        w1 = tl.load(W1 + offs_h[None, :] * F2 + offs_f[:, None], mask=f_ok[:, None] & h_ok[None, :],
+                     other=0.0)                                             # (BLOCK_F, BLOCK_H): fc1 rows, transposed
+        h = mma(feat, w1, DOT_PRECISION, DOT_FP32)
+        h += tl.load(B1 + offs_h, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+        h = 0.5 * h * (1.0 + tl.erf(h * 0.7071067811865476))               # exact GELU, (BLOCK_T, BLOCK_H)
+        w2 = tl.load(W2 + offs_d[None, :] * D + offs_h[:, None], mask=h_ok[:, None] & d_ok[None, :],
+                     other=0.0)                                             # (BLOCK_H, BLOCK_D): fc2 columns, transposed
+        y += mma(h.to(W2.dtype.element_ty), w2, DOT_PRECISION, DOT_FP32)
+    y += tl.load(B2 + offs_d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_ADD:
+        y += tl.load(ADD + offs_d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(OUT + offs_t[:, None] * D + offs_d[None, :], y.to(OUT.dtype.element_ty),
+             mask=t_ok[:, None] & d_ok[None, :])
 
 
 def inpe_embed(h: int, w: int, B: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor,
@@ -115,22 +101,35 @@ def inpe_embed(h: int, w: int, B: torch.Tensor, fc1_weight: torch.Tensor, fc1_bi
     dev = check_device(inpe_kernel, *tensors, names=("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "add"))
     B = B.to(device=dev, dtype=torch.float32).contiguous()
     w1, b1, w2, b2 = (t.contiguous() for t in tensors[:4])
-    addv = add.to(dt).contiguous() if add is not None else b2
+    addv = add.to(dt).contiguous() if add is not None else None
     T = h * w
     if out is None:
         out = torch.empty((T, D), device=dev, dtype=dt)
     elif out.shape != (T, D) or out.dtype != dt or out.device != dev or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {dt} ({T}, {D}) tensor on {dev}, got "
                          f"{out.dtype} {tuple(out.shape)} on {out.device}")
-    BLOCK_D = max(16, next_pow2(D))
-    BLOCK_T = 16 if dev.type == "cuda" else 64
-    grid = (triton.cdiv(T, BLOCK_T),)
-    inpe_kernel[grid](out, B, w1, b1, w2, b2, addv, T, h, w, F_, D, HAS_ADD=add is not None,
-                      BLOCK_T=BLOCK_T, BLOCK_F=max(16, next_pow2(F_)), BLOCK_D=BLOCK_D,
-                      BLOCK_O=min(BLOCK_D, 64), DOT_PRECISION="ieee" if dt == torch.float32 else "tf32",
-                      DOT_FP32=is_interpreted(inpe_kernel) and dt == torch.bfloat16,
-                      num_warps=4 if dev.type == "cuda" else 1)
+    feat = fourier_features(sphere(grid_coords(h, w, device=dev)), B).to(dt)  # (T, 2F), fp32 math
+    inpe_launch(out, feat, w1, b1, w2, b2, addv, gpu=dev.type == "cuda")()
     return out
+
+
+def inpe_launch(out, feat, w1, b1, w2, b2, add, gpu: bool) -> Launch:
+    """The kernel launch for checked, contiguous inputs: out (T, D), feat (T, 2F) and the MLP's
+    weights in one dtype, add (D,) or None; gpu picks CUDA tiles (else the interpreter's)."""
+    T, D = out.shape
+    F2 = feat.shape[1]
+    BLOCK_D = max(16, next_pow2(D))
+    if not gpu:  # interpreter: few, large programs
+        BLOCK_T, BLOCK_H, warps = 64, min(BLOCK_D, 64), 1
+    else:        # CUDA: kernels.report shows these compile without spills (fp32 dots are FMA, hence smaller)
+        BLOCK_T, BLOCK_H, warps = 16, min(BLOCK_D, 16 if w1.dtype == torch.float32 else 32), 4
+    return Launch(inpe_kernel, (triton.cdiv(T, BLOCK_T),),
+                  dict(OUT=out, FEAT=feat, W1=w1, B1=b1, W2=w2, B2=b2, ADD=b2 if add is None else add,
+                       T=T, F2=F2, D=D),
+                  dict(HAS_ADD=add is not None, BLOCK_T=BLOCK_T, BLOCK_F=max(16, next_pow2(F2)), BLOCK_D=BLOCK_D,
+                       BLOCK_H=BLOCK_H, DOT_PRECISION="ieee" if w1.dtype == torch.float32 else "tf32",
+                       DOT_FP32=is_interpreted(inpe_kernel) and w1.dtype == torch.bfloat16),
+                  num_warps=warps)
 
 
 def inpe_module(h: int, w: int, module, add: torch.Tensor | None = None) -> torch.Tensor:

