@@ -11,17 +11,19 @@ the 64 x 512 output over two warpgroups:
   memory for warpgroup 1, then O[:, :256] += P V[:, :256] with P from registers;
 - warpgroup 1 (a worker partition, 4 warps): O[:, 256:] += P V[:, 256:] with P from shared memory;
 - a load warp (1 warp): TMA copies of Q once and, per key tile, K, V[:, :256] and V[:, 256:],
-  each into its own single buffer as soon as its consumer released it (mbarriers).
+  each into its buffer (a ring of `stages` slots) as soon as its consumer released it (mbarriers).
 
-Each warpgroup keeps a 64 x 256 fp32 accumulator (128 registers per thread). Shared memory:
-Q 64 KiB, K 64 KiB, V 2 x 32 KiB (BLOCK_N = 64), P 2 x 8 KiB: 208 KiB of the 227 KiB a block may
+Each warpgroup keeps a 64 x 256 fp32 accumulator (128 registers per thread). Shared memory at
+64-key tiles: Q 64 KiB, K 64 KiB, V 2 x 32 KiB, P 2 x 8 KiB: 208 KiB of the 227 KiB a block may
 use. Keys past N (the ragged last tile) score -inf; TMA zero-fills rows past the end of each
 (batch, head) slice, so no other batch's rows enter. One launch per (batch, head): the mid block
 has one head and batch 1-4.
 
 It cannot run in Triton's interpreter: `kernels.attention.flash_attention` stays the tested
-reference and fallback. `d512_unsupported_reason` says when this one applies; `compile_d512`
-compiles a configuration for a target without a GPU (for the sm_90a compile report).
+fallback, and `kernels.attention.attention_ref` is the reference for both. `d512_unsupported_reason`
+says when this one applies; `compile_d512` compiles a configuration for a target without a GPU
+(the sm_90a compile report); `static_checks` / `score_work` read what the compile produced.
+docs/attention_d512.md has the design, the compile numbers and what has not run yet.
 """
 from __future__ import annotations
 
@@ -479,9 +481,14 @@ def score_work(ttgir: str, sass: str, block_m: int, block_n: int, head_dim: int 
 
 
 def static_checks(config: D512Config = RUNTIME_CONFIG, dtype: torch.dtype = torch.bfloat16, target=None) -> dict:
-    """The compile report's row for one configuration: compile_d512 + resources + score_work."""
+    """The compile report's row for one configuration: compile_d512 + resources + score_work, and
+    the register counts the partitions switch to (setmaxnreg in the PTX)."""
+    import re
+
     compiled = compile_d512(config, dtype, target)
     row = resources(compiled)
+    row["setmaxnreg"] = sorted({int(n) for n in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)",
+                                                             compiled.asm["ptx"])})
     sass = row.pop("sass")
     row["scores"] = None if config.skip_qk else score_work(compiled.asm["ttgir"], sass, BLOCK_M, config.block_n)
     return row
