@@ -112,14 +112,24 @@ SIGNATURES = {  # kind: (module, kernel, {argument: type}, arguments hinted divi
 }
 
 
+def kernel_params(fn) -> list[inspect.Parameter]:
+    """Parameters of a @triton.jit kernel, compiled or interpreted (read from its Python function)."""
+    return list(inspect.signature(fn.fn).parameters.values())
+
+
+def is_constexpr(p: inspect.Parameter) -> bool:
+    return "constexpr" in str(p.annotation)  # `tl.constexpr`, a string under `from __future__ import annotations`
+
+
 def kernel_source(v: Variant):
-    """(JITFunction, signature, constexprs, attrs) for ASTSource."""
+    """(kernel, signature, constexprs, attrs) for ASTSource: the signature in the kernel's parameter
+    order, constexprs from the variant (or the parameter's default), `tt.divisibility` 16 attrs."""
     import importlib
     module, fn_name, types, div16 = SIGNATURES[v.kind]
     fn = getattr(importlib.import_module(module), fn_name)
     signature, consts, attrs = {}, {}, {}
-    for i, p in enumerate(fn.params):
-        if p.is_constexpr:
+    for i, p in enumerate(kernel_params(fn)):
+        if is_constexpr(p):
             if p.name in v.constexprs:
                 consts[p.name] = v.constexprs[p.name]
             elif p.default is not inspect.Parameter.empty:
@@ -134,7 +144,7 @@ def kernel_source(v: Variant):
                 attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             raise ValueError(f"{module}.{fn_name} has an argument {p.name} that native/aot.py does not know: "
-                             f"add its C type to SIGNATURES[{v.kind!r}] and pass it in native/infgen_kernels.c")
+                             f"add its C type to SIGNATURES[{v.kind!r}] and pass it in native/src/infgen_kernels.c")
     runtime = [n for n, t in signature.items() if t != "constexpr"]
     if runtime != list(types):
         raise ValueError(f"{module}.{fn_name} takes the runtime arguments {runtime}, but native/aot.py and "
