@@ -4,14 +4,15 @@
 #   device tool:  run(command="bash scripts/gpu_check.sh", timeout_s=600)
 #   by hand:      OUT=/tmp/gpu_out bash scripts/gpu_check.sh
 #
-# Writes under $OUT (at most 8 files come back): env.txt, tests.log, kernels.json, kernels.log,
-# decode.log, decode/decode.json (or decode/profile.json + profile.png from runtime.profile).
+# Writes under $OUT (at most 8 files come back): env.txt, tests.log, native.log, kernels.json,
+# kernels.log, decode.log, decode/decode.json (or decode/profile.json + profile.png from runtime.profile).
 # Each step has its own timeout, so a hang loses only that step. STEPS selects steps
-# (default "env tests kernels decode"); e.g. STEPS="kernels" bash scripts/gpu_check.sh.
-# Total budget: 10 minutes per device command; the step limits below sum to about 9.5.
+# (default "env tests native kernels decode"); e.g. STEPS="kernels" bash scripts/gpu_check.sh.
+# Total budget: 10 minutes per device command; the step limits below sum to about 12.5, so a
+# run that hits several limits needs two calls (e.g. STEPS="env tests native", then the rest).
 set -u
 OUT=${OUT:-gpu_out}
-STEPS=${STEPS:-"env tests kernels decode"}
+STEPS=${STEPS:-"env tests native kernels decode"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET            # compiled kernels on CUDA, never the interpreter
@@ -39,6 +40,17 @@ if has tests; then
       >> "$OUT/tests.log" 2>&1
   status "other gpu tests" $?
   tail -n 15 "$OUT/tests.log"
+fi
+
+if has native; then
+  # native/ (#16): CMake AOT-compiles the kernels with this machine's triton into libinfgen_kernels
+  # and runs its ctest, the GPU test included (native/tests/gpu_kernels.py: the AOT attention and
+  # INPE through the C API against float64 host references). Build outside the repo copy.
+  timeout 180 bash -c 'cmake -S . -B /tmp/infgen-native -DPython3_EXECUTABLE="$(command -v python3)" \
+      -DINFGEN_AOT_JOBS=8 && cmake --build /tmp/infgen-native -j 8 && \
+      ctest --test-dir /tmp/infgen-native --output-on-failure' > "$OUT/native.log" 2>&1
+  status native $?
+  tail -n 15 "$OUT/native.log"
 fi
 
 if has kernels; then
