@@ -295,7 +295,10 @@ def main(argv=None) -> int:
     if args.plugin_lib is not None:
         lib = args.plugin_lib.resolve()
         autoreg = lib.with_name(lib.name.replace("libinfgen_trt_plugins", "libinfgen_trt_plugins_autoreg"))
-        print("# with the native plugin library: the TensorRT-flavour ONNX (infgen::FlashAttention nodes) builds in trtexec")
+        print("# with the native plugin library, trtexec builds the TensorRT-flavour ONNX (infgen::FlashAttention nodes):")
+        src = ["--checkpoint", args.checkpoint] if args.checkpoint else ["--preset", args.preset]
+        print(shlex.join(["python", "-m", "export.onnx", *src, "--dtype", args.dtype, "--flavour", "tensorrt",
+                          "--out", str(onnx_path)]))
         print(trtexec_command(plan, str(onnx_path), str(engine_out), str(engine_dir / "timing.cache"), str(lib)))
         print("# serve: copy the engine to native/triton_repo/infgen_trt/1/model.plan, then")
         print(shlex.join(["tritonserver", "--model-repository=native/triton_repo",
