@@ -187,6 +187,8 @@ def compile_variant(v: Variant) -> dict:
     compiled = triton.compile(ASTSource(fn, signature, consts, attrs), target=target,
                               options=dict(num_warps=v.num_warps, num_stages=v.num_stages))
     md = compiled.metadata
+    if getattr(md, "num_ctas", 1) != 1 or getattr(md, "launch_cooperative_grid", False):
+        raise RuntimeError(f"{v.name}: needs a cluster or cooperative launch, which the C launcher does not do")
     for key in ("global_scratch_size", "profile_scratch_size"):
         if getattr(md, key, 0):
             raise RuntimeError(f"{v.name}: Triton asks for {key}={getattr(md, key)}; the AOT launcher passes "
@@ -198,9 +200,9 @@ def compile_variant(v: Variant) -> dict:
         raise RuntimeError(f"{v.name}: PTX entry has {n_params} parameters, fewer than the {n_args} arguments")
     usage = resource_usage(cubin)
     row = {**asdict(v), "tile": list(v.tile), "symbol": md.name, "arch": ARCH, "shared": int(md.shared),
-           "num_params": n_params, "num_args": n_args, "args": [n for n, t in signature.items() if t != "constexpr"], "usage": usage, "triton": triton.__version__,
-           "cubin_sha256": hashlib.sha256(cubin).hexdigest(), "cubin_size": len(cubin),
-           "signature": signature, "constexprs": {k: v_ for k, v_ in consts.items()}}
+           "num_params": n_params, "num_args": n_args, "args": [n for n, t in signature.items() if t != "constexpr"],
+           "usage": usage, "triton": triton.__version__, "cubin_sha256": hashlib.sha256(cubin).hexdigest(),
+           "cubin_size": len(cubin), "signature": signature, "constexprs": dict(consts)}
     if int(md.shared) + usage["shared"] > SHARED_LIMIT:
         raise RuntimeError(f"{v.name}: {int(md.shared) + usage['shared']} B of shared memory exceeds an sm_90 "
                            f"block's {SHARED_LIMIT} B; pick a smaller tile")
