@@ -42,14 +42,17 @@ from pathlib import Path
 
 ARCH = 90                       # sm_90a (H100 / H200); Triton adds the "a" for capability >= 90
 DTYPES = {"bf16": 0, "fp16": 1}  # infgen_dtype in native/include/infgen_kernels.h
-KINDS = {"attention": 0, "inpe": 1}  # infgen_kernel_kind
+KINDS = {"attention": 0, "inpe": 1, "inpe_mlp": 2}  # infgen_kernel_kind
 SHARED_LIMIT = 232_448          # bytes of shared memory an sm_90 block may use
-# Variants that spill registers with the kernels on this branch (cuobjdump STACK > 0): the table
-# test (native/tests/check_library.py) requires zero stack for every other variant. Measured with
-# triton 3.9 on 2026-11-25: attention d512 at pick_config's 64x32 w8 s2 (432 B; no d512 tile of
-# this kernel version is spill-free: 64x16 w8 s2 has 72 B); inpe at D=512 (fc1's (F, D) weight
-# tile lives in registers: 952 B at w8). kernels #10 rewrites both; empty this set when it lands.
-KNOWN_SPILLS = {("attention", 512), ("inpe", 512)}
+# (kind, dim, tile, flags) of variants that spill registers (cuobjdump STACK > 0): the table test
+# (native/tests/check_library.py) requires zero stack for every other variant. Measured with
+# triton 3.9 on 2026-11-25. Kernels before #10: attention d512 at that pick_config's 64x32 w8 s2
+# (432 B; 48 B for rows16; no d512 tile of that version is spill-free); the one-kernel INPE at
+# D=512 (fc1's (F, D) weight tile in registers: 952 B at w8; its sin/cos also use 32 B of local
+# memory). Since #10: attention d512 at 64x16 w8 s3 for ragged M, N (120 B; the rows16 variant,
+# the shape kernels.report checks, has none); the MLP-only INPE has none.
+KNOWN_SPILLS = {("attention", 512, (64, 32), 0), ("attention", 512, (64, 32), 1), ("inpe", 512, (16, 64), 0),
+                ("inpe", 512, (16, 64), 1), ("attention", 512, (64, 16), 0)}
 
 
 @dataclass(frozen=True)
@@ -61,37 +64,55 @@ class Variant:
     tile: tuple          # attention: (BLOCK_M, BLOCK_N); inpe: (BLOCK_T, BLOCK_O)
     num_warps: int
     num_stages: int
-    flags: int = 0       # inpe: 1 = HAS_ADD
+    flags: int = 0       # attention: 1 = M, N multiples of 16; inpe: 1 = HAS_ADD
     num_freqs: int = 0   # inpe: Fourier frequencies F
     constexprs: dict = field(default_factory=dict, compare=False)
 
 
 # ----------------------------------------------------------------------------- what is compiled
-def attention_variant(dim: int, dtype: str) -> Variant:
-    """attn_fwd_kernel for one head dim and dtype, with the runtime's CUDA tile (pick_config)."""
+def attention_variant(dim: int, dtype: str, rows16: bool) -> Variant:
+    """attn_fwd_kernel for one head dim and dtype, with the runtime's CUDA tile (pick_config).
+    rows16: compiled for query and key counts that are multiples of 16, as Triton's JIT specialises
+    them (most token grids: 64 x 64 latents, 1024^2 and 1920x1080 outputs); the launcher takes this
+    variant when M and N allow it, else the general one."""
     import torch
     from kernels.attention import pick_config
     from kernels.common import next_pow2
     bm, bn, warps, stages = pick_config(dim, torch.device("cuda"))
     consts = dict(HEAD_DIM=dim, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=max(16, next_pow2(dim)),
                   DOT_PRECISION="tf32", DOT_FP32=False)
-    return Variant(f"attention_d{dim}_{dtype}", "attention", dtype, dim, (bm, bn), warps, stages, 0, 0, consts)
+    name = f"attention_d{dim}_{dtype}" + ("_rows16" if rows16 else "")
+    return Variant(name, "attention", dtype, dim, (bm, bn), warps, stages, int(rows16), 0, consts)
 
 
 def inpe_variant(dim: int, fourier_dim: int, dtype: str, has_add: bool) -> Variant:
-    """inpe_kernel for the paper's widths. Tile: 16 tokens, 64 output columns per fc2 step, 8 warps
-    (the launcher's 4 warps spill three times as much and compile for 25 s)."""
+    """kernels/inpe.py's inpe_kernel, whichever of its two forms this checkout has:
+    - "inpe" (before kernels #10): grid -> sphere -> Fourier features -> MLP in one kernel.
+      Tile: 16 tokens, 64 output columns per fc2 step, 8 warps (its launcher's 4 warps spill three
+      times as much and compile for 25 s);
+    - "inpe_mlp" (since #10): the MLP over given Fourier features (FEAT); tile and warps from
+      kernels.inpe.inpe_launch, the runtime's launch, built on meta tensors."""
+    from kernels import inpe
     from kernels.common import next_pow2
-    consts = dict(HAS_ADD=has_add, BLOCK_T=16, BLOCK_F=max(16, next_pow2(fourier_dim)),
-                  BLOCK_D=max(16, next_pow2(dim)), BLOCK_O=64, DOT_PRECISION="tf32", DOT_FP32=False)
-    name = f"inpe_d{dim}_f{fourier_dim}_{dtype}" + ("_add" if has_add else "")
-    return Variant(name, "inpe", dtype, dim, (16, 64), 8, 3, int(has_add), fourier_dim, consts)
+    suffix = f"d{dim}_f{fourier_dim}_{dtype}" + ("_add" if has_add else "")
+    if "FEAT" not in inspect.signature(inpe.inpe_kernel.fn).parameters:
+        consts = dict(HAS_ADD=has_add, BLOCK_T=16, BLOCK_F=max(16, next_pow2(fourier_dim)),
+                      BLOCK_D=max(16, next_pow2(dim)), BLOCK_O=64, DOT_PRECISION="tf32", DOT_FP32=False)
+        return Variant(f"inpe_{suffix}", "inpe", dtype, dim, (16, 64), 8, 3, int(has_add), fourier_dim, consts)
+    import torch
+    t = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    meta = lambda *shape: torch.empty(shape, device="meta", dtype=t)  # noqa: E731
+    launch = inpe.inpe_launch(meta(16, dim), meta(16, 2 * fourier_dim), meta(dim, 2 * fourier_dim), meta(dim),
+                              meta(dim, dim), meta(dim), meta(dim) if has_add else None, gpu=True)
+    consts = {**launch.constexprs, "DOT_FP32": False}
+    return Variant(f"inpe_mlp_{suffix}", "inpe_mlp", dtype, dim, (consts["BLOCK_T"], consts["BLOCK_H"]),
+                   launch.num_warps, launch.num_stages or 3, int(has_add), fourier_dim, consts)
 
 
 def variants() -> list[Variant]:
     """Everything libinfgen_kernels holds: attention at the decoder's head dims (cross-attention
     8 x 64, mid-block 1 x 512) and INPE at the paper preset's widths (D 512, F 64), bf16 and fp16."""
-    out = [attention_variant(d, dt) for d in (64, 512) for dt in DTYPES]
+    out = [attention_variant(d, dt, rows16) for d in (64, 512) for dt in DTYPES for rows16 in (False, True)]
     out += [inpe_variant(512, 64, dt, add) for dt in DTYPES for add in (False, True)]
     return out
 
@@ -109,7 +130,22 @@ SIGNATURES = {  # kind: (module, kernel, {argument: type}, arguments hinted divi
              {"OUT": "*{dt}", "FB": "*fp32", "W1": "*{dt}", "B1": "*{dt}", "W2": "*{dt}", "B2": "*{dt}",
               "ADD": "*{dt}", "T": "i32", "GH": "i32", "GW": "i32", "F": "i32", "D": "i32"},
              ("OUT", "FB", "W1", "B1", "W2", "B2", "ADD")),
+    "inpe_mlp": ("kernels.inpe", "inpe_kernel",
+                 {"OUT": "*{dt}", "FEAT": "*{dt}", "W1": "*{dt}", "B1": "*{dt}", "W2": "*{dt}", "B2": "*{dt}",
+                  "ADD": "*{dt}", "T": "i32", "F2": "i32", "D": "i32"},
+                 ("OUT", "FEAT", "W1", "B1", "W2", "B2", "ADD")),
 }
+
+
+def hinted_args(v: Variant) -> set[str]:
+    """Runtime arguments compiled as multiples of 16 (`tt.divisibility` 16), each guaranteed by the C
+    launcher: the pointers and strides it checks, M and N for rows16 attention (chosen only when
+    they are), and INPE's widths, which must equal the variant's (hinted when those are)."""
+    hinted = set(SIGNATURES[v.kind][3])
+    if v.kind == "attention" and v.flags & 1:
+        hinted |= {"M", "N"}
+    fixed = {"inpe": {"D": v.dim, "F": v.num_freqs}, "inpe_mlp": {"D": v.dim, "F2": 2 * v.num_freqs}}.get(v.kind, {})
+    return hinted | {n for n, value in fixed.items() if value % 16 == 0}
 
 
 def kernel_params(fn) -> list[inspect.Parameter]:
@@ -140,7 +176,7 @@ def kernel_source(v: Variant):
             signature[p.name] = "constexpr"
         elif p.name in types:
             signature[p.name] = types[p.name].format(dt=v.dtype)
-            if p.name in div16:
+            if p.name in hinted_args(v):
                 attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             raise ValueError(f"{module}.{fn_name} has an argument {p.name} that native/aot.py does not know: "
@@ -265,7 +301,7 @@ def main(argv=None) -> int:
         print(f"{w['name']:28s} {w['symbol']} tile {w['tile']} w{w['num_warps']} s{w['num_stages']}  "
               f"shared {w['shared']} B  regs {w['usage']['reg']}  stack {w['usage']['stack']} B")
     manifest = {"build_info": build_info, "arch": ARCH, "triton": triton.__version__,
-                "known_spills": sorted([list(k) for k in KNOWN_SPILLS]), "kernels": [r["row"] for r in results]}
+                "known_spills": sorted([[k, d, list(t), f] for k, d, t, f in KNOWN_SPILLS]), "kernels": [r["row"] for r in results]}
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     (args.out / "infgen_kernels_table.c").write_text(c_table(results, build_info))
     return 0

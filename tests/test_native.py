@@ -22,14 +22,18 @@ def test_variant_signatures_match_the_kernels_and_the_c_launcher(v):
     launcher passes; pointers (and attention strides) carry the divisibility hint it checks."""
     fn, sig, consts, attrs = aot.kernel_source(v)
     runtime = [n for n, t in sig.items() if t != "constexpr"]
-    expected = {"attention": "ATTENTION_ARGS", "inpe": "INPE_ARGS"}[v.kind]
+    expected = {"attention": "ATTENTION_ARGS", "inpe": "INPE_ARGS", "inpe_mlp": "INPE_MLP_ARGS"}[v.kind]
     launcher = re.search(rf'{expected}\[\] =\s*((?:"[^"]*"\s*)+);', C_SOURCE).group(1)
     assert runtime == "".join(re.findall(r'"([^"]*)"', launcher)).split(",")
     assert all(sig[n] == f"*{v.dtype}" for n in ("Q", "K", "V", "O") if n in sig)
     hinted = {list(sig)[i] for (i,) in attrs}
-    assert hinted == set(aot.SIGNATURES[v.kind][3])
+    assert hinted == aot.hinted_args(v) and set(aot.SIGNATURES[v.kind][3]) <= hinted
+    if v.kind == "attention":
+        assert ({"M", "N"} <= hinted) == bool(v.flags & 1)  # ragged counts only in the general variant
+    else:
+        assert {"D"} <= hinted and "T" not in hinted
     assert all(c in consts for c in v.constexprs)
-    assert v.name.endswith(v.dtype) or v.name.endswith(v.dtype + "_add")
+    assert any(v.name.endswith(v.dtype + suffix) for suffix in ("", "_add", "_rows16"))
 
 
 def test_attention_tiles_come_from_pick_config():

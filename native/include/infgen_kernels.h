@@ -38,7 +38,10 @@ typedef enum {
 } infgen_status;
 
 typedef enum { INFGEN_BF16 = 0, INFGEN_FP16 = 1 } infgen_dtype;
-typedef enum { INFGEN_KERNEL_ATTENTION = 0, INFGEN_KERNEL_INPE = 1 } infgen_kernel_kind;
+/* INPE comes in the form kernels/inpe.py has at build time: INFGEN_KERNEL_INPE (grid -> features ->
+ * MLP in one kernel; infgen_inpe) before kernels #10, INFGEN_KERNEL_INPE_MLP (the MLP over given
+ * features; infgen_inpe_mlp) since. The other function returns INFGEN_ERROR_NOT_COMPILED. */
+typedef enum { INFGEN_KERNEL_ATTENTION = 0, INFGEN_KERNEL_INPE = 1, INFGEN_KERNEL_INPE_MLP = 2 } infgen_kernel_kind;
 
 /* One compiled kernel variant (read-only; the table lives as long as the library). */
 typedef struct {
@@ -48,10 +51,10 @@ typedef struct {
     int dtype;                 /* infgen_dtype */
     int dim;                   /* head dim (attention) or embedding width (inpe) */
     int tile_m;                /* attention: query rows per program; inpe: tokens per program */
-    int tile_n;                /* attention: keys per inner step; inpe: output columns per fc2 step */
+    int tile_n;                /* attention: keys per inner step; inpe: fc2 output columns (inpe_mlp: hidden units) per step */
     int num_warps;             /* block = 32 * num_warps threads */
     int num_stages;            /* software pipelining depth it was compiled with */
-    int flags;                 /* inpe: 1 = adds a vector to every row (mask token) */
+    int flags;                 /* attention: 1 = for M, N multiples of 16; inpe: 1 = adds a vector to every row */
     int num_freqs;             /* inpe: Fourier frequencies F; 0 for attention */
     int shared;                /* dynamic shared memory per block, bytes */
     int num_params;            /* kernel parameters in the cubin (num_args + Triton's scratch pointers) */
@@ -88,7 +91,7 @@ INFGEN_API infgen_status infgen_attention_fwd(
     const int64_t q_strides[3], const int64_t k_strides[3], const int64_t v_strides[3],
     const int64_t o_strides[3], float scale, struct CUstream_st *stream);
 
-/* INPE: positional embeddings of a (grid_h, grid_w) token grid, as kernels/inpe.py computes them.
+/* INPE (the INFGEN_KERNEL_INPE form): positional embeddings of a (grid_h, grid_w) token grid.
  *   out (grid_h * grid_w, dim) row-major in `dtype`; fourier_b (3, num_freqs) float32;
  *   fc1_weight (dim, 2 * num_freqs), fc1_bias (dim,), fc2_weight (dim, dim), fc2_bias (dim,),
  *   add (dim,) or NULL (a vector added to every row: the mask token), all `dtype`, contiguous.
@@ -98,6 +101,16 @@ INFGEN_API infgen_status infgen_inpe(
     const void *fc1_weight, const void *fc1_bias, const void *fc2_weight, const void *fc2_bias,
     const void *add, int32_t grid_h, int32_t grid_w, int32_t num_freqs, int32_t dim,
     struct CUstream_st *stream);
+
+/* INPE's MLP over given Fourier features (the INFGEN_KERNEL_INPE_MLP form):
+ *   out (tokens, dim) = fc2(gelu(fc1(feat))) + fc2_bias (+ add), row-major in `dtype`;
+ *   feat (tokens, 2 * num_freqs): [cos(2 pi p B), sin(2 pi p B)] of the grid's sphere points, as
+ *   infgen_ref.inpe.fourier_features computes them (fp32 math), stored in `dtype`;
+ *   weights and add as for infgen_inpe. dim and num_freqs: a compiled pair (512, 64). */
+INFGEN_API infgen_status infgen_inpe_mlp(
+    infgen_dtype dtype, void *out, const void *feat,
+    const void *fc1_weight, const void *fc1_bias, const void *fc2_weight, const void *fc2_bias,
+    const void *add, int32_t tokens, int32_t num_freqs, int32_t dim, struct CUstream_st *stream);
 
 #ifdef __cplusplus
 }

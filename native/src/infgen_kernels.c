@@ -30,6 +30,7 @@ static const char ATTENTION_ARGS[] =
     "Q,K,V,O,stride_qb,stride_qh,stride_qm,stride_kb,stride_kh,stride_kn,stride_vb,stride_vh,stride_vn,"
     "stride_ob,stride_oh,stride_om,H,M,N,qk_scale";
 static const char INPE_ARGS[] = "OUT,FB,W1,B1,W2,B2,ADD,T,GH,GW,F,D";
+static const char INPE_MLP_ARGS[] = "OUT,FEAT,W1,B1,W2,B2,ADD,T,F2,D";
 
 /* ----------------------------------------------------------------------------- errors */
 static _Thread_local char last_error[512];
@@ -254,8 +255,9 @@ static int find_variant(int kind, infgen_dtype dtype, int dim, int flags, int nu
         fail(INFGEN_ERROR_NOT_COMPILED, "no attention kernel for head_dim %d, dtype %d in libinfgen_kernels "
              "(compiled: %s); add it to native/aot.py", dim, (int)dtype, compiled);
     else
-        fail(INFGEN_ERROR_NOT_COMPILED, "no INPE kernel for dim %d, num_freqs %d, dtype %d in libinfgen_kernels "
-             "(compiled: %s); add it to native/aot.py", dim, num_freqs, (int)dtype, compiled);
+        fail(INFGEN_ERROR_NOT_COMPILED, "no %s kernel for dim %d, num_freqs %d, dtype %d in libinfgen_kernels "
+             "(compiled: %s)", kind == INFGEN_KERNEL_INPE ? "INPE (grid form, infgen_inpe)" : "INPE MLP (infgen_inpe_mlp)",
+             dim, num_freqs, (int)dtype, used ? compiled : "none of this form: kernels/inpe.py has the other");
     return -1;
 }
 
@@ -286,7 +288,9 @@ infgen_status infgen_attention_fwd(infgen_dtype dtype, const void *q, const void
                     (long long)batch * heads);
     if (!(isfinite(scale) && scale > 0.0f))
         return fail(INFGEN_ERROR_INVALID_VALUE, "scale must be finite and > 0, got %g", (double)scale);
-    int index = find_variant(INFGEN_KERNEL_ATTENTION, dtype, head_dim, 0, 0);
+    /* the rows16 variant (compiled for M, N multiples of 16) when the counts allow it */
+    int index = m % 16 == 0 && n % 16 == 0 ? find_variant(INFGEN_KERNEL_ATTENTION, dtype, head_dim, 1, 0) : -1;
+    if (index < 0) index = find_variant(INFGEN_KERNEL_ATTENTION, dtype, head_dim, 0, 0);
     if (index < 0) return INFGEN_ERROR_NOT_COMPILED;
     const infgen_kernel_info *info = &infgen_table[index];
     int32_t qs[3], ks[3], vs[3], os[3];
@@ -329,4 +333,28 @@ infgen_status infgen_inpe(infgen_dtype dtype, void *out, const float *fourier_b,
                     &t, &grid_h, &grid_w, &num_freqs, &dim};
     unsigned grid_x = (unsigned)((tokens + info->tile_m - 1) / info->tile_m);
     return launch(index, INPE_ARGS, grid_x, 1, args, stream);
+}
+
+infgen_status infgen_inpe_mlp(infgen_dtype dtype, void *out, const void *feat, const void *fc1_weight,
+                              const void *fc1_bias, const void *fc2_weight, const void *fc2_bias, const void *add,
+                              int32_t tokens, int32_t num_freqs, int32_t dim, struct CUstream_st *stream) {
+    CHECK(check_dtype(dtype));
+    CHECK(check_pointer(out, "out", 0));
+    CHECK(check_pointer(feat, "feat", 0));
+    CHECK(check_pointer(fc1_weight, "fc1_weight", 0));
+    CHECK(check_pointer(fc1_bias, "fc1_bias", 0));
+    CHECK(check_pointer(fc2_weight, "fc2_weight", 0));
+    CHECK(check_pointer(fc2_bias, "fc2_bias", 0));
+    CHECK(check_pointer(add, "add", 1));
+    CHECK(check_positive(tokens, "tokens"));
+    CHECK(check_positive(num_freqs, "num_freqs"));
+    CHECK(check_positive(dim, "dim"));
+    int index = find_variant(INFGEN_KERNEL_INPE_MLP, dtype, dim, add != NULL, num_freqs);
+    if (index < 0) return INFGEN_ERROR_NOT_COMPILED;
+    const infgen_kernel_info *info = &infgen_table[index];
+    const void *add_arg = add != NULL ? add : fc2_bias; /* not read without HAS_ADD; any valid pointer */
+    int32_t feat_width = 2 * num_freqs;
+    void *args[] = {&out, &feat, &fc1_weight, &fc1_bias, &fc2_weight, &fc2_bias, &add_arg, &tokens, &feat_width, &dim};
+    unsigned grid_x = (unsigned)(((int64_t)tokens + info->tile_m - 1) / info->tile_m);
+    return launch(index, INPE_MLP_ARGS, grid_x, 1, args, stream);
 }

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     lib.infgen_build_info.restype = ctypes.c_char_p
     if lib.infgen_build_info().decode() != manifest["build_info"]:
         errors.append(f"build info {lib.infgen_build_info()!r} != manifest {manifest['build_info']!r}")
-    kinds, dtypes = {"attention": 0, "inpe": 1}, {"bf16": 0, "fp16": 1}
+    kinds, dtypes = {"attention": 0, "inpe": 1, "inpe_mlp": 2}, {"bf16": 0, "fp16": 1}
     if [r["name"] for r in table] != [m["name"] for m in manifest["kernels"]]:
         errors.append(f"table names {[r['name'] for r in table]} != manifest {[m['name'] for m in manifest['kernels']]}")
     for row, m in zip(table, manifest["kernels"]):
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     # 4. the cubins themselves
     import triton
     tool = str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
-    known_spills = {tuple(k) for k in manifest["known_spills"]}
+    known_spills = {(k, d, tuple(t), f) for k, d, t, f in manifest["known_spills"]}
     for row, m in zip(table, manifest["kernels"]):
         u = cuobjdump(row["cubin"], tool)
         shared = u["shared"] + row["shared"]
@@ -142,10 +142,11 @@ def main(argv=None) -> int:
             errors.append(f"{row['name']}: {u['reg']} registers > {MAX_REGS}")
         if shared > SHARED_LIMIT:
             errors.append(f"{row['name']}: {shared} B shared memory > {SHARED_LIMIT}")
-        if u["stack"] and (m["kind"], m["dim"]) not in known_spills:
+        known = (m["kind"], m["dim"], tuple(m["tile"]), m["flags"]) in known_spills
+        if u["stack"] and not known:
             errors.append(f"{row['name']}: {u['stack']} B of stack (register spills); the variant must be spill-free")
-        if not u["stack"] and (m["kind"], m["dim"]) in known_spills:
-            print(f"  {row['name']} no longer spills: remove ({m['kind']!r}, {m['dim']}) from native/aot.py KNOWN_SPILLS")
+        if not u["stack"] and known:
+            print(f"  {row['name']} no longer spills: remove it from native/aot.py KNOWN_SPILLS")
     return report(errors, len(table))
 
 

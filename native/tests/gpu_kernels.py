@@ -25,7 +25,15 @@ def bind(lib) -> None:
     lib.infgen_attention_fwd.argtypes = [ctypes.c_int, p, p, p, p, i32, i32, i32, i32, i32,
                                          STRIDES, STRIDES, STRIDES, STRIDES, ctypes.c_float, p]
     lib.infgen_inpe.argtypes = [ctypes.c_int, p, p, p, p, p, p, p, i32, i32, i32, i32, p]
+    lib.infgen_inpe_mlp.argtypes = [ctypes.c_int, p, p, p, p, p, p, p, i32, i32, i32, p]
     lib.infgen_last_error.restype = ctypes.c_char_p
+
+
+def inpe_form(lib) -> str:
+    """"inpe" (features in the kernel: infgen_inpe) or "inpe_mlp" (given features: infgen_inpe_mlp)."""
+    from check_library import read_table
+    kinds = {row["kind"] for row in read_table(lib)}
+    return "inpe_mlp" if 2 in kinds else "inpe"
 
 
 def bhmd_strides(t) -> STRIDES:
@@ -61,6 +69,7 @@ def check_attention(lib, B, H, M, N, D, dtype, layout, stream) -> str | None:
         v = torch.randn(B, H, N, D, device="cuda", generator=g).to(dtype)
     o = torch.full((B, M, H, D), float("nan"), device="cuda", dtype=dtype).transpose(1, 2)
     scale = 1.0 / math.sqrt(D)
+    torch.cuda.synchronize()  # inputs were made on the default stream; the library runs on `stream`
     status = attention_call(lib, q, k, v, o, scale, stream)
     stream.synchronize()
     name = f"attention B={B} H={H} M={M} N={N} D={D} {dt_name(q)} {layout}"
@@ -84,10 +93,19 @@ def check_inpe(lib, gh, gw, dtype, with_add, stream) -> str | None:
     add = (torch.randn(512) * 0.02).to("cuda", dtype) if with_add else None
     fb = m.B.to("cuda", torch.float32).contiguous()
     out = torch.full((gh * gw, 512), float("nan"), device="cuda", dtype=dtype)
-    status = lib.infgen_inpe(DTYPE_CODE[dt_name(out)], out.data_ptr(), fb.data_ptr(), *(t.data_ptr() for t in w),
-                             add.data_ptr() if with_add else None, gh, gw, 64, 512, stream.cuda_stream)
+    add_ptr = add.data_ptr() if with_add else None
+    torch.cuda.synchronize()  # inputs were made on the default stream; the library runs on `stream`
+    if inpe_form(lib) == "inpe":
+        status = lib.infgen_inpe(DTYPE_CODE[dt_name(out)], out.data_ptr(), fb.data_ptr(), *(t.data_ptr() for t in w),
+                                 add_ptr, gh, gw, 64, 512, stream.cuda_stream)
+    else:
+        from infgen_ref.inpe import fourier_features, grid_coords, sphere
+        feat = fourier_features(sphere(grid_coords(gh, gw, device="cuda")), fb).to(dtype).contiguous()  # (T, 128)
+        torch.cuda.synchronize()
+        status = lib.infgen_inpe_mlp(DTYPE_CODE[dt_name(out)], out.data_ptr(), feat.data_ptr(),
+                                     *(t.data_ptr() for t in w), add_ptr, gh * gw, 64, 512, stream.cuda_stream)
     stream.synchronize()
-    name = f"inpe {gh}x{gw} {dt_name(out)} add={with_add}"
+    name = f"{inpe_form(lib)} {gh}x{gw} {dt_name(out)} add={with_add}"
     if status != 0:
         return f"{name}: status {status}: {lib.infgen_last_error().decode()}"
     ref = inpe_embed_ref(gh, gw, m.B.double(), *(t.double().cpu() for t in w),
@@ -130,7 +148,8 @@ def main(argv=None) -> int:
     torch.cuda.init()
     stream = torch.cuda.Stream()  # a non-default stream: the library must launch on the one it is given
     cases = [(2, 8, 1025, 4097, 64, "bmhd"), (1, 8, 333, 4096, 64, "broadcast"), (2, 1, 1000, 1000, 512, "bmhd"),
-             (1, 1, 777, 1300, 512, "bmhd"), (3, 1, 129, 65, 512, "broadcast")]
+             (1, 1, 777, 1300, 512, "bmhd"), (3, 1, 129, 65, 512, "broadcast"),
+             (1, 8, 1024, 4096, 64, "bmhd"), (2, 1, 1024, 2048, 512, "bmhd")]  # last two: the rows16 variants
     failures, n = [], 0
     for dtype in (torch.bfloat16, torch.float16):
         for B, H, M, N, D, layout in cases:

@@ -42,7 +42,7 @@ static void test_table(void) {
     EXPECT(count > 0, "empty kernel table");
     EXPECT(infgen_kernel_get(-1) == NULL && infgen_kernel_get(count) == NULL, "out-of-range index gave an entry");
     EXPECT(strstr(infgen_build_info(), "sm_90a") != NULL, "build info '%s' does not say sm_90a", infgen_build_info());
-    int attention = 0, inpe = 0;
+    int attention = 0, inpe = 0, inpe_mlp = 0;
     for (int i = 0; i < count; i++) {
         const infgen_kernel_info *k = infgen_kernel_get(i);
         EXPECT(k != NULL && k->name[0] != '\0', "entry %d has no name", i);
@@ -54,9 +54,12 @@ static void test_table(void) {
         EXPECT(k->arch == 90, "%s: arch %d", k->name, k->arch);
         attention += k->kind == INFGEN_KERNEL_ATTENTION;
         inpe += k->kind == INFGEN_KERNEL_INPE;
+        inpe_mlp += k->kind == INFGEN_KERNEL_INPE_MLP;
     }
-    EXPECT(attention == 4, "want attention d64 and d512 in bf16 and fp16, got %d attention kernels", attention);
-    EXPECT(inpe == 4, "want INPE bf16/fp16 with and without add, got %d INPE kernels", inpe);
+    EXPECT(attention == 8, "want attention d64 and d512 in bf16 and fp16, general and rows16, got %d attention kernels",
+           attention);
+    EXPECT(inpe + inpe_mlp == 4 && (inpe == 0 || inpe_mlp == 0),
+           "want INPE (one form) bf16/fp16 with and without add, got %d + %d INPE kernels", inpe, inpe_mlp);
 }
 
 static void test_attention_checks(void) {
@@ -101,6 +104,21 @@ static void test_inpe_checks(void) {
                  INFGEN_ERROR_INVALID_VALUE, "below 2^31 tokens", "grid past int32");
 }
 
+static void test_inpe_mlp_checks(void) {
+    expect_error(infgen_inpe_mlp(INFGEN_BF16, P(1), NULL, P(3), P(4), P(5), P(6), NULL, 100, 64, 512, NULL),
+                 INFGEN_ERROR_INVALID_VALUE, "feat must be a device pointer", "null feat");
+    expect_error(infgen_inpe_mlp(INFGEN_BF16, P(1), P(2), P(3), P(4), P(5), P(6), NULL, 0, 64, 512, NULL),
+                 INFGEN_ERROR_INVALID_VALUE, "tokens must be >= 1, got 0", "no tokens");
+    expect_error(infgen_inpe_mlp(INFGEN_FP16, P(1), P(2), P(3), P(4), P(5), P(6), NULL, 100, 64, 384, NULL),
+                 INFGEN_ERROR_NOT_COMPILED, "dim 384", "width not compiled");
+}
+
+static int has_kind(int kind) {
+    for (int i = 0; i < infgen_kernel_count(); i++)
+        if (infgen_kernel_get(i)->kind == kind) return 1;
+    return 0;
+}
+
 /* With no CUDA driver on the machine, valid calls stop at the driver, with a status, not a crash. */
 static void test_without_driver(void) {
     void *cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -116,14 +134,24 @@ static void test_without_driver(void) {
     expect_error(infgen_init(), INFGEN_ERROR_NO_DRIVER, "libcuda.so.1", "init without a driver");
     expect_error(attention(INFGEN_BF16, P(1), 2, 8, 1025, 4097, 64, 512, 0.125f), INFGEN_ERROR_NO_DRIVER,
                  "libcuda.so.1", "attention without a driver");
-    expect_error(infgen_inpe(INFGEN_BF16, P(1), P(2), P(3), P(4), P(5), P(6), P(7), 135, 240, 64, 512, NULL),
-                 INFGEN_ERROR_NO_DRIVER, "libcuda.so.1", "INPE without a driver");
+    if (has_kind(INFGEN_KERNEL_INPE)) {
+        expect_error(infgen_inpe(INFGEN_BF16, P(1), P(2), P(3), P(4), P(5), P(6), P(7), 135, 240, 64, 512, NULL),
+                     INFGEN_ERROR_NO_DRIVER, "libcuda.so.1", "INPE without a driver");
+        expect_error(infgen_inpe_mlp(INFGEN_BF16, P(1), P(2), P(3), P(4), P(5), P(6), NULL, 100, 64, 512, NULL),
+                     INFGEN_ERROR_NOT_COMPILED, "kernels/inpe.py has the other", "the absent INPE form");
+    } else {
+        expect_error(infgen_inpe_mlp(INFGEN_BF16, P(1), P(2), P(3), P(4), P(5), P(6), P(7), 135 * 240, 64, 512, NULL),
+                     INFGEN_ERROR_NO_DRIVER, "libcuda.so.1", "INPE MLP without a driver");
+        expect_error(infgen_inpe(INFGEN_BF16, P(1), P(2), P(3), P(4), P(5), P(6), NULL, 4, 8, 64, 512, NULL),
+                     INFGEN_ERROR_NOT_COMPILED, "kernels/inpe.py has the other", "the absent INPE form");
+    }
 }
 
 int main(void) {
     test_table();
     test_attention_checks();
     test_inpe_checks();
+    test_inpe_mlp_checks();
     test_without_driver();
     printf("%d passed, %d failed\n", checks - failures, failures);
     return failures == 0 ? 0 : 1;
