@@ -47,7 +47,7 @@ SHARED_LIMIT = 232_448          # bytes of shared memory an sm_90 block may use
 # (kind, dim, tile, flags) of variants that spill registers (cuobjdump STACK > 0): the table test
 # (native/tests/check_library.py) requires zero stack for every other variant. Measured with
 # triton 3.9 on 2026-11-25. Kernels before #10: attention d512 at that pick_config's 64x32 w8 s2
-# (432 B; 48 B for rows16; no d512 tile of that version is spill-free); the one-kernel INPE at
+# (432 B, 48 B for rows16; triton 3.6: 48 B, rows16 none); the one-kernel INPE at
 # D=512 (fc1's (F, D) weight tile in registers: 952 B at w8; its sin/cos also use 32 B of local
 # memory). Since #10: attention d512 at 64x16 w8 s3 for ragged M, N (120 B; the rows16 variant,
 # the shape kernels.report checks, has none); the MLP-only INPE has none.
