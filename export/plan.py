@@ -161,9 +161,13 @@ def _dims(shape) -> str:
     return "x".join(str(s) for s in shape)
 
 
-def trtexec_command(plan: Plan, onnx_path: str, engine_path: str, timing_cache: str | None = None) -> str:
-    """trtexec equivalent of the build: one --minShapes/--optShapes/--maxShapes triple per profile."""
+def trtexec_command(plan: Plan, onnx_path: str, engine_path: str, timing_cache: str | None = None,
+                    plugin_lib: str | None = None) -> str:
+    """trtexec equivalent of the build: one --minShapes/--optShapes/--maxShapes triple per profile;
+    plugin_lib (libinfgen_trt_plugins.so) is loaded with --dynamicPlugins (its getCreators entry point)."""
     args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}", "--stronglyTyped"]
+    if plugin_lib:
+        args.append(f"--dynamicPlugins={plugin_lib}")
     for p in plan.profiles:
         for flag, j in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
             args.append(flag + "=" + ",".join(f"{n}:{_dims(s[j])}" for n, s in p.shapes.items()))

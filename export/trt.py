@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -256,7 +257,13 @@ def main(argv=None) -> int:
     ap.add_argument("--onnx", default=None, help="TensorRT-flavour ONNX to build from (default: export it)")
     ap.add_argument("--dry-run", action="store_true", help="write the plan and print commands; build nothing")
     ap.add_argument("--rebuild", action="store_true", help="ignore a cached engine")
+    ap.add_argument("--plugin-lib", type=Path, default=None,
+                    help="libinfgen_trt_plugins.so (CMake build, docs/native.md): print the trtexec line that loads it "
+                         "and builds from the TensorRT-flavour ONNX, and the Triton Inference Server line")
     args = ap.parse_args(argv)
+    if args.plugin_lib is not None and not args.plugin_lib.is_file():
+        ap.error(f"--plugin-lib: no such file {str(args.plugin_lib)!r}; build it with cmake -S . -B build "
+                 f"-DTensorRT_ROOT=... && cmake --build build (docs/native.md)")
 
     if args.checkpoint:
         from infgen_ref.weights import checkpoint_config
@@ -285,6 +292,17 @@ def main(argv=None) -> int:
           "cannot load the Python plugin)")
     print(trtexec_command(plan, str(std_onnx), str(engine_out), str(engine_dir / "timing.cache")))
     print(polygraphy_command(plan, str(std_onnx), str(engine_out), str(engine_dir / "timing.cache")))
+    if args.plugin_lib is not None:
+        lib = args.plugin_lib.resolve()
+        autoreg = lib.with_name(lib.name.replace("libinfgen_trt_plugins", "libinfgen_trt_plugins_autoreg"))
+        print("# with the native plugin library, trtexec builds the TensorRT-flavour ONNX (infgen::FlashAttention nodes):")
+        src = ["--checkpoint", args.checkpoint] if args.checkpoint else ["--preset", args.preset]
+        print(shlex.join(["python", "-m", "export.onnx", *src, "--dtype", args.dtype, "--flavour", "tensorrt",
+                          "--out", str(onnx_path)]))
+        print(trtexec_command(plan, str(onnx_path), str(engine_out), str(engine_dir / "timing.cache"), str(lib)))
+        print("# serve: copy the engine to native/triton_repo/infgen_trt/1/model.plan, then")
+        print(shlex.join(["tritonserver", "--model-repository=native/triton_repo",
+                          f"--backend-config=tensorrt,plugins={autoreg}"]))
     if args.dry_run:
         return 0
     try:

@@ -371,9 +371,28 @@ def inpe_entries() -> list[Entry]:
     return out
 
 
+def d512_entries() -> list[Entry]:
+    """The scores-once head-dim-512 Gluon kernel (kernels/attention_d512.py): what the runtime
+    launches on sm_90 in bf16/fp16, and the benchmark's sweep."""
+    from functools import partial
+    from .attention_d512 import DTYPES as D512_DTYPES, RUNTIME_CONFIGS as D512_RUNTIME, SWEEP_CONFIGS as D512_SWEEP, compile_d512
+    out = []
+    for dt in D512_DTYPES:
+        name = {v: k for k, v in DTYPES.items()}[dt]
+        for cfg in D512_RUNTIME:
+            out.append(Entry("attn_d512_kernel", "mid-block attention (scores once), sm_90",
+                             f"d512 64x{cfg.block_n} s{cfg.stages} w4+4+1", name, ("runtime",),
+                             partial(compile_d512, cfg, dt), expect_hgmma=True))
+    for cfg in D512_SWEEP:
+        if cfg not in D512_RUNTIME:
+            out.append(Entry("attn_d512_kernel", "sweep, scores-once d512", f"d512 64x{cfg.block_n} s{cfg.stages} w4+4+1",
+                             "bf16", ("sweep",), partial(compile_d512, cfg, torch.bfloat16), expect_hgmma=True))
+    return out
+
+
 def entries() -> list[Entry]:
     """Every entry the report compiles."""
-    return [*attention_entries(), *groupnorm_entries(), *inpe_entries()]
+    return [*attention_entries(), *d512_entries(), *groupnorm_entries(), *inpe_entries()]
 
 
 # ----------------------------------------------------------------------------- running, output

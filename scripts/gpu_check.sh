@@ -7,8 +7,11 @@
 #
 # Writes under $OUT: env.txt (versions, nvidia-smi, one status line per step), compile_report/
 # (kernels.report on this machine's triton), tests.log + tests/*.xml (JUnit, one per test file),
-# kernels.json + kernels.log, decode.log + decode/<size>/ (one profiler run per size).
-# STEPS selects steps (default "env report tests kernels decode"), e.g. STEPS="kernels" bash ...
+# native.log (CMake build + ctest of native/, its GPU test included), kernels.json + kernels.log,
+# d512.json + d512.log (the scores-once head-dim-512 kernel), decode.log + decode/<size>/ (one
+# profiler run per size). STEPS selects steps (default "env report tests native kernels d512
+# decode"), e.g. STEPS="kernels d512" bash ... The limits sum past one call: a first GPU session
+# runs STEPS="env report tests native", then STEPS="kernels d512 decode".
 #
 # Time: a device command may run 600 s. Every step runs under `timeout -k` with its own limit,
 # cut to what is left of BUDGET (default 540 s, counted from the start of this script), and a
@@ -16,7 +19,7 @@
 # and a step that hangs or overruns loses only itself.
 set -u
 OUT=${OUT:-gpu_out}
-STEPS=${STEPS:-"env report tests kernels decode"}
+STEPS=${STEPS:-"env report tests native kernels d512 decode"}
 BUDGET=${BUDGET:-540}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -56,7 +59,7 @@ if has tests; then
   # the others nor its own summary line. The kernel files run their small cases on CUDA too.
   mkdir -p "$OUT/tests"
   for f in tests/test_kernels_attention.py tests/test_kernels_groupnorm.py tests/test_kernels_inpe.py \
-           tests/test_triton_backend.py; do
+           tests/test_kernels_attention_d512.py tests/test_triton_backend.py; do
     n=$(basename "$f" .py)
     run "$n" 70 python3 -m pytest -q -p no:cacheprovider "$f" --junitxml "$OUT/tests/$n.xml" \
         >> "$OUT/tests.log" 2>&1
@@ -66,13 +69,31 @@ if has tests; then
   run "other gpu tests" 60 python3 -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests \
       --ignore=tests/test_kernels_attention.py --ignore=tests/test_kernels_groupnorm.py \
       --ignore=tests/test_kernels_inpe.py --ignore=tests/test_triton_backend.py \
+      --ignore=tests/test_kernels_attention_d512.py \
       --ignore=tests/test_kernels_report.py --junitxml "$OUT/tests/other_gpu.xml" >> "$OUT/tests.log" 2>&1
   grep -E "passed|failed|error" "$OUT/tests.log" | tail -n 12
+fi
+
+if has native; then
+  # native/ (#16): CMake AOT-compiles the kernels with this machine's triton into libinfgen_kernels
+  # and runs its ctest, the GPU test included (native/tests/gpu_kernels.py: the AOT attention and
+  # INPE through the C API against float64 host references). Built outside the repo copy.
+  run native 150 bash -c 'cmake -S . -B /tmp/infgen-native -DPython3_EXECUTABLE="$(command -v python3)" \
+      -DINFGEN_AOT_JOBS=8 && cmake --build /tmp/infgen-native -j 8 && \
+      ctest --test-dir /tmp/infgen-native --output-on-failure' > "$OUT/native.log" 2>&1
+  tail -n 15 "$OUT/native.log"
 fi
 
 if has kernels; then
   run kernels 120 python3 benchmarks/kernels.py --out "$OUT/kernels.json" > "$OUT/kernels.log" 2>&1
   tail -n 20 "$OUT/kernels.log"
+fi
+
+if has d512; then
+  # The scores-once head-dim-512 kernel (kernels/attention_d512.py) vs the tl.dot kernel and SDPA,
+  # with its ablations; JSON written after every case.
+  run d512 120 python3 benchmarks/attention_d512.py --no-sdpa-above 65536 --out "$OUT/d512.json" > "$OUT/d512.log" 2>&1
+  tail -n 20 "$OUT/d512.log"
 fi
 
 if has decode; then

@@ -13,6 +13,7 @@ import torch
 
 from kernels import report
 from kernels.attention import CUDA_CONFIGS, SWEEP_CONFIGS, uses_kernel
+from kernels.attention_d512 import RUNTIME_CONFIGS as D512_RUNTIME, SWEEP_CONFIGS as D512_SWEEP
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,8 @@ def compiled(tmp_path_factory):
 def test_every_runtime_and_plugin_configuration_compiles_fits_and_does_not_spill(compiled):
     proc, data, _ = compiled
     rows = [r for r in data["rows"] if {"runtime", "plugin"} & set(r["used_by"])]
-    assert {r["kernel"] for r in rows} == {"attn_fwd_kernel", "gn_stats_kernel", "gn_apply_kernel", "inpe_kernel"}
+    assert {r["kernel"] for r in rows} == {"attn_fwd_kernel", "attn_d512_kernel", "gn_stats_kernel", "gn_apply_kernel",
+                                         "inpe_kernel"}
     bad = [(r["kernel"], r["config"], r["dtype"], r.get("error"), r.get("spill_stores"), r.get("mma"))
            for r in rows if not (r["ok"] and r["fits"] and r["spill_stores"] == 0
                                  and r["spill_store_bytes"] == 0 and r["shared"] <= report.SHARED_PER_BLOCK
@@ -64,7 +66,10 @@ def test_every_dtype_of_groupnorm_and_inpe_is_covered(compiled):
 def test_sweeps_list_only_configurations_that_fit(compiled):
     _, data, _ = compiled
     sweep = [r for r in data["rows"] if "sweep" in r["used_by"]]
-    assert len(sweep) == sum(len(v) for v in SWEEP_CONFIGS.values())
+    tl_sweep = [r for r in sweep if r["kernel"] == "attn_fwd_kernel"]
+    assert len(tl_sweep) == sum(len(v) for v in SWEEP_CONFIGS.values())
+    d512_sweep = [r for r in sweep if r["kernel"] == "attn_d512_kernel"]
+    assert len(d512_sweep) == len([c for c in D512_SWEEP if c not in D512_RUNTIME])
     too_big = [(r["config"], r.get("error")) for r in sweep if not (r["ok"] and r["fits"])]
     assert not too_big, too_big
     # the cross-attention tiles are swept
