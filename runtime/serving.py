@@ -164,7 +164,7 @@ class InfGenModel:
             try:
                 parts.append(self.engine.to_uint8(self.engine.decode(z[i:i + chunk], h, w)))
                 i += chunk
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError on torch >= 2.5
                 oom = True  # handled outside the except block, so the failed decode's tensors are freed
             if oom:
                 if self.engine.device.type == "cuda":
@@ -246,16 +246,19 @@ def describe(engine, model: str = "") -> str:
 
 def start_server(engine, limits: Limits | None = None, *, host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, model_name: str = MODEL_NAME, model: str = "",
-                 workspace: str | Path | None = None, exit_timeout_s: int = 5, echo=print):
+                 workspace: str | Path | None = None, exit_timeout_s: int = 5, log_file: str | Path | None = None,
+                 echo=print):
     """Start tritonserver (HTTP, gRPC, metrics on `host`), bind InfGenModel(engine, limits) as
     `model_name`, and return the running pytriton.triton.Triton; call .stop() on it when done.
-    Logs one line when the model is loaded: backend, dtype and device."""
+    Logs one line when the model is loaded: backend, dtype and device. Triton's own log goes to
+    stdout, or to `log_file`."""
     _pytriton()
     from pytriton.triton import Triton, TritonConfig
 
     limits = limits or Limits()
     config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
-                          metrics_address=host, metrics_port=metrics_port, exit_timeout_secs=exit_timeout_s)
+                          metrics_address=host, metrics_port=metrics_port, exit_timeout_secs=exit_timeout_s,
+                          log_file=None if log_file is None else str(log_file))
     triton = Triton(config=config, workspace=workspace)
     try:
         with libpython_on_library_path():

@@ -79,7 +79,7 @@ class Spy:
 
     def decode(self, z, h, w):
         if self.oom_above is not None and z.shape[0] > self.oom_above:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         self.batches.append(z.shape[0])
         return self.engine.decode(z, h, w)
 
@@ -400,7 +400,7 @@ def test_loadtest_runs_locust_against_the_server(server, tmp_path):
     (run,) = result["runs"]
     assert run["users"] == 2 and run["requests"] > 0 and run["errors"] == 0
     assert run["p50_ms"] <= run["p90_ms"] <= run["p99_ms"] and run["images_per_s"] > 0
-    assert result["direct"]["64x64"]["median_ms"] > 0 and "backend torch" in result["model"]
+    assert run["direct"]["median_ms"] > 0 and "backend torch" in result["model"]
     assert "| 64x64 | 2 |" in proc.stdout
 
 

@@ -3,13 +3,15 @@
     python -m runtime.cli.loadtest --sizes 256x256 512x512 --users 1 2 4 8 --run-time 30 --out lt.json
 
 Without --url it starts its own loopback server (same model flags as runtime.cli.serve) on free
-ports; with --url it loads that server, and the model flags must name the server's model (the
-direct decode column is timed here, in this process). Per size: the engine's direct decode time
-(median and range of --repeats, batch --batch, uint8 conversion included, server idle), then one
-headless Locust run per user count, each user sending requests back to back for --run-time
-seconds; in-flight requests are let finish. Per run: requests, errors, images/s over the run's
-window, and latency p50/p90/p99 from the raw samples. Prints a Markdown table and writes JSON
-with machine, date, commit, model and backend. Exits 1 if any request failed.
+ports, its Triton log in a temporary file; with --url it loads that server, and the model flags
+must name the server's model (the direct decode is timed here, in this process). Per size and
+user count: first the engine's direct decode time (median and range of --repeats, batch --batch,
+uint8 conversion included, server idle), then a headless Locust run, each user sending requests
+back to back for --run-time seconds; in-flight requests are let finish. Timing the baseline
+right before each run keeps both under similar load on a shared machine. Per run: requests,
+errors, images/s over the run's window, latency p50/p90/p99 from the raw samples. Prints a
+Markdown table and writes JSON with machine, date, commit, model and backend. Exits 1 if any
+request failed.
 """
 from __future__ import annotations
 
@@ -121,14 +123,15 @@ def locust_run(url: str, size: tuple[int, int], latent_shape: tuple[int, ...], u
 
 
 def markdown(result: dict) -> str:
-    lines = ["| size | users | requests | errors | images/s | p50 ms | p90 ms | p99 ms | direct decode ms (median, range) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | users | requests | errors | images/s | p50 ms | p90 ms | p99 ms | direct decode ms, median (range) "
+             "| direct images/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
     for r in result["runs"]:
-        d = result["direct"][r["size"]]
-        lines.append(f"| {r['size']} | {r['users']} | {r['requests']} | {r['errors']} | "
-                     f"{r.get('images_per_s', 0):.2f} | {r.get('p50_ms', float('nan')):.0f} | "
-                     f"{r.get('p90_ms', float('nan')):.0f} | {r.get('p99_ms', float('nan')):.0f} | "
-                     f"{d['median_ms']:.0f} ({d['min_ms']:.0f}-{d['max_ms']:.0f}) |")
+        d = r["direct"]
+        lines.append(f"| {r['size']} | {r['users']} | {r['requests']} | {r['errors']} | {r.get('images_per_s', 0):.2f} "
+                     f"| {r.get('p50_ms', nan):.0f} | {r.get('p90_ms', nan):.0f} | {r.get('p99_ms', nan):.0f} "
+                     f"| {d['median_ms']:.0f} ({d['min_ms']:.0f}-{d['max_ms']:.0f}) "
+                     f"| {1e3 * result['batch'] / d['median_ms']:.2f} |")
     return "\n".join(lines)
 
 
@@ -142,22 +145,23 @@ def run(args) -> int:
         (args.batch, engine.config.latent_channels, grid, grid)).astype(np.float32)
     result = {"machine": machine(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "commit": commit(), "model": describe(engine, what), "batch": args.batch,
-              "latent": list(latent.shape), "run_time_s": args.run_time, "direct": {}, "runs": []}
-    for h, w in args.sizes:
-        result["direct"][f"{w}x{h}"] = direct_decode_ms(engine, latent, h, w, args.repeats)
-    triton = None
-    url = args.url
+              "latent": list(latent.shape), "run_time_s": args.run_time, "runs": []}
+    triton, url = None, args.url
+    log_dir = tempfile.TemporaryDirectory()
     if url is None:
         ports = [free_port() for _ in range(3)]
         triton = start_server(engine, limits, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
-                              model_name=args.model_name, model=what, echo=lambda *a, **k: print(*a, file=sys.stderr))
+                              model_name=args.model_name, model=what, log_file=Path(log_dir.name) / "triton.log",
+                              echo=lambda *a, **k: print(*a, file=sys.stderr))
         url = f"127.0.0.1:{ports[0]}"
         result["server"] = {"max_batch": limits.max_batch, "max_queue_delay_us": limits.max_queue_delay_us}
     result["url"] = url
     try:
         for h, w in args.sizes:
             for users in args.users:
+                direct = direct_decode_ms(engine, latent, h, w, args.repeats)
                 row = locust_run(url, (h, w), latent.shape, users, args.run_time, args.model_name)
+                row["direct"] = direct
                 print(f"{row['size']} users {users}: {row['requests']} requests, {row['errors']} errors, "
                       f"{row.get('images_per_s', 0):.2f} images/s, p50 {row.get('p50_ms', float('nan')):.0f} ms",
                       file=sys.stderr, flush=True)
@@ -165,6 +169,7 @@ def run(args) -> int:
     finally:
         if triton is not None:
             triton.stop()
+        log_dir.cleanup()
     print(f"machine: {result['machine']}\ndate: {result['date']}, commit {result['commit']}\nmodel: {result['model']}, "
           f"batch {args.batch}, latent {tuple(latent.shape)}, {args.run_time} s per run")
     print(markdown(result))
