@@ -177,7 +177,7 @@ class InfGenModel:
 
 
 # ------------------------------------------------------------------------------- server
-def _pytriton() -> None:
+def require_pytriton() -> None:
     """Probe nvidia-pytriton, and refuse numpy 2 where its Triton's Python-backend stub predates
     numpy-2 support (python_backend#384): there every output would come back empty."""
     from importlib.metadata import PackageNotFoundError, version
@@ -252,7 +252,7 @@ def start_server(engine, limits: Limits | None = None, *, host: str = "127.0.0.1
     `model_name`, and return the running pytriton.triton.Triton; call .stop() on it when done.
     Logs one line when the model is loaded: backend, dtype and device. Triton's own log goes to
     stdout, or to `log_file`."""
-    _pytriton()
+    require_pytriton()
     from pytriton.triton import Triton, TritonConfig
 
     limits = limits or Limits()

@@ -198,11 +198,11 @@ def test_libpython_directory_leads_ld_library_path_only_while_starting(monkeypat
     assert "LD_LIBRARY_PATH" not in os.environ
 
 
-def test_serve_user_error_is_one_line_and_exit_2(capsys, tmp_path):
+def test_serve_user_error_is_one_line_and_exit_2(capsys):
     from runtime.cli import serve
-    assert serve.main(["--checkpoint", str(tmp_path / "missing")]) == 2
+    assert serve.main(["--max-batch", "4", "--preferred-batch-sizes", "2", "8"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --checkpoint must be a directory") and "\n" not in err
+    assert err == "error: preferred batch sizes must be 1..max_batch (4), got [8]"
     with pytest.raises(SystemExit):
         serve.main(["--http-port", "70000"])
     assert "must be a port 1..65535, got '70000'" in capsys.readouterr().err

@@ -136,8 +136,14 @@ def markdown(result: dict) -> str:
 
 
 def run(args) -> int:
-    from runtime.serving import describe, start_server
+    import importlib.util
+
+    from runtime.serving import SERVE_EXTRA, describe, require_pytriton, start_server
     limits = limits_from_args(args)
+    if importlib.util.find_spec("locust") is None:
+        raise ImportError(f"the load test needs locust: {SERVE_EXTRA}")
+    if args.url is None:
+        require_pytriton()
     engine, what = load_engine(args)
     warm_up(engine)
     grid = args.latent_grid or engine.config.latent_size

@@ -109,8 +109,9 @@ def warm_up(engine) -> None:
 
 
 def run(args) -> int:
-    from runtime.serving import start_server
+    from runtime.serving import require_pytriton, start_server
     limits = limits_from_args(args)
+    require_pytriton()  # before the model loads: a missing extra fails fast
     engine, what = load_engine(args)
     warm_up(engine)
     stop = threading.Event()
