@@ -243,9 +243,13 @@ def server(tmp_path_factory):
                 pytest.fail(f"server not ready (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
             time.sleep(0.25)
     yield info
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(STOP_TIMEOUT_S)
+    if proc.poll() is None:  # the stop test did not run (-k): stop it the same way, so Triton cleans up
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT_S)
 
 
 def client(server, protocol="http"):
