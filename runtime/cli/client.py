@@ -1,0 +1,96 @@
+"""`python -m runtime.cli.client`: decode a latent file on an InfGen server (runtime.cli.serve).
+
+    python -m runtime.cli.client z.npy --size 3840x2160 -o out.png --url 127.0.0.1:8000
+    python -m runtime.cli.client z.npy --size 1024 512x768 --protocol grpc --url 127.0.0.1:8001
+
+Sizes are WIDTHxHEIGHT, as in `python -m runtime decode`, and the files are named the same way:
+several sizes add _WxH, a batch adds _0, _1, ... The pixels equal a local
+`engine.to_uint8(engine.decode(latent, h, w))` with the server's model. Exits 2 with one
+`error: ...` line on a user error or an error answer from the server, 1 if the server is not ready.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 1
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'WxH' or 'N' -> (h, w)."""
+    from infgen_ref.config import parse_size as config_parse_size
+    try:
+        return config_parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("latent", help="latent file: .npy, .pt/.pth or .safetensors, (C, h, w) or (B, C, h, w)")
+    parser.add_argument("--size", type=parse_size, nargs="+", required=True, metavar="WxH",
+                        help="output size(s), WIDTHxHEIGHT, e.g. --size 3840x2160 1024")
+    parser.add_argument("--out", "-o", help="output .png or .jpg (default: <latent stem>.png)")
+    parser.add_argument("--url", default="127.0.0.1:8000",
+                        help="server host:port, the HTTP port or with --protocol grpc the gRPC one (default: %(default)s)")
+    parser.add_argument("--protocol", choices=("http", "grpc"), default="http", help="default: %(default)s")
+    parser.add_argument("--model-name", default="infgen", help="default: %(default)s")
+    parser.add_argument("--server-png", action="store_true",
+                        help="have the server encode the PNG files (output 'png') instead of sending pixels")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default: %(default)s)")
+
+
+def out_paths(out: str | None, stem: str, size: tuple[int, int], several_sizes: bool, batch: int) -> list[Path]:
+    h, w = size
+    p = Path(out) if out else Path(f"{stem}.png")
+    if p.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise ValueError(f"--out must end in .png, .jpg or .jpeg, got {str(p)!r}")
+    if several_sizes:
+        p = p.with_name(f"{p.stem}_{w}x{h}{p.suffix}")
+    return [p] if batch == 1 else [p.with_name(f"{p.stem}_{i}{p.suffix}") for i in range(batch)]
+
+
+def run(args) -> int:
+    from PIL import Image
+
+    from runtime.io import load_latent
+    from runtime.serving import InfGenClient
+    if args.server_png and args.out and Path(args.out).suffix.lower() != ".png":
+        raise ValueError(f"--server-png writes PNG files: --out must end in .png, got {args.out!r}")
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    latent = load_latent(args.latent).float().numpy()
+    batch = latent.shape[0] if latent.ndim == 4 else 1
+    with InfGenClient(args.url, protocol=args.protocol, model_name=args.model_name, timeout_s=args.timeout) as client:
+        if not client.ready():
+            print(f"error: no ready model {args.model_name!r} at {args.protocol}://{args.url}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        for size in args.size:
+            paths = out_paths(args.out, Path(args.latent).stem, size, len(args.size) > 1, batch)
+            if args.server_png:
+                for p, data in zip(paths, client.decode_png(latent, *size)):
+                    p.write_bytes(data)
+            else:
+                for p, pixels in zip(paths, client.decode(latent, *size)):
+                    Image.fromarray(pixels).save(p, **({} if p.suffix.lower() == ".png" else {"quality": 95}))
+            for p in paths:
+                print(f"wrote {p} ({size[1]}x{size[0]})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.cli.client", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    from runtime.serving import ServerError
+    try:
+        return run(args)
+    except (ServerError, ValueError, TypeError, OSError, ImportError) as exc:
+        print(f"error: {str(exc).strip().replace(chr(10), '; ') or type(exc).__name__}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""`python -m runtime.cli.loadtest`: Locust against the server's HTTP v2 inference endpoint.
+
+    python -m runtime.cli.loadtest --sizes 256x256 512x512 --users 1 2 4 8 --run-time 30 --out lt.json
+
+Without --url it starts its own loopback server (same model flags as runtime.cli.serve) on free
+ports, its Triton log in a temporary file; with --url it loads that server, and the model flags
+must name the server's model (the direct decode is timed here, in this process). Per size and
+user count: first the engine's direct decode time (median and range of --repeats, batch --batch,
+uint8 conversion included, server idle), then a headless Locust run, each user sending requests
+back to back for --run-time seconds; in-flight requests are let finish. Timing the baseline
+right before each run keeps both under similar load on a shared machine. Per run: requests,
+errors, images/s over the run's window, latency p50/p90/p99 from the raw samples. Prints a
+Markdown table and writes JSON with machine, date, commit, model and backend. Exits 1 if any
+request failed.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runtime.cli.client import parse_size
+from runtime.cli.serve import EXIT_USAGE, add_limit_arguments, add_model_arguments, limits_from_args, load_engine
+from runtime.cli.serve import positive_int, warm_up
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="host:port of a running server's HTTP endpoint (default: start one here)")
+    parser.add_argument("--sizes", type=parse_size, nargs="+", default=[(256, 256), (512, 512)], metavar="WxH",
+                        help="output sizes (default: 256x256 512x512)")
+    parser.add_argument("--users", type=positive_int, nargs="+", default=[1, 2, 4, 8],
+                        help="concurrent users = requests in flight (default: 1 2 4 8)")
+    parser.add_argument("--run-time", type=positive_int, default=30, help="seconds per run (default: %(default)s)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="images per request (default: %(default)s)")
+    parser.add_argument("--latent-grid", type=positive_int, default=None,
+                        help="latent h_l = w_l (default: the model's latent_size)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="direct decode timings (default: %(default)s)")
+    parser.add_argument("--model-name", default="infgen")
+    parser.add_argument("--out", help="write the results as JSON here")
+    add_model_arguments(parser)
+    add_limit_arguments(parser)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def commit() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, cwd=Path(__file__).parent).stdout.strip()
+        return (rev + ("+dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def direct_decode_ms(engine, latent: np.ndarray, h: int, w: int, repeats: int) -> dict:
+    import torch
+    engine.to_uint8(engine.decode(latent, h, w))  # warm-up: per-size caches
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        engine.to_uint8(engine.decode(latent, h, w))
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize(engine.device)
+        times.append(1e3 * (time.perf_counter() - t0))
+    return {"median_ms": float(np.median(times)), "min_ms": float(min(times)), "max_ms": float(max(times))}
+
+
+def locust_run(url: str, size: tuple[int, int], latent_shape: tuple[int, ...], users: int, run_time: int,
+               model_name: str) -> dict:
+    """One headless Locust run; returns counts, throughput and latency percentiles from the raw samples."""
+    h, w = size
+    b, c, hl, wl = latent_shape
+    with tempfile.TemporaryDirectory() as tmp:
+        samples_path = Path(tmp) / "samples.json"
+        cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
+               "--loglevel", "WARNING", "-u", str(users), "-r", str(users), "-t", f"{run_time}s",
+               "--stop-timeout", "600", "--host", f"http://{url}", "--infgen-size", f"{w}x{h}",
+               "--infgen-latent", f"{c}x{hl}x{wl}", "--infgen-batch", str(b), "--infgen-model", model_name,
+               "--infgen-samples", str(samples_path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=run_time + 600 + 120)
+        if not samples_path.is_file():
+            raise RuntimeError(f"locust wrote no samples (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        samples = json.loads(samples_path.read_text())
+    ok = [(s, rt) for s, rt, good in samples if good]
+    errors = len(samples) - len(ok)
+    row = {"size": f"{w}x{h}", "users": users, "requests": len(samples), "errors": errors}
+    if ok:
+        lat = np.array([rt for _, rt in ok])
+        window = max(s + rt / 1e3 for s, rt in ok) - min(s for s, _ in ok)
+        row.update(images_per_s=len(ok) * b / window, window_s=window,
+                   **{f"p{q}_ms": float(np.percentile(lat, q)) for q in (50, 90, 99)})
+    return row
+
+
+def markdown(result: dict) -> str:
+    lines = ["| size | users | requests | errors | images/s | p50 ms | p90 ms | p99 ms | direct decode ms, median (range) "
+             "| direct images/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
+    for r in result["runs"]:
+        d = r["direct"]
+        lines.append(f"| {r['size']} | {r['users']} | {r['requests']} | {r['errors']} | {r.get('images_per_s', 0):.2f} "
+                     f"| {r.get('p50_ms', nan):.0f} | {r.get('p90_ms', nan):.0f} | {r.get('p99_ms', nan):.0f} "
+                     f"| {d['median_ms']:.0f} ({d['min_ms']:.0f}-{d['max_ms']:.0f}) "
+                     f"| {1e3 * result['batch'] / d['median_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    import importlib.util
+
+    from runtime.serving import SERVE_EXTRA, describe, require_pytriton, start_server
+    limits = limits_from_args(args)
+    if importlib.util.find_spec("locust") is None:
+        raise ImportError(f"the load test needs locust: {SERVE_EXTRA}")
+    if args.url is None:
+        require_pytriton()
+    engine, what = load_engine(args)
+    warm_up(engine)
+    grid = args.latent_grid or engine.config.latent_size
+    latent = np.random.default_rng(0).standard_normal(
+        (args.batch, engine.config.latent_channels, grid, grid)).astype(np.float32)
+    result = {"machine": machine(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "commit": commit(), "model": describe(engine, what), "batch": args.batch,
+              "latent": list(latent.shape), "run_time_s": args.run_time, "runs": []}
+    triton, url = None, args.url
+    log_dir = tempfile.TemporaryDirectory()
+    if url is None:
+        ports = [free_port() for _ in range(3)]
+        triton = start_server(engine, limits, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
+                              model_name=args.model_name, model=what, log_file=Path(log_dir.name) / "triton.log",
+                              echo=lambda *a, **k: print(*a, file=sys.stderr))
+        url = f"127.0.0.1:{ports[0]}"
+        result["server"] = {"max_batch": limits.max_batch, "max_queue_delay_us": limits.max_queue_delay_us}
+    result["url"] = url
+    try:
+        for h, w in args.sizes:
+            for users in args.users:
+                direct = direct_decode_ms(engine, latent, h, w, args.repeats)
+                row = locust_run(url, (h, w), latent.shape, users, args.run_time, args.model_name)
+                row["direct"] = direct
+                print(f"{row['size']} users {users}: {row['requests']} requests, {row['errors']} errors, "
+                      f"{row.get('images_per_s', 0):.2f} images/s, p50 {row.get('p50_ms', float('nan')):.0f} ms",
+                      file=sys.stderr, flush=True)
+                result["runs"].append(row)
+    finally:
+        if triton is not None:
+            triton.stop()
+        log_dir.cleanup()
+    print(f"machine: {result['machine']}\ndate: {result['date']}, commit {result['commit']}\nmodel: {result['model']}, "
+          f"batch {args.batch}, latent {tuple(latent.shape)}, {args.run_time} s per run")
+    print(markdown(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+    return 1 if any(r["errors"] for r in result["runs"]) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.cli.loadtest", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, TypeError, OSError, ImportError) as exc:
+        print(f"error: {str(exc).strip().replace(chr(10), '; ') or type(exc).__name__}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Serving InfGen on NVIDIA Triton Inference Server, through PyTriton (`pip install -e ".[serve]"`).
+
+Model `infgen` (docs/serving.md has the HTTP/gRPC view):
+
+    inputs   latent  FP32   (B, C, h_l, w_l)   the diffusion model's scaled latent
+             height  INT32  (B, 1)             output height, the same in every row of a request
+             width   INT32  (B, 1)             output width, likewise
+    outputs  image   UINT8  (B, h, w, 3)       RGB pixels
+             png     BYTES  (B, 1)             PNG files, encoded only when the request names this output
+
+Lifecycle: engine (InfGenEngine) -> InfGenModel(engine, limits), the function PyTriton calls with
+a list of requests -> start_server() binds it on a Triton server it starts -> stop. Triton's
+dynamic batcher queues requests and hands the model function several at once; the function
+checks each, groups them by output size, decodes each group in chunks of at most `max_pixels`
+output pixels, and splits the images back so every response holds exactly its own.
+
+Triton itself rejects, before batching, a request with the wrong dtype, rank or channel count or
+a batch over `max_batch`. The model function rejects the rest (NaN/inf, size out of range, over
+the pixel limit, latent grid too large) with a ValueError naming the problem, which Triton
+returns as the error response. PyTriton fails a whole execution at once, so a valid request that
+the batcher put into one execution with a malformed one gets that error too (it names the
+malformed request by position) and can be resent. Out of device memory: the chunk is halved and
+retried, down to one image; one image that does not fit is an error response, not a dead server.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sysconfig
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MODEL_NAME = "infgen"
+SERVE_EXTRA = 'pip install -e ".[serve]" (in its own venv: nvidia-pytriton needs numpy<2)'
+
+
+@dataclass
+class Limits:
+    """What one server accepts. 0 means "no limit" for the queue fields."""
+
+    max_batch: int = 8                  # images per request and per decode (Triton's max_batch_size)
+    max_pixels: int | None = None       # output pixels per request, B*h*w (None: one max_size^2 image)
+    max_queue_delay_us: int = 2000      # how long the batcher holds a request to gather more
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_time_ms: int = 0          # a request queued longer is rejected
+    max_queue_size: int = 0             # requests waiting beyond this are rejected
+
+    def __post_init__(self):
+        for name in ("max_batch", "max_queue_delay_us", "max_queue_time_ms", "max_queue_size"):
+            v = getattr(self, name)
+            lo = 1 if name == "max_batch" else 0
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if self.max_pixels is not None and (not isinstance(self.max_pixels, int) or self.max_pixels < 1):
+            raise ValueError(f"max_pixels must be a positive integer or None, got {self.max_pixels!r}")
+        self.preferred_batch_sizes = tuple(self.preferred_batch_sizes)
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch]
+        if bad:
+            raise ValueError(f"preferred batch sizes must be 1..max_batch ({self.max_batch}), got {bad}")
+
+
+def check_request(request, config, max_pixels: int) -> tuple[np.ndarray, int, int]:
+    """One request's inputs -> (latent (B, C, h_l, w_l) float32, h, w), else ValueError/TypeError."""
+    z, hh, ww = request["latent"], request["height"], request["width"]
+    C = config.latent_channels
+    if not isinstance(z, np.ndarray) or z.dtype != np.float32:
+        raise TypeError(f"latent must be FP32, got {getattr(z, 'dtype', type(z).__name__)}")
+    if z.ndim != 4 or z.shape[1] != C or 0 in z.shape:
+        raise ValueError(f"latent must have shape (B, {C}, h, w), got {z.shape}")
+    B = z.shape[0]
+    for name, v in (("height", hh), ("width", ww)):
+        if not isinstance(v, np.ndarray) or v.dtype.kind not in "iu":
+            raise TypeError(f"{name} must be INT32, got {getattr(v, 'dtype', type(v).__name__)}")
+        if v.shape != (B, 1):
+            raise ValueError(f"{name} must have shape ({B}, 1), one row per latent, got {v.shape}")
+        if (v != v.flat[0]).any():
+            raise ValueError(f"{name} must be the same in every row of a request, got {sorted(set(v.ravel().tolist()))}")
+    h, w = int(hh.flat[0]), int(ww.flat[0])
+    for name, v in (("height", h), ("width", w)):
+        if not config.upscale <= v <= config.max_size:
+            raise ValueError(f"{name} must be {config.upscale}..{config.max_size}, got {v}")
+    if B * h * w > max_pixels:
+        raise ValueError(f"request asks for {B} image(s) of {w}x{h} = {B * h * w} pixels, over the limit of "
+                         f"{max_pixels} pixels per request")
+    max_grid = config.max_size // config.upscale
+    if z.shape[2] > max_grid or z.shape[3] > max_grid:
+        raise ValueError(f"latent grid must be at most {max_grid}x{max_grid}, got {z.shape[2]}x{z.shape[3]}")
+    finite = np.isfinite(z)
+    if not finite.all():
+        raise ValueError(f"latent contains {int((~finite).sum())} non-finite value(s) (NaN or inf)")
+    return z, h, w
+
+
+def encode_png(images: np.ndarray) -> np.ndarray:
+    """(B, h, w, 3) uint8 -> (B, 1) array of PNG bytes (fast zlib level: a server spends no second on it)."""
+    from PIL import Image
+    out = []
+    for a in images:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG", compress_level=1)
+        out.append([buf.getvalue()])
+    return np.array(out, dtype=np.object_)
+
+
+class InfGenModel:
+    """The model function PyTriton calls: requests (each maps input names to arrays) -> one dict of
+    outputs per request. Uses only InfGenEngine's public API: decode, to_uint8, config, device."""
+
+    def __init__(self, engine, limits: Limits | None = None):
+        self.engine = engine
+        self.limits = limits or Limits()
+        self.max_pixels = self.limits.max_pixels or engine.config.max_size ** 2
+
+    def __call__(self, requests) -> list[dict[str, np.ndarray]]:
+        if len(requests) == 1:
+            checked = [check_request(requests[0], self.engine.config, self.max_pixels)]
+        else:
+            checked, errors = [], []
+            for i, r in enumerate(requests):
+                try:
+                    checked.append(check_request(r, self.engine.config, self.max_pixels))
+                except (ValueError, TypeError) as exc:
+                    errors.append(f"request {i + 1} of {len(requests)} in this batch: {exc}")
+            if errors:
+                valid = len(requests) - len(errors)
+                raise ValueError("; ".join(errors) + (f"; the {valid} valid request(s) of this batch were not "
+                                                      "decoded: resend them" if valid else ""))
+        responses = []
+        for r, images in zip(requests, self.decode_all(checked)):
+            out = {"image": images}
+            if "png" in (getattr(r, "requested_output_names", None) or ()):
+                out["png"] = encode_png(images)
+            responses.append(out)
+        return responses
+
+    def decode_all(self, checked: list[tuple[np.ndarray, int, int]]) -> list[np.ndarray]:
+        """Checked requests -> their images (B_i, h_i, w_i, 3) uint8, one decode per size group."""
+        groups = defaultdict(list)  # (h, w, h_l, w_l) -> request indices
+        for i, (z, h, w) in enumerate(checked):
+            groups[(h, w, *z.shape[2:])].append(i)
+        out: list[np.ndarray | None] = [None] * len(checked)
+        for (h, w, *_), idx in groups.items():
+            images = self.decode_group(np.concatenate([checked[i][0] for i in idx]), h, w)  # (N, h, w, 3)
+            start = 0
+            for i in idx:
+                b = checked[i][0].shape[0]
+                out[i] = images[start:start + b]
+                start += b
+            assert start == len(images)
+        return out
+
+    def decode_group(self, z: np.ndarray, h: int, w: int) -> np.ndarray:
+        """(N, C, h_l, w_l) -> (N, h, w, 3) uint8, in chunks of at most max_pixels output pixels; on
+        out-of-memory the chunk is halved and retried, and one image that does not fit is an error."""
+        chunk = max(1, min(self.limits.max_batch, self.max_pixels // (h * w)))
+        parts, i = [], 0
+        while i < len(z):
+            oom = False
+            try:
+                parts.append(self.engine.to_uint8(self.engine.decode(z[i:i + chunk], h, w)))
+                i += chunk
+            except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError on torch >= 2.5
+                oom = True  # handled outside the except block, so the failed decode's tensors are freed
+            if oom:
+                if self.engine.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if chunk == 1:
+                    raise MemoryError(f"out of memory on {self.engine.device} decoding one {w}x{h} image; "
+                                      f"lower the server's --max-pixels below {h * w} or free the device")
+                chunk //= 2
+        return np.concatenate(parts)
+
+
+# ------------------------------------------------------------------------------- server
+def require_pytriton() -> None:
+    """Probe nvidia-pytriton, and refuse numpy 2 where its Triton's Python-backend stub predates
+    numpy-2 support (python_backend#384): there every output would come back empty."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        import pytriton.triton  # noqa: F401
+        pytriton_version = version("nvidia-pytriton")
+    except (ImportError, PackageNotFoundError) as exc:
+        raise ImportError(f"serving needs nvidia-pytriton: {SERVE_EXTRA}") from exc
+    if int(np.__version__.split(".")[0]) >= 2 and tuple(map(int, pytriton_version.split(".")[:2])) < (0, 8):
+        raise ImportError(f"nvidia-pytriton {pytriton_version} needs numpy<2 (its Triton stub returns empty outputs "
+                          f"with numpy {np.__version__}): {SERVE_EXTRA}")
+
+
+@contextlib.contextmanager
+def libpython_on_library_path():
+    """Put this interpreter's libpython first on LD_LIBRARY_PATH while PyTriton starts tritonserver.
+
+    PyTriton's Python-backend stub links libpython3.X.so.1.0 and, on machines whose system has its
+    own (Debian's), picks that one instead of the running interpreter's; the model then fails to
+    load (`RLock._recursion_count`). tritonserver and the stub inherit the environment at start,
+    so it is set for that moment and restored after; nothing to do for a static interpreter."""
+    libdir, lib = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")
+    if not (sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir and lib and (Path(libdir) / lib).exists()):
+        yield
+        return
+    old = os.environ.get("LD_LIBRARY_PATH")
+    os.environ["LD_LIBRARY_PATH"] = libdir + (f":{old}" if old else "")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LD_LIBRARY_PATH", None)
+        else:
+            os.environ["LD_LIBRARY_PATH"] = old
+
+
+def model_tensors(config):
+    """PyTriton input and output declarations; shapes exclude the batch dim."""
+    from pytriton.model_config import Tensor
+    inputs = [Tensor(name="latent", dtype=np.float32, shape=(config.latent_channels, -1, -1)),
+              Tensor(name="height", dtype=np.int32, shape=(1,)),
+              Tensor(name="width", dtype=np.int32, shape=(1,))]
+    outputs = [Tensor(name="image", dtype=np.uint8, shape=(-1, -1, 3)),
+               Tensor(name="png", dtype=np.bytes_, shape=(1,))]
+    return inputs, outputs
+
+
+def model_config(limits: Limits):
+    """Triton model config: dynamic batcher on, queue limits as a queue policy."""
+    from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, TimeoutAction
+    policy = None
+    if limits.max_queue_time_ms or limits.max_queue_size:
+        policy = QueuePolicy(timeout_action=TimeoutAction.REJECT,
+                             default_timeout_microseconds=limits.max_queue_time_ms * 1000,
+                             max_queue_size=limits.max_queue_size)
+    batcher = DynamicBatcher(max_queue_delay_microseconds=limits.max_queue_delay_us,
+                             preferred_batch_size=list(limits.preferred_batch_sizes) or None,
+                             default_queue_policy=policy)
+    return ModelConfig(max_batch_size=limits.max_batch, batcher=batcher)
+
+
+def describe(engine, model: str = "") -> str:
+    dtype = str(engine.dtype).removeprefix("torch.")
+    return f"{model + ': ' if model else ''}backend {engine.backend_name}, dtype {dtype}, device {engine.device}"
+
+
+def start_server(engine, limits: Limits | None = None, *, host: str = "127.0.0.1", http_port: int = 8000,
+                 grpc_port: int = 8001, metrics_port: int = 8002, model_name: str = MODEL_NAME, model: str = "",
+                 workspace: str | Path | None = None, exit_timeout_s: int = 5, log_file: str | Path | None = None,
+                 echo=print):
+    """Start tritonserver (HTTP, gRPC, metrics on `host`), bind InfGenModel(engine, limits) as
+    `model_name`, and return the running pytriton.triton.Triton; call .stop() on it when done.
+    Logs one line when the model is loaded: backend, dtype and device. Triton's own log goes to
+    stdout, or to `log_file`."""
+    require_pytriton()
+    from pytriton.triton import Triton, TritonConfig
+
+    limits = limits or Limits()
+    config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
+                          metrics_address=host, metrics_port=metrics_port, exit_timeout_secs=exit_timeout_s,
+                          log_file=None if log_file is None else str(log_file))
+    triton = Triton(config=config, workspace=workspace)
+    try:
+        with libpython_on_library_path():
+            triton.run()
+        inputs, outputs = model_tensors(engine.config)
+        triton.bind(model_name=model_name, infer_func=InfGenModel(engine, limits), inputs=inputs, outputs=outputs,
+                    config=model_config(limits), strict=True)
+    except BaseException:
+        triton.stop()
+        raise
+    echo(f"loaded model '{model_name}' ({describe(engine, model)}); max batch {limits.max_batch}, max pixels "
+         f"{limits.max_pixels or engine.config.max_size ** 2}; http {host}:{http_port}, grpc {host}:{grpc_port}, "
+         f"metrics {host}:{metrics_port}", flush=True)
+    return triton
+
+
+# ------------------------------------------------------------------------------- client
+class ServerError(RuntimeError):
+    """The server answered a request with an error; .message is the server's reason (one line)."""
+
+
+def _reason(text: str) -> str:
+    """The reason line of a server error: PyTriton sends the model function's whole traceback."""
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        for prefix in ("ValueError: ", "TypeError: ", "MemoryError: "):
+            if prefix in ln:
+                return ln[ln.index(prefix) + len(prefix):]
+    return lines[-1] if lines else str(text)
+
+
+class InfGenClient:
+    """decode(latent, h, w) on a server: (B, h, w, 3) uint8, as engine.to_uint8(engine.decode(...)).
+
+    url: "host:port" (HTTP, port 8000 by default) or with protocol="grpc" the gRPC port (8001).
+    One client per thread: tritonclient's clients are not thread-safe."""
+
+    def __init__(self, url: str = "127.0.0.1:8000", protocol: str = "http", model_name: str = MODEL_NAME,
+                 timeout_s: float = 600.0):
+        if protocol not in ("http", "grpc"):
+            raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+        try:
+            if protocol == "http":
+                import tritonclient.http as tc
+            else:
+                import tritonclient.grpc as tc
+        except ImportError as exc:
+            raise ImportError(f"the client needs tritonclient: {SERVE_EXTRA}") from exc
+        self.tc, self.protocol, self.model_name, self.timeout_s = tc, protocol, model_name, timeout_s
+        url = url.split("://", 1)[-1]
+        self.client = (tc.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
+                       if protocol == "http" else tc.InferenceServerClient(url))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.close()
+
+    def close(self):
+        self.client.close()
+
+    def ready(self) -> bool:
+        from tritonclient.utils import InferenceServerException
+        try:
+            return bool(self.client.is_server_ready()) and bool(self.client.is_model_ready(self.model_name))
+        except (InferenceServerException, ConnectionError, OSError):
+            return False
+
+    def infer(self, latent, h: int, w: int, png: bool = False):
+        latent = np.asarray(latent)
+        if latent.dtype.kind != "f":
+            raise TypeError(f"latent must be a floating array, got dtype {latent.dtype}")
+        latent = np.ascontiguousarray(latent[None] if latent.ndim == 3 else latent, dtype=np.float32)
+        for name, v in (("height", h), ("width", w)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+        B = latent.shape[0] if latent.ndim else 0
+        arrays = {"latent": latent, "height": np.full((B, 1), h, np.int32), "width": np.full((B, 1), w, np.int32)}
+        inputs = []
+        for name, a in arrays.items():
+            t = self.tc.InferInput(name, list(a.shape), "FP32" if a.dtype == np.float32 else "INT32")
+            t.set_data_from_numpy(a)
+            inputs.append(t)
+        outputs = [self.tc.InferRequestedOutput("png" if png else "image")]
+        from tritonclient.utils import InferenceServerException
+        try:
+            kw = {} if self.protocol == "http" else {"client_timeout": self.timeout_s}  # http: set in the constructor
+            result = self.client.infer(self.model_name, inputs, outputs=outputs, **kw)
+        except InferenceServerException as exc:
+            raise ServerError(_reason(exc.message())) from exc
+        return result.as_numpy("png" if png else "image")
+
+    def decode(self, latent, h: int, w: int) -> np.ndarray:
+        """latent (B, C, h_l, w_l) or (C, h_l, w_l) -> (B, h, w, 3) uint8."""
+        return self.infer(latent, h, w)
+
+    def decode_png(self, latent, h: int, w: int) -> list[bytes]:
+        """latent -> one PNG file (bytes) per image, encoded by the server."""
+        return [row[0] for row in self.infer(latent, h, w, png=True)]
