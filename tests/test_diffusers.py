@@ -273,3 +273,62 @@ def test_missing_diffusers_names_the_extra(engine, monkeypatch):
             InfGenVAE(engine)
     finally:
         diffusers_api.cache_clear()
+
+
+# ----------------------------------------------------------------------------- SDXL (needs transformers)
+@pytest.fixture(scope="module")
+def sdxl_parts():
+    """Tiny random SDXL components built from configs (no hub): a 2-block UNet with SDXL's text_time
+    conditioning, two 1-layer CLIP text encoders, and a CLIP tokenizer over single ASCII characters."""
+    # transformers >= 5 builds a CLIPTokenizer from an in-memory vocabulary (no files, no hub)
+    transformers = pytest.importorskip("transformers", minversion="5", reason="SDXL pipelines need transformers")
+    from diffusers import UNet2DConditionModel
+
+    chars = [chr(i) for i in range(33, 127)]  # printable ASCII: its own byte-level symbols, no merges
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{c: 2 + i for i, c in enumerate(chars)},
+             **{c + "</w>": 2 + len(chars) + i for i, c in enumerate(chars)}}
+    tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+    text_cfg = transformers.CLIPTextConfig(vocab_size=len(vocab), bos_token_id=0, eos_token_id=1, pad_token_id=1,
+                                           hidden_size=8, intermediate_size=16, num_attention_heads=2,
+                                           num_hidden_layers=1, projection_dim=8, max_position_embeddings=16)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), transformer_layers_per_block=(1, 1), use_linear_projection=True,
+        cross_attention_dim=16, norm_num_groups=4,  # 16 = both encoders' hidden sizes, concatenated
+        addition_embed_type="text_time", addition_time_embed_dim=4,
+        projection_class_embeddings_input_dim=6 * 4 + 8)  # 6 size/crop ids x 4 + the pooled embedding
+    return dict(unet=unet.eval(), text_encoder=transformers.CLIPTextModel(text_cfg).eval(),
+                text_encoder_2=transformers.CLIPTextModelWithProjection(text_cfg).eval(),
+                tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=DDIMScheduler())
+
+
+def sdxl_run(pipe, **kw):
+    return pipe("a red fox", num_inference_steps=2, generator=torch.Generator().manual_seed(0), **kw).images
+
+
+def test_sdxl_pipeline_renders_requested_size_equal_to_engine_decode(sdxl_parts, engine):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(vae=InfGenVAE(engine, size=(80, 120)), **sdxl_parts)
+    pipe.set_progress_bar_config(disable=True)
+    latents = sdxl_run(pipe, height=64, width=64, output_type="latent")  # (1, 4, 8, 8), scaled
+    images = sdxl_run(pipe, height=64, width=64)
+    assert latents.shape == (1, 4, 8, 8) and images[0].size == (120, 80)
+    diff = np.abs(np.asarray(images[0]).astype(int) - engine.to_uint8(engine.decode(latents, 80, 120))[0])
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # float32 rounding of 1/scaling_factor, as for DiT
+
+
+def test_sdxl_img2img_encodes_and_decodes_through_the_engine(sdxl_parts, engine):
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    from PIL import Image
+
+    pipe = StableDiffusionXLImg2ImgPipeline(vae=InfGenVAE(engine, scale=2), **sdxl_parts)
+    pipe.set_progress_bar_config(disable=True)
+    photo = Image.open(DEMO_CHECKPOINT / "coffee.jpg").convert("RGB").resize((64, 48))
+    latents = sdxl_run(pipe, image=photo, strength=0.5, output_type="latent")
+    images = sdxl_run(pipe, image=photo, strength=0.5)
+    assert latents.shape == (1, 4, 6, 8) and images[0].size == (128, 96)  # encoded at 64x48, decoded at 2x
+    diff = np.abs(np.asarray(images[0]).astype(int) - engine.to_uint8(engine.decode(latents, 96, 128))[0])
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
