@@ -332,3 +332,21 @@ def test_sdxl_img2img_encodes_and_decodes_through_the_engine(sdxl_parts, engine)
     assert latents.shape == (1, 4, 6, 8) and images[0].size == (128, 96)  # encoded at 64x48, decoded at 2x
     diff = np.abs(np.asarray(images[0]).astype(int) - engine.to_uint8(engine.decode(latents, 96, 128))[0])
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_sdxl_refiner_style_latent_input_never_encodes(sdxl_parts, engine):
+    """A refiner takes the base's output_type="latent" result as `image` and only decodes."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    class DecodeOnly(InfGenVAE):
+        def encode(self, x, return_dict=True):
+            raise AssertionError("a 4-channel image is a latent: the pipeline must not encode it")
+
+    pipe = StableDiffusionXLImg2ImgPipeline(vae=DecodeOnly(engine, size=(64, 96)), **sdxl_parts)
+    pipe.set_progress_bar_config(disable=True)
+    base = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))  # a base pipeline's scaled latent
+    latents = sdxl_run(pipe, image=base, strength=0.5, output_type="latent")
+    images = sdxl_run(pipe, image=base, strength=0.5)
+    assert images[0].size == (96, 64)
+    diff = np.abs(np.asarray(images[0]).astype(int) - engine.to_uint8(engine.decode(latents, 64, 96))[0])
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
