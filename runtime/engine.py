@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def resolve_model(model) -> InfGen:
-    """InfGen instance | preset name (random weights) | checkpoint directory -> InfGen (eval)."""
+    """InfGen instance (returned as is) | preset name (random weights) | checkpoint directory -> InfGen."""
     if isinstance(model, InfGen):
         return model  # used as given: backends copy it, nothing changes it (not even .eval())
     if not isinstance(model, (str, Path)):
