@@ -48,13 +48,21 @@ class INPE(nn.Module):
     def __init__(self, dim: int, fourier_dim: int, scale: float, seed: int):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.B = torch.randn(3, fourier_dim, generator=g, dtype=torch.float64).float() * scale
+        self.B = torch.randn(3, fourier_dim, generator=g, dtype=torch.float64, device="cpu").float() * scale
         self.fc1 = nn.Linear(2 * fourier_dim, dim)
         self.fc2 = nn.Linear(dim, dim)
 
+    def fourier_matrix(self, device) -> torch.Tensor:
+        """B (3, F) float32 on `device`, copied there once (a CPU->GPU copy inside a CUDA graph
+        capture would fail; the first eager call makes the copy)."""
+        device = torch.device(device)
+        if self.B.device != device:
+            self.B = self.B.to(device)
+        return self.B
+
     def embed_points(self, uv: torch.Tensor) -> torch.Tensor:
         """uv: (N, 2) normalised coordinates -> (N, dim)."""
-        B = self.B.to(uv.device)
+        B = self.fourier_matrix(uv.device)
         feats = fourier_features(sphere(uv.float()), B)  # (N, 2F) float32
         return self.fc2(F.gelu(self.fc1(feats.to(self.fc1.weight.dtype))))  # (N, dim)
 
