@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from infgen_ref.data import HELD_OUT, TRAIN_PHOTOS, generated_image, photo_paths
-from infgen_ref.train import CropSampler, Trainer, decode_window, parse_args, positional_warm_start
+from infgen_ref.data import HELD_OUT, TRAIN_PHOTOS, photo_paths
+from train.data import generated_image
+from train.trainer import CropSampler, Trainer, decode_window, parse_args, positional_warm_start
 from infgen_ref.weights import load_checkpoint
 
 
