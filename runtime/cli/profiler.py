@@ -15,9 +15,10 @@ from __future__ import annotations
 from infgen_ref.options import positive_int
 from runtime.cli.options import add_model_options, add_size_option, model_spec, tool_main
 from runtime.cli.profile_measure import BASELINES, DEFAULT_SIZES
+from runtime.engine import BACKENDS
 
 HELP = "latency, memory, TFLOP/s and share of the floor per backend, size and stage; JSON (+ PNG)"
-DEFAULT_BACKENDS = ("torch", "triton", "onnxruntime", "tensorrt")
+DEFAULT_BACKENDS = tuple(b for b in BACKENDS if b != "auto")  # every concrete backend
 
 
 def _nonneg_int(text: str) -> int:
