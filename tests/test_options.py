@@ -94,3 +94,22 @@ def test_backend_and_dtype_choices_come_from_one_table(capsys):
         assert "invalid choice: 'cudnn'" in capsys.readouterr().err
     args = parser.parse_args(["profile", "--backend", *BACKENDS, "--dtype", "bf16"])
     assert args.backend == list(BACKENDS) and args.dtype == "bf16"
+
+
+def test_entry_points_resolve_and_packages_are_listed():
+    """[project.scripts] names callables that exist; [tool.setuptools] packages lists every package."""
+    import importlib
+    from pathlib import Path
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    root = Path(__file__).resolve().parents[1]
+    meta = tomllib.loads((root / "pyproject.toml").read_text())
+    scripts = meta["project"]["scripts"]
+    assert scripts["infgen"] == "runtime.cli:main"
+    for name, target in scripts.items():
+        mod, func = target.split(":")
+        assert callable(getattr(importlib.import_module(mod), func)), name
+    packages = {str(p.parent.relative_to(root)).replace("/", ".") for top in ("infgen_ref", "kernels", "export",
+                                                                              "runtime", "train")
+                for p in (root / top).rglob("__init__.py")}
+    assert set(meta["tool"]["setuptools"]["packages"]) == packages
+    assert "xformers" not in meta["project"]["optional-dependencies"]
