@@ -113,3 +113,22 @@ def test_entry_points_resolve_and_packages_are_listed():
                 for p in (root / top).rglob("__init__.py")}
     assert set(meta["tool"]["setuptools"]["packages"]) == packages
     assert "xformers" not in meta["project"]["optional-dependencies"]
+
+
+def test_library_and_applications_are_apart():
+    """The library (runtime.engine, backends, io, serving) imports neither runtime.cli nor train/;
+    the old application modules are gone."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import sys, runtime, runtime.engine, runtime.io, runtime.serving, runtime.ort_backend, "
+            "runtime.trt_backend, runtime.triton_backend, infgen_ref.model, infgen_ref.weights, export.onnx, export.trt; "
+            "bad = sorted(m for m in sys.modules if m.startswith('runtime.cli') or m.split('.')[0] == 'train'); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    root = Path(__file__).resolve().parents[1]
+    for gone in ("runtime/profile.py", "runtime/demo.py", "runtime/demo_photo.py", "infgen_ref/train.py",
+                 "benchmarks/decode.py"):
+        assert not (root / gone).exists(), gone

@@ -12,6 +12,8 @@ tqdm and matplotlib are optional. Exits 1 if no row succeeded.
 """
 from __future__ import annotations
 
+import argparse
+
 from infgen_ref.options import positive_int
 from runtime.cli.options import add_model_options, add_size_option, model_spec, tool_main
 from runtime.cli.profile_measure import BASELINES, DEFAULT_SIZES
@@ -23,7 +25,6 @@ DEFAULT_BACKENDS = tuple(b for b in BACKENDS if b != "auto")  # every concrete b
 
 def _nonneg_int(text: str) -> int:
     if not text.strip().isdigit():
-        import argparse
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
     return int(text)
 
