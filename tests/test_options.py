@@ -122,7 +122,8 @@ def test_library_and_applications_are_apart():
     import sys
     from pathlib import Path
     code = ("import sys, runtime, runtime.engine, runtime.io, runtime.serving, runtime.ort_backend, "
-            "runtime.trt_backend, runtime.triton_backend, infgen_ref.model, infgen_ref.weights, export.onnx, export.trt; "
+            "runtime.trt_backend, runtime.triton_backend, infgen_ref.model, infgen_ref.weights, export.onnx, "
+            "export.trt; "
             "bad = sorted(m for m in sys.modules if m.startswith('runtime.cli') or m.split('.')[0] == 'train'); "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,

@@ -103,9 +103,9 @@ def locust_run(url: str, size: tuple[int, int], latent_shape: tuple[int, ...], u
         samples_path = Path(tmp) / "samples.json"
         cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
                "--loglevel", "WARNING", "-u", str(users), "-r", str(users), "-t", f"{run_time}s",
-               "--stop-timeout", "600", "--host", f"http://{url}", "--infgen-height", str(h), "--infgen-width", str(w),
-               "--infgen-latent", f"{c}x{hl}x{wl}", "--infgen-batch", str(b), "--infgen-model", model_name,
-               "--infgen-samples", str(samples_path)]
+               "--stop-timeout", "600", "--host", f"http://{url}", "--infgen-height", str(h),
+               "--infgen-width", str(w), "--infgen-latent", f"{c}x{hl}x{wl}", "--infgen-batch", str(b),
+               "--infgen-model", model_name, "--infgen-samples", str(samples_path)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=run_time + 600 + 120)
         if not samples_path.is_file():
             raise RuntimeError(f"locust wrote no samples (exit {proc.returncode}): {proc.stderr[-2000:]}")
