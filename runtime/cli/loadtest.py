@@ -30,7 +30,7 @@ import numpy as np
 
 from infgen_ref.options import positive_int
 from runtime.cli.options import add_model_options, add_size_option, tool_main
-from runtime.cli.serve import add_limit_arguments, limits_from_args, load_engine, warm_up
+from runtime.cli.serve import add_limit_arguments, engine_and_name, limits_from_args, warm_up
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 HELP = "Locust load test of a server (its own loopback one by default): throughput, latency percentiles"
@@ -143,7 +143,7 @@ def run(args) -> int:
         raise ImportError(f"the load test needs locust: {SERVE_EXTRA}")
     if args.url is None:
         require_pytriton()
-    engine, what = load_engine(args)
+    engine, what = engine_and_name(args)
     warm_up(engine)
     grid = args.latent_grid or engine.config.latent_size
     latent = np.random.default_rng(0).standard_normal(

@@ -31,7 +31,7 @@ def port(text: str) -> int:
     return int(text)
 
 
-def load_engine(args):
+def engine_and_name(args):
     """-> (InfGenEngine, what was loaded, in words)."""
     engine = options.load_engine(args)
     spec = options.model_spec(args)
@@ -86,7 +86,7 @@ def run(args) -> int:
     from runtime.serving import require_pytriton, start_server
     limits = limits_from_args(args)
     require_pytriton()  # before the model loads: a missing extra fails fast
-    engine, what = load_engine(args)
+    engine, what = engine_and_name(args)
     warm_up(engine)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
