@@ -7,13 +7,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import infgen_ref
+from infgen_ref import DEMO_CHECKPOINT
 from infgen_ref import options as _options
 from infgen_ref.options import SHARED_FLAGS, add_size_option, positive_int, size_type  # noqa: F401 - re-exported
 from runtime.engine import BACKENDS
 
 EXIT_USAGE = 2
-DEMO_CHECKPOINT = Path(infgen_ref.__file__).resolve().parent / "assets" / "demo"
 RANDOM_NOTICE = "weights are random: the images are noise (no trained checkpoint was given or bundled)"
 DEFAULT_MODEL_HELP = ("InfGen checkpoint directory (config.json + model.safetensors); default: the bundled demo "
                       "checkpoint if installed, else --preset tiny")
