@@ -283,11 +283,9 @@ def load_model(checkpoint=None, preset_name=None) -> InfGen:
 
 
 def main(argv=None) -> int:
+    from infgen_ref.options import add_model_options
     ap = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n")[0])
-    src = ap.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="InfGen checkpoint directory (config.json + model.safetensors)")
-    src.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="random weights of a preset")
-    ap.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    add_model_options(ap, device=False, dtype_default="fp32", preset_default="paper")  # infgen_ref/options.py
     ap.add_argument("--flavour", choices=FLAVOURS, default="onnxruntime")
     ap.add_argument("--opset", type=int, default=OPSET)
     ap.add_argument("--out", default=None, help="output .onnx (default infgen_<preset>_<dtype>[_trt].onnx)")

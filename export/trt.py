@@ -241,18 +241,16 @@ def parse_sizes(text: str) -> tuple:
 
 
 def main(argv=None) -> int:
-    from infgen_ref.config import PRESETS, preset
+    from infgen_ref.config import preset
+    from infgen_ref.options import add_model_options
     ap = argparse.ArgumentParser(prog="python -m export.trt", description="Build TensorRT engines for InfGen.")
-    src = ap.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="InfGen checkpoint directory")
-    src.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    add_model_options(ap, device=False, dtype_default="bf16", preset_default="paper")  # infgen_ref/options.py
     ap.add_argument("--min-res", type=int, default=256, help="smallest output side (pixels)")
     ap.add_argument("--max-res", type=int, default=4096, help="largest output side (pixels)")
     ap.add_argument("--opt-sizes", type=parse_sizes, default=DEFAULT_OPT_SIZES,
                     help="WIDTHxHEIGHT sizes to tune for, comma-separated (default: 1024x1024,1920x1080,"
                          "2048x2048,3840x2160,4096x4096)")
     ap.add_argument("--batch", type=int, default=1, help="largest batch")
-    ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     ap.add_argument("--engine-dir", default="engines")
     ap.add_argument("--onnx", default=None, help="TensorRT-flavour ONNX to build from (default: export it)")
     ap.add_argument("--dry-run", action="store_true", help="write the plan and print commands; build nothing")
