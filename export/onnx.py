@@ -37,18 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from export.spec import DYNAMIC_DIMS, FLAVOURS, INPUTS, OPSET, OUTPUTS, PLUGIN_VERSION  # the spec
+from export.spec import PLUGIN_NAME as PLUGIN_OP
+from export.spec import PLUGIN_NAMESPACE as PLUGIN_DOMAIN
 from infgen_ref.config import PRESETS, dtype_name, parse_dtype, preset
 from infgen_ref.model import InfGen
 
-OPSET = 22
-FLAVOURS = ("onnxruntime", "tensorrt")
-INPUTS = ("latent", "grid")
-OUTPUTS = ("image",)
-# input name -> {axis: dim name}; the output's dims follow (batch, 3, 8*grid_h, 8*grid_w).
-DYNAMIC_DIMS = {"latent": {0: "batch", 2: "latent_h", 3: "latent_w"}, "grid": {0: "grid_h", 1: "grid_w"}}
 # Sample shapes traced by torch.export: every dynamic size >= 2 (0 and 1 get specialised).
 SAMPLE_BATCH, SAMPLE_LATENT, SAMPLE_GRID = 2, (4, 6), (3, 5)
-PLUGIN_DOMAIN, PLUGIN_OP, PLUGIN_VERSION = "infgen", "FlashAttention", "1"
 
 
 # ----------------------------------------------------------------------------- custom op
@@ -74,15 +70,18 @@ def _plugin_schema():
              type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "")],
              attributes=[S.Attribute("scale", S.AttrType.FLOAT, "softmax scale"),
                          S.Attribute("plugin_namespace", S.AttrType.STRING, "TensorRT plugin namespace"),
-                         S.Attribute("plugin_version", S.AttrType.STRING, "TensorRT plugin version")])
+                         S.Attribute("plugin_version", S.AttrType.STRING, "TensorRT plugin version"),
+                         S.Attribute("aot", S.AttrType.INT, "1: use the plugin's ahead-of-time implementation")])
 
 
 def _flash_attention_onnx(q, k, v, scale: float):
     """Translation of infgen::flash_attention into one ONNX node in the "infgen" domain.
-    plugin_namespace / plugin_version are the attributes TensorRT's parser looks plugins up by."""
+    plugin_namespace / plugin_version are the attributes TensorRT's parser looks plugins up by;
+    aot=1 asks it for the plugin's AOT implementation (TensorRT's quickly_deployable_plugins sample:
+    a bool attribute "aot", which ONNX stores as INT 1)."""
     import onnxscript
     op = onnxscript.values.Op(onnxscript.values.Opset(PLUGIN_DOMAIN, 1), PLUGIN_OP, _plugin_schema())
-    return op(q, k, v, scale=scale, plugin_namespace=PLUGIN_DOMAIN, plugin_version=PLUGIN_VERSION)
+    return op(q, k, v, scale=scale, plugin_namespace=PLUGIN_DOMAIN, plugin_version=PLUGIN_VERSION, aot=1)
 
 
 # ----------------------------------------------------------------------------- export module
@@ -250,7 +249,7 @@ def with_reference_attention(proto):
              helper.make_node("MatMul", ["p", "v"], ["o"])]
     fn = helper.make_function(PLUGIN_DOMAIN, PLUGIN_OP, ["q", "k", "v"], ["o"], nodes,
                               [helper.make_opsetid("", OPSET)],
-                              attributes=["scale", "plugin_namespace", "plugin_version"])
+                              attributes=["scale", "plugin_namespace", "plugin_version", "aot"])
     m.functions.append(fn)
     return m
 

@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 from infgen_ref.config import parse_size
+from export.spec import MIN_TENSORRT, PLUGIN_ID  # noqa: F401  (PLUGIN_ID: kept for importers)
 from export.plan import (DEFAULT_OPT_SIZES, Plan, cache_key, engine_metadata, make_plan,
                          polygraphy_command, trtexec_command, validate_cached)
 
-MIN_TENSORRT = (10, 9)
-PLUGIN_ID = "infgen::FlashAttention"
 
 
 class TensorRTMissing(RuntimeError):
@@ -89,63 +88,11 @@ def file_sha256(path: str | Path) -> str:
 
 
 # ----------------------------------------------------------------------------- plugin (TensorRT + Triton)
-_REGISTERED = False
-
-
-def register_plugin() -> None:
-    """Register infgen::FlashAttention with TensorRT's plugin registry (once per process).
-
-    Node: q, k, v (B, N, D) -> o (B, N, D), attribute scale; one head, D <= 512, contiguous.
-    AOT implementation: kernels.attention.attn_fwd_kernel behind an entry point whose arguments
-    follow TensorRT's AOT order (input pointers, extra int32 scalars, output pointers)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    trt = import_tensorrt()
-    import tensorrt.plugin as trtp
-    import triton
-    import triton.language as tl
-    from kernels.attention import LOG2E, attn_fwd_kernel, pick_config
-
-    @triton.jit
-    def trt_flash_entry(Q, K, V, N, O, QK_SCALE: tl.constexpr, HEAD_DIM: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-        # q, k, v, o: contiguous (B, N, D), one head; grid (cdiv(N, BLOCK_M), B)
-        attn_fwd_kernel(Q, K, V, O, N * HEAD_DIM, 0, HEAD_DIM, N * HEAD_DIM, 0, HEAD_DIM,
-                        N * HEAD_DIM, 0, HEAD_DIM, N * HEAD_DIM, 0, HEAD_DIM, 1, N, N, QK_SCALE,
-                        HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, "tf32", False)
-
-    @trtp.register(PLUGIN_ID)
-    def flash_desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, scale: float) -> trtp.TensorDesc:
-        return q.like()
-
-    @trtp.aot_impl(PLUGIN_ID)
-    def flash_aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, scale: float,
-                  outputs, tactic: int):
-        ptr = {trt.bfloat16: "*bf16", trt.float16: "*fp16", trt.float32: "*fp32"}.get(q.dtype)
-        if ptr is None:
-            raise ValueError(f"{PLUGIN_ID} supports bf16, fp16 and fp32, got {q.dtype}")
-        D = int(q.shape_expr[2])
-        if not 1 <= D <= 512:
-            raise ValueError(f"{PLUGIN_ID} supports head dim up to 512, got {D}")
-        import torch
-        BM, BN, warps, stages = pick_config(D, torch.device("cuda"))
-        BD = max(16, 1 << (D - 1).bit_length())
-        consts = {"QK_SCALE": float(scale) * LOG2E, "HEAD_DIM": D, "BLOCK_M": BM, "BLOCK_N": BN, "BLOCK_D": BD}
-        sig = {"Q": ptr, "K": ptr, "V": ptr, "N": "i32", "O": ptr, **{c: "constexpr" for c in consts}}
-        compiled = triton.compile(triton.compiler.ASTSource(fn=trt_flash_entry, signature=sig, constexprs=consts),
-                                  options={"num_warps": warps, "num_stages": stages})
-        N = q.shape_expr[1]
-        launch = trtp.KernelLaunchParams()
-        launch.grid_x = trtp.cdiv(N, BM)
-        launch.grid_y = q.shape_expr[0]
-        launch.block_x = compiled.metadata.num_warps * 32
-        launch.shared_mem = compiled.metadata.shared
-        extra = trtp.SymIntExprs(1)
-        extra[0] = trtp.SymInt32(N)
-        return compiled.metadata.name, compiled.asm["ptx"], launch, extra
-
-    _REGISTERED = True
+def register_plugin(allow_tf32: bool = False) -> None:
+    """Register infgen::FlashAttention (export/trt_plugin.py) with TensorRT's plugin registry."""
+    import_tensorrt()
+    from export.trt_plugin import register
+    register(allow_tf32=allow_tf32)
 
 
 # ----------------------------------------------------------------------------- build (TensorRT)
@@ -173,12 +120,13 @@ def _progress_monitor(trt):
 
 
 def build_engine(onnx_path: str | Path, plan: Plan, timing_cache: str | Path | None = None,
-                 verbose: bool = False) -> bytes:
+                 verbose: bool = False, allow_tf32: bool = False) -> bytes:
     """Parse the ONNX file into a strongly typed network (precision is the ONNX graph's), add one
     optimisation profile per plan entry, build and serialise. The timing cache is read from and
-    written back to timing_cache."""
+    written back to timing_cache. allow_tf32: fp32 engines may use tf32 (TensorRT's TF32 builder
+    flag, on by default in TensorRT, is cleared otherwise, and the plugin uses exact fp32 dots)."""
     trt = import_tensorrt()
-    register_plugin()
+    register_plugin(allow_tf32)
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -187,6 +135,8 @@ def build_engine(onnx_path: str | Path, plan: Plan, timing_cache: str | Path | N
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
+    if not allow_tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, ignore_mismatch=False)

@@ -110,6 +110,7 @@ def test_tensorrt_flavour_has_one_plugin_node_and_standard_rest(exported, tiny_c
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     C = tiny_cfg.block_out_channels[-1]
     assert attrs["plugin_namespace"] == b"infgen" and attrs["plugin_version"] == b"1"
+    assert attrs["aot"] == 1  # TensorRT's parser picks the plugin's AOT implementation
     assert math.isclose(attrs["scale"], 1 / math.sqrt(C), rel_tol=1e-6)
     assert "Resize" not in {n.op_type for n in m.graph.node}  # nearest 2x as Reshape/Expand
     inferred = onnx.shape_inference.infer_shapes(m)
