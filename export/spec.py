@@ -35,3 +35,18 @@ MAX_TENSOR_ELEMENTS = 2**31 - 1
 # a CUDA module per shape change in AOT plugins (TensorRT issue 4849).
 MIN_TENSORRT = (10, 9)
 AOT_MODULE_LEAK = ((11, 1), (11, 2))
+
+
+def default_plan(cfg, min_res: int = DEFAULT_MIN_RES, max_res: int | None = None, opt_sizes=DEFAULT_OPT_SIZES,
+                 batch: int = DEFAULT_BATCH):
+    """The plan every TensorRT engine of a model config is built with unless another is given: outputs
+    min_res..max_res (default the model's max_size), batch 1..batch, boxes capped so the decode's
+    largest conv/GroupNorm tensor stays under MAX_TENSOR_ELEMENTS (a meta-device walk of the model)."""
+    from export.plan import largest_tensor, make_plan
+    lat = (16, 64, 128)
+
+    def volume(b, Hp, Wp):
+        return largest_tensor(cfg, b, Hp, Wp, lat[2])[0]
+
+    return make_plan(min_res, max_res or cfg.max_size, opt_sizes, batch, cfg.upscale, cfg.latent_channels,
+                     lat, volume=volume)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export.plan import (DEFAULT_OPT_SIZES, Plan, bind_shapes, cache_key, make_plan, pick_profile,
+from export.plan import (DEFAULT_OPT_SIZES, Plan, bind_shapes, cache_key, covers, make_plan, pick_profile,
                          polygraphy_command, trtexec_command, validate_cached)
 from export.trt import engine_paths, read_cached, write_cached
 
@@ -154,3 +154,54 @@ def test_cli_build_without_tensorrt_names_the_package(tmp_path):
 def test_cli_rejects_max_res_beyond_the_model(tmp_path):
     r = run_cli("--preset", "tiny", "--max-res", "4096", "--dry-run", "--engine-dir", str(tmp_path), cwd=tmp_path)
     assert r.returncode != 0 and "max_size 2048" in r.stderr
+
+
+# ----------------------------------------------------------------------------- volume-capped plans
+@pytest.fixture(scope="module")
+def paper_plans():
+    from export.spec import default_plan
+    from infgen_ref.config import preset
+    cfg = preset("paper")
+    return cfg, {b: default_plan(cfg, batch=b) for b in (1, 2)}
+
+
+def test_every_profile_of_the_default_plan_fits_tensorrts_limit(paper_plans):
+    from export.plan import largest_tensor
+    cfg, plans = paper_plans
+    for batch, plan in plans.items():
+        assert plan.max_elements == 2**31 - 1 and plan.profiles
+        for i, p in enumerate(plan.profiles):
+            _, _, box = p.shapes["grid"]
+            lat_max = p.shapes["latent"][2]
+            n, name = largest_tensor(cfg, lat_max[0], *box, lat_max[2])
+            assert lat_max[0] == batch and n == p.elements and n < 2**31, (batch, i, box, n, name)
+        # the plan reaches the model's max size on the long side
+        assert plan.profiles[-1].hi == cfg.max_size // cfg.upscale
+
+
+def test_landscape_and_portrait_boxes_where_the_square_does_not_fit(paper_plans):
+    from export.plan import largest_tensor
+    cfg, plans = paper_plans
+    plan = plans[1]
+    assert largest_tensor(cfg, 1, 480, 480)[0] >= 2**31  # the 3840^2 box is too big ...
+    assert covers(plan, 1, 270, 480) and covers(plan, 1, 480, 270)  # ... 3840x2160 both ways fits
+    assert not covers(plan, 1, 480, 480) and not covers(plan, 1, 512, 512)
+    assert covers(plan, 1, 128, 512) and covers(plan, 1, 256, 256)
+    assert not covers(plans[2], 2, 270, 480) and covers(plans[2], 2, 135, 240)  # boxes sized at max batch
+    assert not covers(plan, 2, 128, 128)  # batch beyond the plan
+    with pytest.raises(ValueError, match="480x480 .*largest tensor <= 2147483647"):
+        pick_profile(plan, 480, 480)
+    for Hp, Wp in ((270, 480), (480, 270), (100, 512), (512, 100), (200, 200), (32, 32)):
+        i = pick_profile(plan, Hp, Wp)
+        lo, opt, hi = plan.profiles[i].shapes["grid"]
+        assert lo[0] <= opt[0] <= hi[0] and lo[1] <= opt[1] <= hi[1]
+        assert lo[0] <= Hp <= hi[0] and lo[1] <= Wp <= hi[1]
+
+
+def test_volume_cap_drops_intervals_nothing_fits():
+    plan = make_plan(256, 1024, ((1024, 1024),), batch=1, volume=lambda b, h, w: b * h * w * 1000,
+                     max_elements=128 * 40 * 1000)
+    # square 128^2 box is over the cap; short side 40 fits: landscape + portrait
+    assert [p.shapes["grid"][2] for p in plan.profiles] == [(40, 128), (128, 40)]
+    with pytest.raises(ValueError, match="no grid of 32..128 tokens per side fits 3968 elements"):
+        make_plan(256, 1024, ((1024, 1024),), volume=lambda b, h, w: h * w, max_elements=31 * 128)
