@@ -250,12 +250,16 @@ def _dims(shape) -> str:
 
 def trtexec_command(plan: Plan, onnx_path: str, engine_path: str, timing_cache: str | None = None,
                     plugin_lib: str | None = None) -> str:
-    """trtexec equivalent of the build: one --minShapes/--optShapes/--maxShapes triple per profile;
-    plugin_lib (libinfgen_trt_plugins.so) is loaded with --dynamicPlugins (its getCreators entry point)."""
+    """trtexec equivalent of the build. Each profile is `--profile=i` followed directly by its
+    --minShapes/--optShapes/--maxShapes (TensorRT samples/common/sampleOptions.cpp,
+    getOptimizationProfiles: the shape flags must sit at the argv positions right after
+    --profile; repeated shape flags without --profile are rejected). plugin_lib
+    (libinfgen_trt_plugins.so) is loaded with --dynamicPlugins (its getCreators entry point)."""
     args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}", "--stronglyTyped"]
     if plugin_lib:
         args.append(f"--dynamicPlugins={plugin_lib}")
-    for p in plan.profiles:
+    for i, p in enumerate(plan.profiles):
+        args.append(f"--profile={i}")
         for flag, j in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
             args.append(flag + "=" + ",".join(f"{n}:{_dims(s[j])}" for n, s in p.shapes.items()))
     if timing_cache:
@@ -264,12 +268,13 @@ def trtexec_command(plan: Plan, onnx_path: str, engine_path: str, timing_cache: 
 
 
 def polygraphy_command(plan: Plan, onnx_path: str, engine_path: str, timing_cache: str | None = None) -> str:
-    """polygraphy equivalent: repeated --trt-min/opt/max-shapes groups make one profile each."""
+    """polygraphy equivalent: each --trt-min/opt/max-shapes group makes one profile (in order);
+    the timing cache is read with --load-timing-cache and written with --save-timing-cache."""
     args = ["polygraphy", "convert", onnx_path, "--convert-to", "trt", "-o", engine_path, "--strongly-typed"]
     for p in plan.profiles:
         for flag, j in (("--trt-min-shapes", 0), ("--trt-opt-shapes", 1), ("--trt-max-shapes", 2)):
             args.append(flag)
             args.extend(f"{n}:[{','.join(str(x) for x in s[j])}]" for n, s in p.shapes.items())
     if timing_cache:
-        args.extend(["--timing-cache", timing_cache])
+        args.extend(["--load-timing-cache", timing_cache, "--save-timing-cache", timing_cache])
     return shlex.join(args)

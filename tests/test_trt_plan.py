@@ -2,6 +2,8 @@
 invalidation, the CLI. None of these need TensorRT; the build itself is not tested here."""
 import json
 import math
+import re
+import shlex
 import subprocess
 import sys
 
@@ -117,13 +119,98 @@ def test_cached_engine_accepted_only_when_valid(tmp_path):
     assert validate_cached(key, "[]", blob) == "metadata is not a JSON object"
 
 
-def test_commands_carry_every_profile():
+def parse_trtexec_profiles(command: str) -> list[dict]:
+    """The optimisation profiles trtexec builds from a command line, by the rules of TensorRT's
+    samples/common/sampleOptions.cpp (main, a892d222): argv entries `--key=value` keep their
+    position; each `--profile=i` (in argv order) takes the --minShapes/--optShapes/--maxShapes
+    found at the positions directly after it, at most one of each; a missing selector is
+    broadcast from the others (processShapes); indices must be unique and cover 0..n-1; without
+    any --profile one set of shape flags makes profile 0, and shape flags left over after either
+    path are an error. Shapes: comma-separated `name:DxDxD`, the name before the last ':'.
+    Returns [{input name: (min, opt, max)}] per profile index; ValueError where trtexec throws."""
+    args = []  # (key, value, position), argv order
+    for pos, a in enumerate(shlex.split(command)[1:], start=1):
+        key, _, value = a.partition("=")
+        args.append([key, value, pos])
+
+    def take(key, pos=None):
+        for entry in args:
+            if entry[0] == key and (pos is None or entry[2] - pos == 1):
+                args.remove(entry)
+                return entry
+        return None
+
+    def shapes(value):
+        out = {}
+        for item in value.split(","):
+            name, _, dims = item.rpartition(":")
+            out[name.replace("'", "")] = tuple(int(d) for d in dims.split("x"))
+        return out
+
+    def process(found):
+        names = set().union(*(found[s] for s in found))
+        order = {"min": ("opt", "max"), "opt": ("max", "min"), "max": ("opt", "min")}
+        full = {}
+        for sel in ("min", "opt", "max"):
+            src = sel if sel in found else next(s for s in order[sel] if s in found)
+            full[sel] = found[src]
+        return {n: (full["min"][n], full["opt"][n], full["max"][n]) for n in names}
+
+    profiles = {}
+    while (entry := take("--profile")) is not None:
+        index, pos, found = int(entry[1]), entry[2], {}
+        for _ in range(3):
+            for sel in ("min", "max", "opt"):
+                if sel not in found and (e := take(f"--{sel}Shapes", pos)) is not None:
+                    found[sel], pos = shapes(e[1]), pos + 1
+                    break
+            else:
+                break
+        if index in profiles:
+            raise ValueError("Optimization profile index cannot be the same.")
+        profiles[index] = process(found) if found else {}
+    if profiles and (sorted(profiles) != list(range(len(profiles))) or not all(profiles.values())):
+        raise ValueError("Found invalid or missing shape spec at profile index")
+    if not profiles:
+        found = {sel: shapes(e[1]) for sel in ("min", "opt", "max") if (e := take(f"--{sel}Shapes"))}
+        profiles = {0: process(found)} if found else {}
+    if any(k in ("--minShapes", "--optShapes", "--maxShapes") for k, _, _ in args):
+        raise ValueError("Multiple --minShapes/--optShapes/--maxShapes without --profile are not allowed.")
+    return [profiles[i] for i in sorted(profiles)]
+
+
+def test_trtexec_line_parses_by_sampleoptions_rules():
     t = trtexec_command(PLAN_4K, "m.onnx", "m.engine", "t.cache")
-    p = polygraphy_command(PLAN_4K, "m.onnx", "m.engine")
-    n = len(PLAN_4K.profiles)
-    assert t.count("--minShapes=") == t.count("--optShapes=") == t.count("--maxShapes=") == n
-    assert "--stronglyTyped" in t and "latent:1x4x16x16,grid:32x32" in t and "--timingCacheFile=t.cache" in t
-    assert p.count("--trt-min-shapes") == n and "grid:[512,512]" in p
+    assert "--stronglyTyped" in shlex.split(t) and "--timingCacheFile=t.cache" in shlex.split(t)
+    parsed = parse_trtexec_profiles(t)
+    assert parsed == [dict(p.shapes) for p in PLAN_4K.profiles]
+    # the old line (shape triples repeated without --profile) is what trtexec rejects
+    old = re.sub(r" --profile=\d+", "", t)
+    with pytest.raises(ValueError, match="without --profile"):
+        parse_trtexec_profiles(old)
+    with pytest.raises(ValueError, match="cannot be the same"):
+        parse_trtexec_profiles(t.replace("--profile=1", "--profile=0"))
+
+
+def test_polygraphy_line_parses_with_polygraphys_own_argparse():
+    pytest.importorskip("polygraphy")
+    from polygraphy.tools.args import TrtConfigArgs, TrtLoadEngineBytesArgs, TrtLoadNetworkArgs
+    from polygraphy.tools.convert import Convert
+    p = polygraphy_command(PLAN_4K, "m.onnx", "m.engine", "t.cache")
+    argv = shlex.split(p)
+    assert argv[:2] == ["polygraphy", "convert"]
+    tool = Convert()
+    args = tool.setup_parser().parse_args(argv[2:])
+    tool.parse(args)
+    profiles = tool.arg_groups[TrtConfigArgs].profile_dicts
+    assert len(profiles) == len(PLAN_4K.profiles)
+    for got, want in zip(profiles, PLAN_4K.profiles):
+        assert {n: tuple(tuple(s) for s in shp) for n, shp in got.items()} == dict(want.shapes)
+    assert tool.arg_groups[TrtConfigArgs].load_timing_cache == "t.cache"
+    assert tool.arg_groups[TrtLoadEngineBytesArgs].save_timing_cache == "t.cache"
+    assert tool.arg_groups[TrtLoadNetworkArgs].strongly_typed
+    with pytest.raises(SystemExit):  # the flag the old line used does not exist
+        tool.setup_parser().parse_args(["m.onnx", "-o", "x", "--timing-cache", "t.cache"])
 
 
 def run_cli(*args, cwd):
