@@ -212,9 +212,11 @@ def bind_shapes(plan: Plan, latent_shape, Hp: int, Wp: int) -> tuple[int, dict, 
 
 
 # ----------------------------------------------------------------------------- cache keys
-def cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, dtype: str, plan: Plan) -> str:
-    """sha256 hex of what makes an engine valid: the ONNX bytes, TensorRT version, GPU, dtype, profiles."""
-    parts = {"onnx": onnx_sha256, "tensorrt": trt_version, "gpu": gpu_name, "dtype": dtype,
+def cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, dtype: str, plan: Plan,
+              allow_tf32: bool = False) -> str:
+    """sha256 hex of what makes an engine valid: the ONNX bytes, TensorRT version, GPU, dtype,
+    whether fp32 may use tf32, profiles."""
+    parts = {"onnx": onnx_sha256, "tensorrt": trt_version, "gpu": gpu_name, "dtype": dtype, "tf32": bool(allow_tf32),
              "plan": json.loads(plan.to_json())}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -230,8 +232,8 @@ def validate_cached(key: str, metadata_text: str | None, engine_bytes: bytes | N
         return "no cached engine"
     try:
         meta = json.loads(metadata_text)
-    except json.JSONDecodeError as exc:
-        return f"metadata is not JSON ({exc})"
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return f"metadata is not JSON ({type(exc).__name__})"
     if not isinstance(meta, dict):
         return "metadata is not a JSON object"
     if meta.get("key") != key:

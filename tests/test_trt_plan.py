@@ -6,8 +6,10 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -223,7 +225,9 @@ def test_cli_dry_run_writes_plan_and_prints_commands(tmp_path):
     r = run_cli("--max-res", "4096", "--dry-run", "--engine-dir", str(tmp_path / "eng"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     plan = Plan.from_json((tmp_path / "eng" / "plan.json").read_text())
-    assert plan.max_res == 4096 and len(plan.profiles) == 5
+    assert plan.max_res == 4096 and plan.max_elements == 2**31 - 1
+    # 5 intervals; the 3840x2160 and 4096 ones split into landscape + portrait boxes
+    assert len(plan.profiles) == 7 and all(p.elements < 2**31 for p in plan.profiles)
     assert "trtexec --onnx=" in r.stdout and "polygraphy convert" in r.stdout
 
 
@@ -292,3 +296,77 @@ def test_volume_cap_drops_intervals_nothing_fits():
     assert [p.shapes["grid"][2] for p in plan.profiles] == [(40, 128), (128, 40)]
     with pytest.raises(ValueError, match="no grid of 32..128 tokens per side fits 3968 elements"):
         make_plan(256, 1024, ((1024, 1024),), volume=lambda b, h, w: h * w, max_elements=31 * 128)
+
+
+# ----------------------------------------------------------------------------- one entry point
+def test_sidecars_that_are_not_text_or_json_mean_rebuild_never_an_exception(tmp_path):
+    key = cache_key("a" * 64, "10.9.0", "gpu", "bf16", PLAN_4K)
+    blob = b"engine" * 10
+    write_cached(tmp_path, key, blob)
+    _, meta = engine_paths(tmp_path, key)
+    good = json.loads(meta.read_text())
+    cases = {b"\xff\xfe\x00bad": "not UTF-8", ("[" * 100000 + "]" * 100000).encode(): "not JSON",
+             json.dumps({**good, "size": str(good["size"])}).encode(): "size mismatch",
+             json.dumps({**good, "sha256": 5}).encode(): "corrupt", json.dumps({"key": None}).encode(): "key mismatch",
+             b"null": "not a JSON object"}
+    for text, reason in cases.items():
+        meta.write_bytes(text)
+        data, why = read_cached(tmp_path, key)
+        assert data is None and reason in why, (text[:20], why)
+
+
+class FakeBuild:
+    """Stands in for TensorRT's build: records its calls, returns bytes naming the plan."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, onnx_path, plan, timing_cache, allow_tf32=False):
+        self.calls.append((Path(onnx_path), plan, Path(timing_cache), allow_tf32))
+        return b"ENGINE" + plan.to_json().encode()
+
+
+def test_cli_engine_is_the_engine_the_backend_loads(tmp_path, monkeypatch, tiny_model):
+    """python -m export.trt --min-res 128 builds (build stubbed); TrtBackend's engine_for, with no
+    plan given, finds that same engine in the same engine_dir: same key, same file, no rebuild."""
+    import types
+
+    from export import trt as export_trt
+    from runtime.trt_backend import TrtBackend
+    fake = types.SimpleNamespace(__version__="10.13.0.35")
+    monkeypatch.setattr(export_trt, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(export_trt, "gpu_name", lambda: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr("export.onnx.load_model", lambda checkpoint, preset_name: tiny_model)
+    build = FakeBuild()
+    monkeypatch.setattr(export_trt, "build_engine", build)
+    eng = tmp_path / "engines"
+    args = ["--preset", "tiny", "--min-res", "128", "--max-res", "1024", "--batch", "2", "--dtype", "bf16",
+            "--engine-dir", str(eng), "--cache-dir", str(tmp_path / "cache")]
+    assert export_trt.main(args) == 0
+    assert len(build.calls) == 1 and build.calls[0][1].min_res == 128
+    built = sorted(eng.glob("infgen-*.engine"))
+    assert len(built) == 1
+    found = TrtBackend.locate(tiny_model, torch.bfloat16, engine_dir=eng, cache_dir=tmp_path / "cache")
+    assert found.path == built[0] and found.plan.min_res == 128 and found.plan.batch == 2
+    assert len(build.calls) == 1  # loaded, not rebuilt
+    # the timing cache is keyed by TensorRT version and GPU
+    other = export_trt.timing_cache_path(eng, "10.13.0.35", "NVIDIA H200")
+    assert build.calls[0][2] == export_trt.timing_cache_path(eng, "10.13.0.35", "NVIDIA H100 80GB HBM3") != other
+    # another dtype, or tf32, is another engine
+    export_trt.engine_for(tiny_model, "fp32", None, eng, cache_dir=tmp_path / "cache", allow_tf32=True)
+    assert len(build.calls) == 2 and build.calls[1][3] is True
+    # a corrupt plan.json: the default plan, said so, never an exception
+    (eng / "plan.json").write_bytes(b"\xff")
+    plan, why = export_trt.plan_for(tiny_model.config, eng)
+    assert plan.min_res == 256 and "unreadable" in why
+
+
+def test_engine_for_refuses_a_plan_tensorrt_cannot_build_before_building(tmp_path, tiny_model):
+    from export.trt import EngineUnbuildable, engine_for
+    build = FakeBuild()
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"not used: the build is stubbed")
+    big = make_plan(256, 2048, ((2048, 2048),), batch=64, upscale=8, latent_channels=4)  # uncapped square boxes
+    with pytest.raises(EngineUnbuildable, match="profile 0 .*TensorRT's limit is 2147483647"):
+        engine_for(tiny_model, "bf16", big, tmp_path, onnx_path=onnx, trt_version="10.9", gpu="g", build=build)
+    assert build.calls == []
