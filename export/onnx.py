@@ -17,9 +17,10 @@ Two flavours of the same function:
   attention is MatMul/Softmax/MatMul, GroupNorm is Reshape + InstanceNormalization + affine
   Mul/Add, nearest 2x is Resize(nearest, asymmetric, floor).
 - "tensorrt": the mid-block self-attention (one head, head dim = channels, 512 for the paper
-  preset) is one node infgen::FlashAttention that TensorRT's ONNX parser hands to the plugin
-  registered by export/trt.py (its kernel is the project's Triton flash kernel); nearest 2x is
-  Reshape/Expand/Reshape (TensorRT's Resize layer has no bf16). Everything else is as above.
+  preset) is one node infgen::FlashAttention (aot=1) that TensorRT's ONNX parser hands to the
+  plugin of export/trt_plugin.py (its kernel is the project's Triton flash kernel). No float64
+  tensors; GroupNormalization-21 kept as is in fp32 and expanded as above in bf16/fp16; nearest
+  2x is Resize (`tensorrt_rewrites` says why each rewrite is kept).
 See docs/export.md for why each op is expressed as it is.
 """
 from __future__ import annotations
@@ -122,7 +123,7 @@ class ExportDecode(nn.Module):
             for r in blk.resnets:
                 x = r(x)
             if blk.upsamplers is not None:
-                x = blk.upsamplers[0].conv(upsample_nearest2x(x))
+                x = blk.upsamplers[0](x)  # Resize(nearest) + conv: TensorRT's Resize takes bf16
         return dec.conv_out(F.silu(dec.conv_norm_out(x))).float()  # (B, 3, 8H', 8W')
 
 
@@ -157,7 +158,10 @@ def export_onnx(model: InfGen, out: str | Path, dtype="fp32", flavour: str = "on
     program.save(str(out), external_data=external)
     proto = onnx.load(str(out), load_external_data=False)
     name_dims(proto)
-    expand_group_norm(proto)
+    if flavour == "tensorrt":
+        tensorrt_rewrites(proto, dtype)
+    else:
+        expand_group_norm(proto)
     onnx.save(proto, str(out))
     check_onnx(out)
     return out
@@ -217,6 +221,41 @@ def expand_group_norm(proto) -> int:
         n += 1
     del g.node[:]
     g.node.extend(nodes)
+    return n
+
+
+def tensorrt_rewrites(proto, dtype: torch.dtype) -> dict:
+    """The TensorRT flavour's graph rewrites, each kept only where a TensorRT >= 10.9 (MIN_TENSORRT)
+    needs it (docs/export.md, "Graph hygiene"): DOUBLE tensors become FLOAT (TensorRT has no
+    float64: its parser would cast them down itself); GroupNormalization-21 is expanded for bf16
+    and fp16 only (TensorRT 10.9 parses opset-21 GroupNormalization, but its importer does not
+    read stash_type, so fp32 statistics need the explicit Casts); Resize stays (TensorRT's Resize
+    takes bf16). Returns the number of rewrites of each kind."""
+    return {"double": demote_double(proto),
+            "group_norm": expand_group_norm(proto) if dtype != torch.float32 else 0}
+
+
+def demote_double(proto) -> int:
+    """Make every float64 tensor float32: Cast(to=DOUBLE) nodes, DOUBLE initializers and Constant
+    values, and DOUBLE entries of value_info. The float64 in the exported graph is INPE's token
+    coordinates ((i + 0.5) / h over Range on the grid's shape); in fp32 they differ by at most
+    1 ulp before the model's own Cast to fp32. Returns the number of tensors changed."""
+    from onnx import TensorProto, numpy_helper
+    g, n = proto.graph, 0
+    for i, init in enumerate(g.initializer):
+        if init.data_type == TensorProto.DOUBLE:
+            g.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype("float32"), init.name))
+            n += 1
+    for node in g.node:
+        for a in node.attribute:
+            if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.DOUBLE:
+                a.i, n = TensorProto.FLOAT, n + 1
+            elif a.type == a.TENSOR and a.t.data_type == TensorProto.DOUBLE:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype("float32"), a.t.name))
+                n += 1
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        if vi.type.tensor_type.elem_type == TensorProto.DOUBLE:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
     return n
 
 

@@ -326,13 +326,16 @@ class FakeBuild:
         return b"ENGINE" + plan.to_json().encode()
 
 
-def test_cli_engine_is_the_engine_the_backend_loads(tmp_path, monkeypatch, tiny_model):
+def test_cli_engine_is_the_engine_the_backend_loads(tmp_path, monkeypatch, tiny_cfg):
     """python -m export.trt --min-res 128 builds (build stubbed); TrtBackend's engine_for, with no
     plan given, finds that same engine in the same engine_dir: same key, same file, no rebuild."""
     import types
 
     from export import trt as export_trt
+    from infgen_ref.model import InfGen
     from runtime.trt_backend import TrtBackend
+    torch.manual_seed(0)
+    tiny_model = InfGen(tiny_cfg).eval()  # its own copy: the export casts the model it is given
     fake = types.SimpleNamespace(__version__="10.13.0.35")
     monkeypatch.setattr(export_trt, "import_tensorrt", lambda: fake)
     monkeypatch.setattr(export_trt, "gpu_name", lambda: "NVIDIA H100 80GB HBM3")
