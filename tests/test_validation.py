@@ -1,0 +1,201 @@
+"""Validation at every door (#18): configs, checkpoint weights, latents, images, files.
+
+Each bad input must raise ValueError or TypeError (or a subclass) whose message names the bad
+field or value; nothing is built or read in bulk before the check."""
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from infgen_ref import config as config_mod
+from infgen_ref.config import CHECKPOINT_REQUIRED, InfGenConfig, param_count, preset
+from infgen_ref.model import InfGen
+from infgen_ref.weights import CheckpointError, checkpoint_config, load_checkpoint, save_checkpoint
+
+
+# ----------------------------------------------------------------------------- config fields
+@pytest.mark.parametrize("field, value, exc, match", [
+    ("block_out_channels", [16.7, 32, 32, 64], TypeError, r"block_out_channels\[0\].*16\.7"),
+    ("block_out_channels", [], TypeError, "block_out_channels"),
+    ("block_out_channels", [16, -32, 32, 64], ValueError, r"block_out_channels\[1\].*-32"),
+    ("block_out_channels", [16, 0, 32, 64], ValueError, r"block_out_channels\[1\].*0"),
+    ("block_out_channels", "16,32", TypeError, "block_out_channels"),
+    ("block_out_channels", [16, 32, 32, 60], ValueError, "60 not divisible by norm_num_groups 8"),
+    ("block_out_channels", [16] * 9, TypeError, "block_out_channels"),
+    ("num_heads", 0, ValueError, "num_heads.*0"),
+    ("num_heads", 5, ValueError, "num_heads 5 does not divide token_dim 64"),
+    ("num_heads", 4.0, TypeError, r"num_heads.*float 4\.0"),
+    ("num_heads", True, TypeError, "num_heads.*bool"),
+    ("num_blocks", -1, ValueError, "num_blocks.*-1"),
+    ("layers_per_block", 0, ValueError, "layers_per_block.*0"),
+    ("norm_num_groups", 0, ValueError, "norm_num_groups.*0"),
+    ("norm_eps", float("nan"), ValueError, "norm_eps.*nan"),
+    ("norm_eps", 0.0, ValueError, "norm_eps.*0.0"),
+    ("norm_eps", -1e-6, ValueError, "norm_eps"),
+    ("norm_eps", "1e-6", TypeError, "norm_eps.*str"),
+    ("scaling_factor", 0, ValueError, "scaling_factor.*0"),
+    ("scaling_factor", float("inf"), ValueError, "scaling_factor.*inf"),
+    ("scaling_factor", 1e-30, ValueError, "scaling_factor.*1e-30"),
+    ("scaling_factor", None, TypeError, "scaling_factor.*NoneType"),
+    ("mlp_ratio", 0, ValueError, "mlp_ratio"),
+    ("mlp_ratio", float("nan"), ValueError, "mlp_ratio.*nan"),
+    ("inpe_seed", "zero", TypeError, "inpe_seed.*str"),
+    ("inpe_seed", 1.5, TypeError, r"inpe_seed.*1\.5"),
+    ("inpe_seed", -1, ValueError, "inpe_seed.*-1"),
+    ("inpe_seed", 2 ** 64, ValueError, "inpe_seed"),
+    ("inpe_scale", float("-inf"), ValueError, "inpe_scale"),
+    ("inpe_fourier_dim", 0, ValueError, "inpe_fourier_dim.*0"),
+    ("latent_channels", 0, ValueError, "latent_channels.*0"),
+    ("in_channels", 4, ValueError, "in_channels.*4"),
+    ("max_size", 4, ValueError, "max_size must be 8..32768, got 4"),
+    ("max_size", 10 ** 9, ValueError, "max_size"),
+    ("latent_size", 0, ValueError, "latent_size.*0"),
+    ("latent_size", 1000, ValueError, "latent_size.*1000"),
+])
+def test_bad_config_field_is_named(field, value, exc, match):
+    with pytest.raises(exc, match=match):
+        preset("tiny", **{field: value})
+    d = {**preset("tiny").to_dict(), field: value}
+    with pytest.raises(exc, match=match):
+        InfGenConfig.from_dict(d)
+
+
+def test_config_accepts_numpy_ints_and_int_valued_floats_for_real_fields():
+    cfg = preset("tiny", num_heads=np.int64(4), norm_eps=1, scaling_factor=np.float32(0.5))
+    assert type(cfg.num_heads) is int and cfg.num_heads == 4
+    assert type(cfg.norm_eps) is float and type(cfg.scaling_factor) is float
+
+
+@pytest.mark.parametrize("name", ["paper", "tiny", "demo"])
+def test_param_count_from_config_equals_module(name):
+    cfg = preset(name)
+    assert param_count(cfg) == sum(p.numel() for p in InfGen(cfg).parameters())
+
+
+@pytest.mark.parametrize("kw", [dict(block_out_channels=(8, 24), norm_num_groups=8, num_heads=3, num_blocks=0),
+                                dict(block_out_channels=(32,), norm_num_groups=4, layers_per_block=3,
+                                     mlp_ratio=1.5, max_size=64, latent_size=8),
+                                dict(block_out_channels=(12, 12, 24), norm_num_groups=6, num_heads=6,
+                                     latent_channels=16, inpe_fourier_dim=5)])
+def test_param_count_on_unusual_configs(kw):
+    cfg = InfGenConfig(**kw)
+    assert param_count(cfg) == sum(p.numel() for p in InfGen(cfg).parameters())
+
+
+def test_huge_config_fails_before_any_module_is_built(monkeypatch):
+    built = []
+    monkeypatch.setattr(torch.nn.Conv2d, "__init__", lambda *a, **k: built.append(a))
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"parameters.*limit") as info:
+        preset("tiny", block_out_channels=[8192] * 4, norm_num_groups=32)
+    assert time.perf_counter() - t0 < 1.0 and not built
+    n = int(info.value.args[0].split(" parameters")[0].split()[-1].replace(",", ""))
+    assert n > config_mod.MAX_PARAMS
+
+
+def test_json_limits(tmp_path):
+    with pytest.raises(ValueError, match="nested too deeply"):
+        InfGenConfig.from_json('{"num_blocks": ' + "[" * 30_000 + "]" * 30_000 + "}")
+    with pytest.raises(ValueError, match="more than"):
+        InfGenConfig.from_json('{"num_blocks": 2' + " " * (config_mod.MAX_CONFIG_BYTES + 1) + "}")
+    with pytest.raises(ValueError, match="repeats.*num_blocks"):
+        InfGenConfig.from_json('{"num_blocks": 2, "num_blocks": 3}')
+    with pytest.raises(TypeError, match="num_blocks"):
+        InfGenConfig.from_json('{"num_blocks": {"a": [1]}}')
+    with pytest.raises(ValueError, match="JSON object"):
+        InfGenConfig.from_json("[1, 2]")
+    big = tmp_path / "big.json"
+    big.write_text('{"num_blocks": 2' + " " * config_mod.MAX_CONFIG_BYTES + "}")
+    with pytest.raises(ValueError, match="big.json.*bytes"):
+        InfGenConfig.from_json(big)
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(b"\xff\xfe{")
+    with pytest.raises(ValueError, match="bin.json.*UTF-8"):
+        InfGenConfig.from_json(binary)
+
+
+def test_directory_named_like_json_is_a_directory(tmp_path):
+    d = tmp_path / '{"num_blocks": 1}'
+    d.mkdir()
+    for arg in (d, str(d)):
+        with pytest.raises(ValueError, match="is a directory"):
+            InfGenConfig.from_json(arg)
+    # A checkpoint directory named like JSON is read as a checkpoint, never parsed as JSON text.
+    save_checkpoint(InfGen(preset("tiny")), d)
+    assert checkpoint_config(d) == preset("tiny")
+    assert load_checkpoint(str(d)).config == preset("tiny")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@pytest.fixture()
+def ckpt(tmp_path, tiny_model):
+    return save_checkpoint(tiny_model, tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("field", CHECKPOINT_REQUIRED)
+def test_checkpoint_config_requires_fields(ckpt, field):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    del cfg[field]
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=f"required fields.*{field}"):
+        load_checkpoint(ckpt)
+
+
+def test_config_outside_a_checkpoint_takes_defaults(ckpt):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["scaling_factor"] = 1.8
+    assert InfGenConfig.from_dict(cfg).scaling_factor == 1.8
+    del cfg["scaling_factor"]
+    assert InfGenConfig.from_dict(cfg).scaling_factor == InfGenConfig().scaling_factor
+
+
+def test_checkpoint_config_with_bad_values(ckpt):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    for field, value in (("scaling_factor", 0), ("norm_eps", float("nan")), ("num_heads", 0)):
+        (ckpt / "config.json").write_text(json.dumps({**cfg, field: value}))
+        with pytest.raises(CheckpointError, match=f"config.json.*{field}"):
+            load_checkpoint(ckpt)
+
+
+def test_tiny_file_claiming_huge_model_fails_at_once(ckpt, monkeypatch):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "block_out_channels": [2048] * 4}))
+    built = []
+    monkeypatch.setattr(InfGen, "__init__", lambda *a, **k: built.append(a))
+    with pytest.raises(CheckpointError, match=r"describes [\d,]+ parameters but .*model.safetensors holds only"):
+        load_checkpoint(ckpt)
+    assert not built
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.uint8, torch.complex64])
+def test_checkpoint_with_non_float_tensor_is_refused(ckpt, dtype):
+    w = ckpt / "model.safetensors"
+    state = load_file(str(w))
+    key = "decoder.conv_out.bias"
+    state[key] = torch.ones_like(state[key]).to(dtype)
+    save_file(state, str(w))
+    with pytest.raises(CheckpointError, match=rf"not floating point: {key} \({dtype}\)"):
+        load_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_checkpoint_with_non_finite_weight_is_refused(ckpt, value):
+    w = ckpt / "model.safetensors"
+    state = load_file(str(w))
+    state["decoder.blocks.0.fc1.weight"][3, 5] = value
+    save_file(state, str(w))
+    with pytest.raises(CheckpointError, match=r"NaN/inf values: decoder\.blocks\.0\.fc1\.weight \(1 of"):
+        load_checkpoint(ckpt)
+
+
+def test_float16_and_bfloat16_checkpoints_still_load(ckpt, tiny_model):
+    w = ckpt / "model.safetensors"
+    fp32 = load_file(str(w))
+    for dtype in (torch.float16, torch.bfloat16):
+        save_file({k: v.to(dtype) for k, v in fp32.items()}, str(w))
+        m = load_checkpoint(ckpt)
+        assert torch.equal(m.decoder.conv_out.weight, fp32["decoder.conv_out.weight"].to(dtype).float())
