@@ -4,6 +4,7 @@ Each bad input must raise ValueError or TypeError (or a subclass) whose message 
 field or value; nothing is built or read in bulk before the check."""
 import json
 import math
+import re
 import time
 
 import numpy as np
@@ -199,3 +200,131 @@ def test_float16_and_bfloat16_checkpoints_still_load(ckpt, tiny_model):
         save_file({k: v.to(dtype) for k, v in fp32.items()}, str(w))
         m = load_checkpoint(ckpt)
         assert torch.equal(m.decoder.conv_out.weight, fp32["decoder.conv_out.weight"].to(dtype).float())
+
+
+# ----------------------------------------------------------------------------- latents
+from infgen_ref.model import LATENT_ABS_MAX, check_image, check_latent, check_output, latent_abs_max  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def zz():
+    torch.manual_seed(5)
+    return torch.randn(2, 4, 5, 6)
+
+
+def test_latent_variants_decode_like_the_plain_latent(tiny_model, tiny_cfg, zz):
+    with torch.no_grad():
+        ref = tiny_model.decode(zz, 24, 40)
+        variants = {
+            "big-endian numpy": zz.numpy().astype(">f4"),
+            "fortran numpy": np.asfortranarray(zz.numpy()),
+            "reversed-stride numpy": zz.numpy()[:, :, ::-1, :][:, :, ::-1, :],
+            "float64 numpy": zz.double().numpy(),
+            "non-contiguous": zz.transpose(2, 3).contiguous().transpose(2, 3),
+            "sparse coo": zz.to_sparse(),
+            "requires grad": zz.clone().requires_grad_(),
+        }
+        for name, v in variants.items():
+            out = tiny_model.decode(check_latent(v, tiny_cfg), 24, 40)
+            assert torch.allclose(out, ref, atol=1e-5), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.float16, torch.bfloat16])
+def test_low_precision_latents_are_widened(tiny_cfg, zz, dtype):
+    low = zz.to(dtype)
+    z = check_latent(low, tiny_cfg)
+    assert z.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    assert torch.equal(z.float(), low.float())
+
+
+@pytest.mark.filterwarnings("ignore:.*quantize_per_tensor")
+def test_quantised_latent_is_dequantised(tiny_cfg, zz):
+    q = torch.quantize_per_tensor(zz, scale=0.05, zero_point=0, dtype=torch.qint8)
+    assert torch.equal(check_latent(q, tiny_cfg), q.dequantize())
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+@pytest.mark.parametrize("latent, exc, match", [
+    (torch.zeros(1, 4, 5, 5, dtype=torch.complex64), TypeError, "floating.*complex64"),
+    (torch.zeros(1, 4, 5, 5, dtype=torch.int64), TypeError, "floating.*int64"),
+    (torch.zeros(1, 4, 5, 5, dtype=torch.bool), TypeError, "floating.*bool"),
+    (np.zeros((1, 4, 5, 5), dtype=np.complex64), TypeError, "floating array.*complex64"),
+    (np.zeros((1, 4, 5, 5), dtype=">i4"), TypeError, "floating array.*>i4"),
+    (torch.zeros(1, 4, 5, 5, device="meta"), ValueError, r"meta device.*\(1, 4, 5, 5\)"),
+    (torch.nested.nested_tensor([torch.zeros(4, 5, 5)]), TypeError, "nested"),
+    ([[[0.0]]], TypeError, "list"),
+])
+def test_unsupported_latents_are_named(tiny_cfg, latent, exc, match):
+    with pytest.raises(exc, match=match):
+        check_latent(latent, tiny_cfg)
+
+
+def test_latent_magnitude_bound(tiny_model, tiny_cfg, zz):
+    sf = tiny_cfg.scaling_factor
+    assert latent_abs_max(tiny_cfg) == pytest.approx(LATENT_ABS_MAX * sf)
+    assert latent_abs_max(tiny_cfg, torch.float16) == pytest.approx(65504 / 64 * sf)
+    # At the bound, in fp32 and bf16, the decode stays finite.
+    edge = torch.where(zz > 0, 1.0, -1.0) * latent_abs_max(tiny_cfg)
+    with torch.no_grad():
+        assert torch.isfinite(tiny_model.decode(check_latent(edge, tiny_cfg), 17, 31)).all()
+    for big in (latent_abs_max(tiny_cfg) * 1.01, 1e30, -3.0e38):
+        z = zz.clone()
+        z[1, 2, 3, 4] = big
+        with pytest.raises(ValueError, match=re.escape(f"latent magnitude {abs(big):.4g} exceeds")):
+            check_latent(z, tiny_cfg)
+        with pytest.raises(ValueError, match="latent magnitude"):
+            tiny_model.decode(z, 16, 16)
+    fp16_edge = latent_abs_max(tiny_cfg, torch.float16)
+    check_latent(zz.clamp(-1, 1) * fp16_edge * 0.999, tiny_cfg, torch.float16)
+    with pytest.raises(ValueError, match="in float16"):
+        check_latent(zz.clamp(-1, 1) * fp16_edge * 1.1, tiny_cfg, torch.float16)
+
+
+def test_check_output(zz):
+    assert check_output(zz) is zz
+    for v in (float("nan"), float("inf")):
+        x = zz.clone()
+        x[0, 1, 2, 3] = v
+        with pytest.raises(ValueError, match=r"decode produced 1 non-finite value\(s\) of 240"):
+            check_output(x)
+    with pytest.raises(ValueError, match="encode produced"):
+        check_output(torch.full((1, 4, 2, 2), float("nan"), dtype=torch.float16), "encode")
+
+
+# ----------------------------------------------------------------------------- images for encode
+def test_good_images(tiny_model, tiny_cfg):
+    torch.manual_seed(6)
+    x = torch.rand(2, 3, 40, 24) * 2 - 1
+    assert torch.equal(check_image(x, tiny_cfg), x)
+    assert check_image(x[0], tiny_cfg).shape == (1, 3, 40, 24)
+    assert torch.equal(check_image(x.numpy().astype(">f8"), tiny_cfg), x)
+    assert check_image(x.half(), tiny_cfg).dtype == torch.float32
+    assert check_image(torch.ones(1, 3, 8, 9) * 1.0005, tiny_cfg).shape == (1, 3, 8, 9)  # within tolerance
+    with torch.no_grad():
+        z = tiny_model.encode(check_image(x, tiny_cfg))
+    assert z.shape == (2, 4, 5, 3) and torch.isfinite(z).all()
+
+
+@pytest.mark.parametrize("image, exc, match", [
+    (torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8), TypeError, r"uint8.*image / 127\.5 - 1"),
+    (np.zeros((1, 3, 16, 16), dtype=np.uint8), TypeError, "floating array.*uint8"),
+    (torch.zeros(1, 3, 16, 16, dtype=torch.int32), TypeError, "int32"),
+    (torch.zeros(1, 3, 16, 16, dtype=torch.bool), TypeError, "bool"),
+    (torch.zeros(1, 3, 16, 16, dtype=torch.complex64), TypeError, "complex64"),
+    (torch.full((1, 3, 16, 16), 255.0), ValueError, r"\[-1, 1\], got 255\.\.255"),
+    (torch.full((1, 3, 16, 16), -1.5), ValueError, r"-1\.5"),
+    (torch.zeros(1, 3, 16, 16).index_fill_(2, torch.tensor([3]), float("nan")), ValueError, "non-finite"),
+    (torch.zeros(1, 3, 1, 1), ValueError, r"sides must be 8\.\.2048 pixels.*1x1"),
+    (torch.zeros(1, 3, 7, 64), ValueError, "7x64"),
+    (torch.zeros(1, 3, 16, 2049), ValueError, "16x2049"),
+    (torch.zeros(0, 3, 16, 16), ValueError, "empty"),
+    (torch.zeros(16, 16, 3), ValueError, r"permute\(2, 0, 1\)"),
+    (torch.zeros(2, 16, 16, 3), ValueError, r"permute\(0, 3, 1, 2\)"),
+    (torch.zeros(1, 4, 16, 16), ValueError, r"\(B, 3, H, W\).*\(1, 4, 16, 16\)"),
+    (torch.zeros(16, 16), ValueError, r"\(16, 16\)"),
+    (torch.zeros(1, 3, 16, 16, device="meta"), ValueError, "meta"),
+    ("photo.png", TypeError, "str"),
+])
+def test_bad_images_are_named(tiny_cfg, image, exc, match):
+    with pytest.raises(exc, match=match):
+        check_image(image, tiny_cfg)
