@@ -5,7 +5,9 @@ field or value; nothing is built or read in bulk before the check."""
 import json
 import math
 import re
+import struct
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -328,3 +330,130 @@ def test_good_images(tiny_model, tiny_cfg):
 def test_bad_images_are_named(tiny_cfg, image, exc, match):
     with pytest.raises(exc, match=match):
         check_image(image, tiny_cfg)
+
+
+# ----------------------------------------------------------------------------- files
+from runtime import io as rio  # noqa: E402
+
+
+def _npy_with_header(path, shape, dtype="<f4", data=b""):
+    """A .npy file whose header claims `shape` but holds only `data`."""
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(data)
+    return path
+
+
+def test_npy_header_claiming_huge_array_fails_at_once(tmp_path, monkeypatch):
+    p = _npy_with_header(tmp_path / "bomb.npy", (1, 4, 100_000, 100_000), data=b"\0" * 64)
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("np.load reached"))
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"bomb\.npy.*shape \(1, 4, 100000, 100000\).*160,000,000,000 bytes"):
+        rio.load_latent(p)
+    assert time.perf_counter() - t0 < 1.0
+    small = _npy_with_header(tmp_path / "short.npy", (1, 4, 8, 8), data=b"\0" * 64)
+    with pytest.raises(ValueError, match=r"1,024 bytes\) but the file holds 64"):
+        rio.load_latent(small)
+    obj = _npy_with_header(tmp_path / "obj.npy", (2,), dtype="|O", data=b"\0" * 16)
+    with pytest.raises(ValueError, match="plain numeric"):
+        rio.load_latent(obj)
+
+
+def test_latent_file_limits(tmp_path):
+    z = torch.randn(1, 4, 8, 8)
+    for name in ("z.npy", "z.pt", "z.safetensors"):
+        rio.save_latent(z, tmp_path / name)
+        assert torch.equal(rio.load_latent(tmp_path / name), z)
+        with pytest.raises(ValueError, match="limit"):
+            rio.load_latent(tmp_path / name, max_bytes=100)
+    rio.save_latent(z.numpy().astype(">f4"), tmp_path / "be.npy")
+    assert torch.equal(rio.load_latent(tmp_path / "be.npy").float(), z)
+    (tmp_path / "dir.npy").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):
+        rio.load_latent(tmp_path / "dir.npy")
+
+
+def test_torch_zip_unpacking_past_the_limit_is_refused(tmp_path):
+    p = tmp_path / "zip.pt"
+    torch.save(torch.zeros(1, 4, 64, 64), p)  # 64 KiB of zeros: stored uncompressed by torch
+    with pytest.raises(ValueError, match=r"unpacks to [\d,]+ bytes, more than the limit of 1,000"):
+        rio.load_latent(p, max_bytes=1000)
+
+
+def test_image_pixel_limit_and_decompression_bomb(tmp_path):
+    from PIL import Image
+    p = tmp_path / "big.png"
+    Image.new("RGB", (300, 200)).save(p)
+    assert rio.load_image(p).shape == (1, 3, 200, 300)
+    with pytest.raises(ValueError, match=r"300x200 \(WxH\) = 60,000 pixels; images may have 1\.\.59,999"):
+        rio.load_image(p, max_pixels=59_999)
+    # PNGs whose headers claim 9000 x 9000 (past our limit, under Pillow's) and 50000 x 50000
+    # (past Pillow's bomb limit as well) in a few bytes: refused from the header, at once.
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"9000x9000 \(WxH\) = 81,000,000 pixels"):
+        rio.load_image(_png_header(tmp_path / "b9.png", 9000, 9000))
+    bomb = _png_header(tmp_path / "b50.png", 50_000, 50_000)
+    with pytest.raises(ValueError, match="decompression bomb"):
+        rio.load_image(bomb, max_pixels=10 ** 10)  # past our limit, Pillow's own check holds
+    with pytest.raises(ValueError, match="b50.png"):
+        rio.load_image(bomb)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def _png_header(path, w, h):
+    """A PNG of w x h (1-bit grey) with a header and an empty IDAT: what a bomb's first bytes say."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+def test_image_file_that_is_not_png_or_jpeg(tmp_path):
+    from PIL import Image
+    p = tmp_path / "gif.png"
+    Image.new("RGB", (9, 9)).save(p, format="GIF")
+    with pytest.raises(ValueError, match="not a readable PNG or JPEG"):
+        rio.load_image(p)
+    (tmp_path / "trunc.png").write_bytes((tmp_path / "gif.png").read_bytes()[:20])
+    with pytest.raises(ValueError, match="trunc.png"):
+        rio.load_image(tmp_path / "trunc.png")
+
+
+def test_save_image_shapes_and_errors(tmp_path):
+    from PIL import Image
+    torch.manual_seed(7)
+    x = torch.rand(3, 10, 14) * 2 - 1
+    (p,) = rio.save_image(x, tmp_path / "one.png")
+    back = np.asarray(Image.open(p))
+    assert back.shape == (10, 14, 3) and np.array_equal(back, rio.image_to_uint8(x)[0])
+    assert [q.name for q in rio.save_image(torch.stack([x, -x]), tmp_path / "b.jpg")] == ["b_0.jpg", "b_1.jpg"]
+    assert rio.image_to_uint8(x.numpy().astype(">f4")).shape == (1, 10, 14, 3)
+    bad = x.clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        rio.save_image(bad, tmp_path / "nan.png")
+    assert not (tmp_path / "nan.png").exists()
+    with pytest.raises(ValueError, match=r"\(B, 3, h, w\) or \(3, h, w\), got \(10, 14\)"):
+        rio.save_image(x[0], tmp_path / "2d.png")
+    with pytest.raises(TypeError, match="uint8"):
+        rio.save_image(torch.zeros(3, 4, 4, dtype=torch.uint8), tmp_path / "u8.png")
+    with pytest.raises(ValueError, match="must end in"):
+        rio.save_image(x, tmp_path / "x.bmp")
+    with pytest.raises(ValueError, match="does not exist"):
+        rio.save_image(x, tmp_path / "no" / "such" / "x.png")
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):
+        rio.save_image(x, tmp_path / "d.png")
+
+
+def test_check_writable(tmp_path):
+    assert rio.check_writable(tmp_path / "a.png", (".png",)) == tmp_path / "a.png"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="does not exist"):
+        rio.check_writable(tmp_path / "file" / "a.png")
+    with pytest.raises(TypeError, match="int"):
+        rio.check_writable(3)
+    with pytest.raises(ValueError, match="must end in"):
+        rio.save_latent(torch.zeros(4, 2, 2), tmp_path / "z.txt")
