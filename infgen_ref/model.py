@@ -118,8 +118,9 @@ def check_latent(z, cfg: InfGenConfig, dtype: torch.dtype | None = None) -> torc
     _finite(z, "latent")
     bound, big = latent_abs_max(cfg, dtype), float(z.abs().max())
     if big > bound:
+        name = str(dtype or torch.float32).removeprefix("torch.")
         raise ValueError(f"latent magnitude {big:.4g} exceeds {bound:.4g} (|z / scaling_factor| <= "
-                         f"{bound / abs(cfg.scaling_factor):.4g} in {str(dtype or torch.float32).removeprefix('torch.')}, "
+                         f"{bound / abs(cfg.scaling_factor):.4g} in {name}, "
                          f"scaling_factor {cfg.scaling_factor}): not a diffusion latent, and it would overflow")
     return z
 

@@ -5,7 +5,6 @@ An InfGen checkpoint is a directory holding `config.json` (InfGenConfig) and
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch

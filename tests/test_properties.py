@@ -21,7 +21,8 @@ USER_ERRORS = (ValueError, TypeError)
 
 # ----------------------------------------------------------------------------- config loader
 junk = st.one_of(st.none(), st.booleans(), st.text(max_size=5), st.floats(allow_nan=True, allow_infinity=True),
-                 st.integers(-10, 10), st.lists(st.integers(-2, 3), max_size=3), st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+                 st.integers(-10, 10), st.lists(st.integers(-2, 3), max_size=3),
+                 st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
 small_int = lambda lo, hi: st.one_of(st.integers(lo, hi), junk)  # noqa: E731
 FIELDS = {
     "in_channels": small_int(1, 4),

@@ -3,7 +3,6 @@
 Each bad input must raise ValueError or TypeError (or a subclass) whose message names the bad
 field or value; nothing is built or read in bulk before the check."""
 import json
-import math
 import re
 import struct
 import time
@@ -406,7 +405,8 @@ def _png_header(path, w, h):
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
+                     + chunk(b"IEND", b""))
     return path
 
 
