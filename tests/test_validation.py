@@ -457,3 +457,22 @@ def test_check_writable(tmp_path):
         rio.check_writable(3)
     with pytest.raises(ValueError, match="must end in"):
         rio.save_latent(torch.zeros(4, 2, 2), tmp_path / "z.txt")
+
+
+# ----------------------------------------------------------------------------- through the engine
+def test_engine_refuses_at_once_then_serves(tmp_path, tiny_model, zz):
+    from runtime.engine import InfGenEngine
+    d = save_checkpoint(tiny_model, tmp_path / "{ckpt")
+    engine = InfGenEngine(str(d))
+    ok = engine.decode(zz, 24, 16)
+    for bad in (zz * 1e30, torch.full((1, 4, 300, 300), 0.5)):
+        t0 = time.perf_counter()
+        with pytest.raises(ValueError, match="latent"):
+            engine.decode(bad, 24, 16)
+        assert time.perf_counter() - t0 < 1.0
+    assert torch.equal(engine.decode(zz, 24, 16), ok)
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["scaling_factor"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="scaling_factor"):
+        InfGenEngine(str(d))
