@@ -5,7 +5,6 @@ field or value; nothing is built or read in bulk before the check."""
 import json
 import re
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -91,10 +90,9 @@ def test_param_count_on_unusual_configs(kw):
 def test_huge_config_fails_before_any_module_is_built(monkeypatch):
     built = []
     monkeypatch.setattr(torch.nn.Conv2d, "__init__", lambda *a, **k: built.append(a))
-    t0 = time.perf_counter()
     with pytest.raises(ValueError, match=r"parameters.*limit") as info:
         preset("tiny", block_out_channels=[8192] * 4, norm_num_groups=32)
-    assert time.perf_counter() - t0 < 1.0 and not built
+    assert not built
     n = int(info.value.args[0].split(" parameters")[0].split()[-1].replace(",", ""))
     assert n > config_mod.MAX_PARAMS
 
@@ -347,10 +345,8 @@ def _npy_with_header(path, shape, dtype="<f4", data=b""):
 def test_npy_header_claiming_huge_array_fails_at_once(tmp_path, monkeypatch):
     p = _npy_with_header(tmp_path / "bomb.npy", (1, 4, 100_000, 100_000), data=b"\0" * 64)
     monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("np.load reached"))
-    t0 = time.perf_counter()
     with pytest.raises(ValueError, match=r"bomb\.npy.*shape \(1, 4, 100000, 100000\).*160,000,000,000 bytes"):
         rio.load_latent(p)
-    assert time.perf_counter() - t0 < 1.0
     small = _npy_with_header(tmp_path / "short.npy", (1, 4, 8, 8), data=b"\0" * 64)
     with pytest.raises(ValueError, match=r"1,024 bytes\) but the file holds 64"):
         rio.load_latent(small)
@@ -380,16 +376,16 @@ def test_torch_zip_unpacking_past_the_limit_is_refused(tmp_path):
         rio.load_latent(p, max_bytes=1000)
 
 
-def test_image_pixel_limit_and_decompression_bomb(tmp_path):
-    from PIL import Image
+def test_image_pixel_limit_and_decompression_bomb(tmp_path, monkeypatch):
+    from PIL import Image, ImageFile
     p = tmp_path / "big.png"
     Image.new("RGB", (300, 200)).save(p)
     assert rio.load_image(p).shape == (1, 3, 200, 300)
     with pytest.raises(ValueError, match=r"300x200 \(WxH\) = 60,000 pixels; images may have 1\.\.59,999"):
         rio.load_image(p, max_pixels=59_999)
     # PNGs whose headers claim 9000 x 9000 (past our limit, under Pillow's) and 50000 x 50000
-    # (past Pillow's bomb limit as well) in a few bytes: refused from the header, at once.
-    t0 = time.perf_counter()
+    # (past Pillow's bomb limit as well) in a few bytes: refused from the header, no pixel decoded.
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("pixels decoded"))
     with pytest.raises(ValueError, match=r"9000x9000 \(WxH\) = 81,000,000 pixels"):
         rio.load_image(_png_header(tmp_path / "b9.png", 9000, 9000))
     bomb = _png_header(tmp_path / "b50.png", 50_000, 50_000)
@@ -397,7 +393,6 @@ def test_image_pixel_limit_and_decompression_bomb(tmp_path):
         rio.load_image(bomb, max_pixels=10 ** 10)  # past our limit, Pillow's own check holds
     with pytest.raises(ValueError, match="b50.png"):
         rio.load_image(bomb)
-    assert time.perf_counter() - t0 < 1.0
 
 
 def _png_header(path, w, h):
@@ -460,16 +455,16 @@ def test_check_writable(tmp_path):
 
 
 # ----------------------------------------------------------------------------- through the engine
-def test_engine_refuses_at_once_then_serves(tmp_path, tiny_model, zz):
+def test_engine_refuses_before_work_then_serves(tmp_path, tiny_model, zz, monkeypatch):
     from runtime.engine import InfGenEngine
     d = save_checkpoint(tiny_model, tmp_path / "{ckpt")
     engine = InfGenEngine(str(d))
     ok = engine.decode(zz, 24, 16)
-    for bad in (zz * 1e30, torch.full((1, 4, 300, 300), 0.5)):
-        t0 = time.perf_counter()
-        with pytest.raises(ValueError, match="latent"):
-            engine.decode(bad, 24, 16)
-        assert time.perf_counter() - t0 < 1.0
+    with monkeypatch.context() as m:  # no layer runs for a refused request
+        m.setattr(torch.nn.Conv2d, "forward", lambda *a: pytest.fail("decode started"))
+        for bad in (zz * 1e30, torch.full((1, 4, 300, 300), 0.5)):
+            with pytest.raises(ValueError, match="latent"):
+                engine.decode(bad, 24, 16)
     assert torch.equal(engine.decode(zz, 24, 16), ok)
     cfg = json.loads((d / "config.json").read_text())
     del cfg["scaling_factor"]
