@@ -15,8 +15,8 @@ from runtime.engine import InfGenEngine
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings, strategies as st  # noqa: E402
 
-SETTINGS = dict(deadline=30_000,  # bounded time per draw, generous for a loaded 2-core machine
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+# deadline: bounded time per draw, generous for a loaded 2-core machine (typical draws take ms)
+SETTINGS = dict(deadline=30_000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                         HealthCheck.function_scoped_fixture])
 USER_ERRORS = (ValueError, TypeError)
 
