@@ -1,0 +1,208 @@
+"""Banded decode: every layer works on whole activations but computes in horizontal row bands,
+so its temporaries are one band, and GroupNorm uses statistics of the whole image.
+
+The decode itself is written once (infgen_ref/decode.py); this module only supplies an ops table
+(`banded_ops`) whose ops compute band by band:
+
+  group_norm   a statistics pass over bands (count, sum, sum of squares, per (batch, group), float64),
+               then returns a `Normed`: x with a per-(B, C) scale and shift (and SiLU) still to apply.
+               The normalised full copy never exists: a conv reads it band by band.
+  upsample2x   returns an `Upsampled`: nearest 2x applied to each band as a conv reads it, so the
+               4x-larger upsampled activation never exists either.
+  conv2d       for each band of output rows, reads its input rows plus a k//2-row halo (a view of a
+               tensor, or the rows of a Normed/Upsampled), convolves with zero padding (the padded
+               rows past a band's inner edges are computed and dropped: no F.pad copy), and writes
+               the band into one output tensor. Stride-1 'same' convs only; others (none in the
+               decoder after conv_in) fall back to one band.
+
+Exactness: the same arithmetic as the plain ops up to float rounding: GroupNorm is applied as
+x * scale + shift with scale = weight * rstd, shift = bias - mean * scale, the statistics taken in
+float64 over the whole image (docs/anysize.md).
+
+Where activations live: `store` is the device that holds whole activations, `compute` the one that
+runs each band (on CUDA: store may be the host, in pinned memory; bands are copied to the device and
+back). On the CPU both are the CPU.
+"""
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------- band sources
+def band_starts(H: int, rows: int) -> list[tuple[int, int]]:
+    """Row bands [(r0, r1), ...] covering 0..H, each at most `rows` rows."""
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
+        raise ValueError(f"band rows must be an int >= 1, got {rows!r}")
+    return [(r0, min(H, r0 + rows)) for r0 in range(0, H, rows)]
+
+
+def rows_of(x, a: int, b: int, device: torch.device) -> torch.Tensor:
+    """Rows a..b-1 of a tensor or a lazy source, on `device`: (B, C, b-a, W)."""
+    if isinstance(x, torch.Tensor):
+        return x[:, :, a:b].to(device, non_blocking=True)
+    return x.rows(a, b, device)
+
+
+class Normed:
+    """GroupNorm(x) (then SiLU) not yet applied: x (B, C, H, W), scale and shift (B, C) float32."""
+
+    def __init__(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, silu: bool):
+        self.x, self.scale, self.shift, self.silu = x, scale, shift, silu
+        self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
+
+    def rows(self, a: int, b: int, device: torch.device) -> torch.Tensor:
+        band = self.x[:, :, a:b].to(device, non_blocking=True)  # (B, C, b-a, W)
+        y = torch.addcmul(self.shift.to(device)[:, :, None, None], band.float(),
+                          self.scale.to(device)[:, :, None, None])  # fp32 band
+        if self.silu:
+            F.silu(y, inplace=True)
+        return y.to(self.dtype)
+
+    def materialize(self) -> torch.Tensor:
+        return self.rows(0, self.shape[2], self.device)
+
+
+class Upsampled:
+    """Nearest 2x of x (B, C, H, W) -> (B, C, 2H, 2W), made band by band when read."""
+
+    def __init__(self, x):
+        self.x = x
+        B, C, H, W = x.shape
+        self.shape, self.dtype, self.device = torch.Size((B, C, 2 * H, 2 * W)), x.dtype, x.device
+
+    def rows(self, a: int, b: int, device: torch.device) -> torch.Tensor:
+        src = rows_of(self.x, a // 2, (b + 1) // 2, device)  # (B, C, ~(b-a)/2, W)
+        up = F.interpolate(src, scale_factor=2.0, mode="nearest")
+        return up[:, :, a % 2: a % 2 + (b - a)]
+
+    def materialize(self) -> torch.Tensor:
+        return self.rows(0, self.shape[2], self.device)
+
+
+def materialize(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else x.materialize()
+
+
+# ----------------------------------------------------------------------------- group norm
+def group_stats(x, groups: int, band_rows: int, device: torch.device | None = None) -> torch.Tensor:
+    """Per-(batch, group) (count, sum, sum of squares) of x (B, C, H, W), taken band by band:
+    float64 (3, B, G). Each band's mean and centred sum of squares come from torch.var_mean in
+    float32 and are combined in float64, so no band-sized float64 copy is made."""
+    B, C, H, W = x.shape
+    if C % groups:
+        raise ValueError(f"channels {C} not divisible by groups {groups}")
+    device = device or x.device
+    out = torch.zeros(3, B, groups, dtype=torch.float64, device=device)
+    for a, b in band_starts(H, band_rows):
+        band = rows_of(x, a, b, device).reshape(B, groups, -1)  # (B, G, C/G * rows * W)
+        var, mean = torch.var_mean(band.float(), dim=2, correction=0)  # (B, G) each
+        n = band.shape[2]
+        m = mean.double()
+        out[0] += n
+        out[1] += n * m
+        out[2] += n * (var.double() + m * m)
+    return out
+
+
+def norm_affine(stats: torch.Tensor, norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count, sum, sumsq) (3, B, G) -> per-channel scale, shift (B, C) float32 such that
+    GroupNorm(x) = x * scale + shift."""
+    n, s, ss = stats
+    mean = s / n
+    var = (ss / n - mean * mean).clamp_min(0)
+    rstd = torch.rsqrt(var + norm.eps)  # (B, G)
+    G, C = norm.num_groups, norm.num_channels
+    rstd = rstd.repeat_interleave(C // G, dim=1)  # (B, C)
+    mean = mean.repeat_interleave(C // G, dim=1)
+    w = norm.weight.double() if norm.weight is not None else torch.ones(C, dtype=torch.float64, device=n.device)
+    bias = norm.bias.double() if norm.bias is not None else torch.zeros_like(w)
+    scale = w.to(n.device) * rstd
+    shift = bias.to(n.device) - mean * scale
+    return scale.float(), shift.float()
+
+
+# ----------------------------------------------------------------------------- conv
+def conv2d_banded(conv: nn.Conv2d, x, band_rows: int, compute: torch.device,
+                  store: torch.device, out: torch.Tensor | None = None) -> torch.Tensor:
+    """conv(x) band by band. x: tensor or lazy source (B, Cin, H, W) -> (B, Cout, H, W) on `store`.
+
+    Each output band [r0, r1) reads input rows [r0 - p, r1 + p) clipped to the image (p = k//2):
+    a view, or the rows of a lazy source, and convolves them with the conv's own padding; the rows
+    computed past a band's inner edge (against zero padding) are dropped."""
+    kh, kw = conv.kernel_size
+    same = (conv.stride == (1, 1) and conv.dilation == (1, 1) and kh % 2 == 1
+            and conv.padding == (kh // 2, kw // 2) and conv.padding_mode == "zeros")
+    if not same:  # not a 'same' conv (none in the decoder after conv_in): one band
+        return conv(materialize(x).to(compute)).to(store)
+    B, _, H, W = x.shape
+    p = kh // 2
+    if out is None:
+        out = torch.empty((B, conv.out_channels, H, W), dtype=x.dtype, device=store,
+                          pin_memory=store.type == "cpu" and compute.type == "cuda")
+    for r0, r1 in band_starts(H, band_rows):
+        a, b = max(0, r0 - p), min(H, r1 + p)
+        y = F.conv2d(rows_of(x, a, b, compute), conv.weight, conv.bias, padding=conv.padding)  # (B, Cout, b-a, W)
+        out[:, :, r0:r1].copy_(y[:, :, r0 - a: r1 - a], non_blocking=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- the ops table
+def band_rows_for(shape, dtype: torch.dtype, band_bytes: int) -> int:
+    """Rows per band so one band of a (B, C, H, W) activation is about band_bytes."""
+    B, C, _, W = shape
+    row = B * C * W * torch.empty((), dtype=dtype).element_size()
+    return max(1, int(band_bytes // row))
+
+
+class BandedOps:
+    """The op functions of the banded decode. rows: fixed band rows for every layer, or None to
+    size bands by bytes (band_bytes per band of the widest tensor an op touches)."""
+
+    def __init__(self, rows: int | None = None, band_bytes: int = 64 << 20,
+                 compute: torch.device | str = "cpu", store: torch.device | str | None = None):
+        if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
+            raise ValueError(f"band_rows must be None or an int >= 1, got {rows!r}")
+        if not isinstance(band_bytes, int) or band_bytes < 1:
+            raise ValueError(f"band_bytes must be a positive int, got {band_bytes!r}")
+        self.rows, self.band_bytes = rows, band_bytes
+        self.compute = torch.device(compute)
+        self.store = torch.device(store) if store is not None else self.compute
+
+    def _rows(self, shape, dtype, cout: int | None = None) -> int:
+        if self.rows is not None:
+            return self.rows
+        B, C, H, W = shape
+        return band_rows_for((B, max(C, cout or 0), H, W), dtype, self.band_bytes)
+
+    def conv2d(self, conv: nn.Conv2d, x) -> torch.Tensor:
+        return conv2d_banded(conv, x, self._rows(x.shape, x.dtype, conv.out_channels), self.compute, self.store)
+
+    def group_norm(self, norm: nn.GroupNorm, x: torch.Tensor, silu: bool):
+        """A Normed when silu (GroupNorm+SiLU feeds a conv everywhere in the decoder); a tensor
+        without (the mid-block attention's GroupNorm, read by linears over all tokens)."""
+        stats = group_stats(x, norm.num_groups, self._rows(x.shape, x.dtype), self.compute)
+        scale, shift = norm_affine(stats, norm)
+        y = Normed(x, scale, shift, silu)
+        return y if silu else y.materialize()
+
+    def upsample2x(self, x) -> Upsampled:
+        return Upsampled(x)
+
+    @staticmethod
+    def cross_attention(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
+
+    @staticmethod
+    def self_attention(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def banded_ops(rows: int | None = None, band_bytes: int = 64 << 20, compute="cpu", store=None):
+    """The banded decode's ops table (infgen_ref.decode.Ops) over BandedOps."""
+    from infgen_ref.decode import Ops
+    b = BandedOps(rows, band_bytes, compute, store)
+    return Ops(conv2d=b.conv2d, group_norm=b.group_norm, upsample2x=b.upsample2x,
+               cross_attention=b.cross_attention, self_attention=b.self_attention)
