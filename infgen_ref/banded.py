@@ -151,10 +151,10 @@ def conv2d_banded(conv: nn.Conv2d, x, band_rows: int, compute: torch.device,
 
 # ----------------------------------------------------------------------------- the ops table
 def band_rows_for(shape, dtype: torch.dtype, band_bytes: int) -> int:
-    """Rows per band so one band of a (B, C, H, W) activation is about band_bytes."""
-    B, C, _, W = shape
+    """Rows per band of a (B, C, H, W) activation: at most band_bytes and at most 1/16 of H."""
+    B, C, H, W = shape
     row = B * C * W * torch.empty((), dtype=dtype).element_size()
-    return max(1, int(band_bytes // row))
+    return max(1, min(int(band_bytes // row), -(-H // 16)))
 
 
 class BandedOps:
