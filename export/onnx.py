@@ -13,18 +13,21 @@ The spec, in one place (STYLE rule 9):
     opset    OPSET (22), default ONNX domain only, plus "infgen" in the TensorRT flavour
 
 Two flavours of the same function:
-- "onnxruntime": the reference modules as they are (model.decode_grid). Standard ops only:
+Both are infgen_ref.decode.decode_grid over an op table (export_ops):
+- "onnxruntime": the reference ops (TORCH_OPS). Standard ops only:
   attention is MatMul/Softmax/MatMul, GroupNorm is Reshape + InstanceNormalization + affine
   Mul/Add, nearest 2x is Resize(nearest, asymmetric, floor).
 - "tensorrt": the mid-block self-attention (one head, head dim = channels, 512 for the paper
   preset) is one node infgen::FlashAttention that TensorRT's ONNX parser hands to the plugin
   registered by export/trt.py (its kernel is the project's Triton flash kernel); nearest 2x is
-  Reshape/Expand/Reshape (TensorRT's Resize layer has no bf16). Everything else is as above.
+  infgen_ref.decode.upsample_nearest2x, Transpose/Expand/Reshape (TensorRT's Resize layer has no
+  bf16). Everything else is as above.
 See docs/export.md for why each op is expressed as it is.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import math
 import os
@@ -38,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from infgen_ref.config import PRESETS, dtype_name, parse_dtype, preset
-from infgen_ref.model import InfGen
+from infgen_ref.decode import TORCH_OPS, Ops, decode_grid, upsample_nearest2x
+from infgen_ref.model import InfGen, copy_model
 
 OPSET = 22
 FLAVOURS = ("onnxruntime", "tensorrt")
@@ -86,45 +90,33 @@ def _flash_attention_onnx(q, k, v, scale: float):
 
 
 # ----------------------------------------------------------------------------- export module
-def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:
-    """Nearest 2x as Reshape/Expand/Reshape, exactly F.interpolate(scale_factor=2, 'nearest').
-    x: (B, C, H, W) -> (B, C, 2H, 2W)."""
-    B, C, H, W = x.shape
-    return x[:, :, :, None, :, None].expand(B, C, H, 2, W, 2).reshape(B, C, 2 * H, 2 * W)
+def _flash_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The mid block's attention core as infgen::flash_attention. q, k, v (B, 1, N, C) -> (B, 1, N, C)."""
+    return flash_attention(q[:, 0], k[:, 0], v[:, 0], 1.0 / math.sqrt(q.shape[-1]))[:, None]
+
+
+def export_ops(flavour: str) -> Ops:
+    """The op table of a flavour: the reference ops, and for TensorRT the plugin attention and
+    nearest 2x as Transpose/Expand/Reshape."""
+    if flavour == "onnxruntime":
+        return TORCH_OPS
+    if flavour == "tensorrt":
+        return dataclasses.replace(TORCH_OPS, upsample2x=upsample_nearest2x, self_attention=_flash_self_attention)
+    raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
 
 
 class ExportDecode(nn.Module):
-    """(latent (B, C, h_l, w_l) float32, grid (H', W')) -> image (B, 3, 8H', 8W') float32."""
+    """(latent (B, C, h_l, w_l) float32, grid (H', W')) -> image (B, 3, 8H', 8W') float32:
+    infgen_ref.decode.decode_grid over the flavour's op table."""
 
     def __init__(self, model: InfGen, flavour: str):
         super().__init__()
-        if flavour not in FLAVOURS:
-            raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+        self.ops = export_ops(flavour)
         self.model, self.flavour = model, flavour
-
-    def mid_attention(self, x: torch.Tensor) -> torch.Tensor:
-        """The mid block's attention with its core as infgen::flash_attention. x: (B, C, H, W)."""
-        attn = self.model.decoder.mid_block.attentions[0]
-        B, C, H, W = x.shape
-        h = attn.group_norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
-        o = flash_attention(attn.to_q(h), attn.to_k(h), attn.to_v(h), 1.0 / math.sqrt(C))  # (B, HW, C)
-        return x + attn.to_out[0](o).transpose(1, 2).reshape(B, C, H, W)
 
     def forward(self, latent: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         Hp, Wp = grid.shape
-        m = self.model
-        if self.flavour == "onnxruntime":
-            return m.decode_grid(latent, Hp, Wp).float()
-        dec = m.decoder
-        z = m.post_quant_conv(latent.to(m.dtype) / m.config.scaling_factor)
-        x = dec.tokens_to_features(z, Hp, Wp)  # (B, d, H', W')
-        x = dec.mid_block.resnets[1](self.mid_attention(dec.mid_block.resnets[0](x)))
-        for blk in dec.up_blocks:
-            for r in blk.resnets:
-                x = r(x)
-            if blk.upsamplers is not None:
-                x = blk.upsamplers[0].conv(upsample_nearest2x(x))
-        return dec.conv_out(F.silu(dec.conv_norm_out(x))).float()  # (B, 3, 8H', 8W')
+        return decode_grid(self.ops, self.model, latent, Hp, Wp).float()  # (B, 3, 8H', 8W')
 
 
 def sample_inputs(cfg, batch: int = SAMPLE_BATCH, latent=SAMPLE_LATENT, grid=SAMPLE_GRID):
@@ -141,7 +133,7 @@ def export_onnx(model: InfGen, out: str | Path, dtype="fp32", flavour: str = "on
     dtype = parse_dtype(dtype)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = model.to(device="cpu", dtype=dtype).eval()
+    model = copy_model(model, "cpu", dtype)  # the caller's module is not touched
     module = ExportDecode(model, flavour).eval()
     D = torch.export.Dim.DYNAMIC
     dynamic = {name: {axis: D for axis in axes} for name, axes in DYNAMIC_DIMS.items()}

@@ -55,7 +55,7 @@ class InfGenConfig:
     mlp_ratio: float = 4.0
     inpe_fourier_dim: int = 64           # Gaussian frequencies; features are 2x this (cos, sin)
     inpe_scale: float = 1.0              # std of the Fourier matrix B
-    inpe_seed: int = 0                   # B is drawn once from this seed and stored in checkpoints
+    inpe_seed: int = 0                   # B is drawn from this seed at build time, not stored in checkpoints
     scaling_factor: float = 0.13025
     latent_size: int = 64                # the default latent grid (64 for SDXL, 32 for DiT-style)
     max_size: int = 4096                 # largest output height or width

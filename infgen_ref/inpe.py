@@ -48,7 +48,7 @@ class INPE(nn.Module):
     def __init__(self, dim: int, fourier_dim: int, scale: float, seed: int):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.B = torch.randn(3, fourier_dim, generator=g, dtype=torch.float64).float() * scale
+        self.B = torch.randn(3, fourier_dim, generator=g, dtype=torch.float64, device="cpu").float() * scale
         self.fc1 = nn.Linear(2 * fourier_dim, dim)
         self.fc2 = nn.Linear(dim, dim)
 

@@ -1,9 +1,14 @@
-"""SDXL VAE building blocks, named exactly like diffusers' so SDXL VAE state dicts load by key."""
+"""SDXL VAE building blocks, named exactly like diffusers' so SDXL VAE state dicts load by key.
+
+The forwards the encoder uses (resnet, mid-block attention) are infgen_ref.decode's functions over
+the reference ops; the decoder-only blocks have no forward (infgen_ref.decode runs them)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from . import decode as decoding
 
 
 class ResnetBlock2D(nn.Module):
@@ -18,11 +23,7 @@ class ResnetBlock2D(nn.Module):
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        if self.conv_shortcut is not None:
-            x = self.conv_shortcut(x)
-        return x + h
+        return decoding.resnet(decoding.TORCH_OPS, self, x)
 
 
 class Attention(nn.Module):
@@ -37,12 +38,7 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        h = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
-        q, k, v = self.to_q(h), self.to_k(h), self.to_v(h)  # (B, HW, C) each
-        o = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]  # (B, HW, C)
-        o = self.to_out[0](o)
-        return x + o.transpose(1, 2).reshape(B, C, H, W)
+        return decoding.mid_attention(decoding.TORCH_OPS, self, x)
 
 
 class UNetMidBlock2D(nn.Module):
@@ -66,8 +62,7 @@ class Upsample2D(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    # No forward: infgen_ref.decode.upsample.
 
 
 class Downsample2D(nn.Module):
@@ -88,12 +83,7 @@ class UpDecoderBlock2D(nn.Module):
             [ResnetBlock2D(cin if i == 0 else cout, cout, groups, eps) for i in range(num_layers)])
         self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if upsample else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for r in self.resnets:
-            x = r(x)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x)
-        return x
+    # No forward: infgen_ref.decode.up_blocks runs the decoder's blocks over an ops table.
 
 
 class DownEncoderBlock2D(nn.Module):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from . import decode as decoding
 from .config import InfGenConfig
 from .inpe import INPE
 from .layers import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D
@@ -90,7 +91,8 @@ class Encoder(nn.Module):
 
 
 class CrossAttnBlock(nn.Module):
-    """Pre-norm block: mask tokens attend to latent tokens, then an MLP. Both residual."""
+    """Pre-norm block: mask tokens attend to latent tokens, then an MLP. Both residual
+    (infgen_ref.decode.cross_block)."""
 
     def __init__(self, cfg: InfGenConfig):
         super().__init__()
@@ -110,15 +112,7 @@ class CrossAttnBlock(nn.Module):
         B, N, D = t.shape
         return t.view(B, N, self.num_heads, D // self.num_heads).transpose(1, 2)  # (B, h, N, hd)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, q: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, N, d) mask tokens; ctx: (B, T, d) latent tokens; q: precomputed to_q(norm_q(x))."""
-        B, N, D = x.shape
-        if q is None:
-            q = self.to_q(self.norm_q(x))
-        kv = self.norm_kv(ctx)
-        o = F.scaled_dot_product_attention(self.heads(q), self.heads(self.to_k(kv)), self.heads(self.to_v(kv)))
-        x = x + self.to_out(o.transpose(1, 2).reshape(B, N, D))  # (B, N, d)
-        return x + self.fc2(F.gelu(self.fc1(self.norm_mlp(x))))
+    # No forward: infgen_ref.decode.cross_block runs the block over an ops table.
 
 
 class InfGenDecoder(nn.Module):
@@ -149,36 +143,11 @@ class InfGenDecoder(nn.Module):
         return (self.mask_token + self.mask_pos(Hp, Wp))[None]
 
     def latent_tokens(self, z: torch.Tensor) -> torch.Tensor:
-        """Unscaled latent (B, C, h, w) -> latent tokens (B, h*w, d)."""
-        x = self.conv_tokens(self.conv_in(z))  # (B, d, h, w)
-        _, _, h, w = x.shape
-        return x.flatten(2).transpose(1, 2) + self.latent_pos(h, w)  # (B, hw, d)
+        """Unscaled latent after post_quant_conv (B, C, h, w) -> latent tokens (B, h*w, d)."""
+        return decoding.latent_tokens(decoding.TORCH_OPS, self, z)
 
-    def tokens_to_features(self, z: torch.Tensor, Hp: int, Wp: int,
-                           mask: torch.Tensor | None = None, q0: torch.Tensor | None = None) -> torch.Tensor:
-        """Token generation + cross-attention blocks + reshape: (B, C, h, w) -> (B, d, H', W').
-
-        mask and q0 may be precomputed (they depend only on (H', W')): mask_tokens(Hp, Wp) and
-        blocks[0].to_q(blocks[0].norm_q(mask))."""
-        ctx = self.latent_tokens(z)  # (B, T, d)
-        B = ctx.shape[0]
-        if mask is None:
-            mask = self.mask_tokens(Hp, Wp)
-        x = mask.expand(B, -1, -1)  # (B, N, d)
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, ctx, q0.expand(B, -1, -1) if (i == 0 and q0 is not None) else None)
-        x = self.norm_tokens(x)
-        return x.transpose(1, 2).reshape(B, -1, Hp, Wp)  # (B, d, H', W')
-
-    def features_to_image(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, d, H', W') -> (B, 3, 8H', 8W'): mid block, up blocks, output head."""
-        x = self.mid_block(x)
-        for b in self.up_blocks:
-            x = b(x)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
-
-    def forward(self, z: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
-        return self.features_to_image(self.tokens_to_features(z, Hp, Wp))
+    # No forward: the decode is infgen_ref.decode.decode_grid over the whole InfGen (it starts at
+    # post_quant_conv), with the reference ops as InfGen.decode_grid or a backend's ops table.
 
 
 class InfGen(nn.Module):
@@ -208,8 +177,7 @@ class InfGen(nn.Module):
 
     def decode_grid(self, z: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
         """Scaled latent (B, C, h, w) -> uncropped image (B, 3, 8H', 8W'). No input checks."""
-        z = self.post_quant_conv(z.to(self.dtype) / self.config.scaling_factor)
-        return self.decoder(z, Hp, Wp)
+        return decoding.decode_grid(decoding.TORCH_OPS, self, z, Hp, Wp)
 
     def decode(self, z: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Scaled latent (B, C, h_l, w_l) -> image (B, 3, h, w), unclamped."""
@@ -238,3 +206,21 @@ class InfGen(nn.Module):
             image = self.decode(z, max(sh, u), max(sw, u)).clamp(-1, 1)
             z = self.encode(image)
         return self.decode(z, h, w)
+
+
+def copy_model(model: InfGen, device=None, dtype: torch.dtype | None = None, channels_last: bool = False) -> InfGen:
+    """A new InfGen (eval) owning a copy of model's weights on `device` in `dtype` (floating
+    tensors only; None keeps each). Built on the meta device and filled with load_state_dict(...,
+    assign=True), so no random init runs and no second copy is made; `model` is never touched.
+    channels_last: 4-D weights (convs) in channels-last layout."""
+    if not isinstance(model, InfGen):
+        raise TypeError(f"model must be an InfGen, got {type(model).__name__}")
+    with torch.device("meta"):
+        new = InfGen(model.config)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else None,
+                          copy=True)
+        state[k] = v.contiguous(memory_format=torch.channels_last) if (channels_last and v.dim() == 4) else v
+    new.load_state_dict(state, assign=True)
+    return new.eval()

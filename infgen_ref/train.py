@@ -28,6 +28,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .config import PRESETS, InfGenConfig, preset
+from .decode import TORCH_OPS, decode_grid
 from .data import training_images
 from .model import InfGen
 from .weights import save_checkpoint
@@ -144,8 +145,7 @@ def decode_window(model: InfGen, z: torch.Tensor, win) -> torch.Tensor:
     Th, Tw, oy, ox, wh, ww = win
     dec = model.decoder
     mask = dec.mask_tokens(Th, Tw).view(1, Th, Tw, -1)[:, oy:oy + wh, ox:ox + ww].reshape(1, wh * ww, -1)
-    feats = dec.tokens_to_features(model.post_quant_conv(z), wh, ww, mask=mask)  # (B, d, wh, ww)
-    return dec.features_to_image(feats)
+    return decode_grid(TORCH_OPS, model, z * model.config.scaling_factor, wh, ww, mask=mask)  # (B, 3, 8wh, 8ww)
 
 
 def attention_logits(blk, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:

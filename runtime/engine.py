@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from infgen_ref.config import PRESETS, parse_dtype, preset
+from infgen_ref.decode import TORCH_OPS, mask_and_q0, stage_fns
 from infgen_ref.model import InfGen, check_latent, check_size, token_grid
 from infgen_ref.weights import load_checkpoint
 
@@ -76,10 +77,7 @@ class TorchBackend:
         """(mask tokens, first block's queries) for a grid, cached (they depend on size and weights only)."""
         key = (Hp, Wp)
         if key not in self.cache:
-            dec = self.model.decoder
-            mask = dec.mask_tokens(Hp, Wp)  # (1, N, d)
-            q0 = dec.blocks[0].to_q(dec.blocks[0].norm_q(mask)) if len(dec.blocks) else None
-            self.cache[key] = (mask, q0)
+            self.cache[key] = mask_and_q0(self.model, Hp, Wp)
             if len(self.cache) > self.cache_size:
                 self.cache.popitem(last=False)
         self.cache.move_to_end(key)
@@ -88,19 +86,8 @@ class TorchBackend:
     def stages(self, Hp: int, Wp: int) -> list[tuple[str, object]]:
         """The decode as a chain of (stage name, fn); each fn takes the previous stage's output.
         Composed in order on the latent z they equal run(z, Hp, Wp). Used by runtime.profile."""
-        m, dec = self.model, self.model.decoder
         mask, q0 = self.mask_and_q0(Hp, Wp)
-
-        def tokens(z):  # scaled latent (B, C, h, w) -> features (B, d, H', W')
-            zz = m.post_quant_conv(z.to(m.dtype) / m.config.scaling_factor)
-            return dec.tokens_to_features(zz, Hp, Wp, mask, q0)
-
-        def up_blocks(x):  # (B, d, H', W') -> (B, 3, 8H', 8W')
-            for b in dec.up_blocks:
-                x = b(x)
-            return dec.conv_out(torch.nn.functional.silu(dec.conv_norm_out(x)))
-
-        return [("tokens+cross_attn", tokens), ("mid_block", dec.mid_block), ("up_blocks", up_blocks)]
+        return stage_fns(TORCH_OPS, self.model, Hp, Wp, mask, q0)
 
     @torch.inference_mode()
     def run(self, z: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:

@@ -6,8 +6,8 @@ import onnx
 import pytest
 import torch
 
-from export.onnx import (DYNAMIC_DIMS, PLUGIN_DOMAIN, PLUGIN_OP, cached_export, export_onnx, model_digest,
-                         upsample_nearest2x, with_reference_attention)
+from export.onnx import (DYNAMIC_DIMS, PLUGIN_DOMAIN, PLUGIN_OP, ExportDecode, cached_export, export_onnx,
+                         model_digest, with_reference_attention)
 from export.plan import make_plan
 from runtime.engine import InfGenEngine
 from runtime.ort_backend import OrtBackend
@@ -129,10 +129,29 @@ def test_tensorrt_flavour_numerics_with_reference_attention(tiny_model, exported
     assert np.abs(ort_run(sess, z, *grid) - reference(tiny_model, z, *grid)).max() <= ATOL
 
 
-def test_upsample_nearest2x_equals_interpolate():
-    x = torch.randn(2, 3, 5, 7)
-    ref = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
-    assert torch.equal(upsample_nearest2x(x), ref)
+def test_export_leaves_the_callers_model_untouched(tmp_path):
+    """Exporting in fp16 copies the weights: the caller's module keeps dtype and values."""
+    from infgen_ref.config import preset
+    from infgen_ref.model import InfGen
+    torch.manual_seed(0)
+    m = InfGen(preset("tiny")).eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    export_onnx(m, tmp_path / "fp16.onnx", "fp16", "onnxruntime")
+    after = m.state_dict()
+    assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_export_module_is_decode_grid_over_the_flavours_ops(tiny_model):
+    """Eagerly, both flavours' wrappers compute the reference decode (the plugin op's eager body is SDPA)."""
+    torch.manual_seed(4)
+    z = torch.randn(1, 4, 3, 5)
+    with torch.no_grad():
+        ref = tiny_model.decode_grid(z, 4, 6)
+        for flavour in ("onnxruntime", "tensorrt"):
+            out = ExportDecode(tiny_model, flavour)(z, torch.zeros(4, 6))
+            assert (out - ref).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="'onnx'"):
+        ExportDecode(tiny_model, "onnx")
 
 
 def test_export_cache_reuses_and_keys(tiny_model, exported):

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from infgen_ref.decode import TORCH_OPS, tokens
 from infgen_ref.data import HELD_OUT, TRAIN_PHOTOS, generated_image, photo_paths
 from infgen_ref.train import CropSampler, Trainer, decode_window, parse_args, positional_warm_start
 from infgen_ref.weights import load_checkpoint
@@ -58,10 +59,10 @@ def test_decode_window_matches_full_grid_tokens(tiny_model):
     z = torch.randn(1, 4, 3, 4)
     dec = tiny_model.decoder
     with torch.no_grad():
-        zz = tiny_model.post_quant_conv(z)
-        full = dec.tokens_to_features(zz, 6, 7)  # (1, d, 6, 7)
+        zs = z * tiny_model.config.scaling_factor
+        full = tokens(TORCH_OPS, tiny_model, zs, 6, 7)  # (1, d, 6, 7)
         mask = dec.mask_tokens(6, 7).view(1, 6, 7, -1)[:, 1:4, 2:6].reshape(1, 12, -1)
-        win = dec.tokens_to_features(zz, 3, 4, mask=mask)
+        win = tokens(TORCH_OPS, tiny_model, zs, 3, 4, mask=mask)
         assert torch.allclose(win, full[:, :, 1:4, 2:6], atol=1e-5)
         assert decode_window(tiny_model, z, (6, 7, 1, 2, 3, 4)).shape == (1, 3, 24, 32)
 
