@@ -206,3 +206,26 @@ def banded_ops(rows: int | None = None, band_bytes: int = 64 << 20, compute="cpu
     b = BandedOps(rows, band_bytes, compute, store)
     return Ops(conv2d=b.conv2d, group_norm=b.group_norm, upsample2x=b.upsample2x,
                cross_attention=b.cross_attention, self_attention=b.self_attention)
+
+
+# ----------------------------------------------------------------------------- the seam baseline
+def tiled_norm_ops(tiles: int):
+    """The ops of the plain decode except that GroupNorm takes its statistics per tile (a tiles x
+    tiles grid over every activation), as a tiled decode (diffusers' tiled VAE) does: the baseline
+    whose tone shifts banded decode avoids. Everything else (convs, attention) sees the whole image."""
+    from infgen_ref.decode import TORCH_OPS, Ops
+    if not isinstance(tiles, int) or isinstance(tiles, bool) or tiles < 1:
+        raise ValueError(f"tiles must be an int >= 1, got {tiles!r}")
+
+    def group_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool) -> torch.Tensor:
+        _, _, H, W = x.shape
+        ys, xs = ([round(i * n / tiles) for i in range(tiles + 1)] for n in (H, W))
+        out = torch.empty_like(x)
+        for a, b in zip(ys, ys[1:]):
+            for c, d in zip(xs, xs[1:]):
+                if b > a and d > c:
+                    out[:, :, a:b, c:d] = norm(x[:, :, a:b, c:d])  # the tile's own statistics
+        return F.silu(out) if silu else out
+
+    return Ops(conv2d=TORCH_OPS.conv2d, group_norm=group_norm, upsample2x=TORCH_OPS.upsample2x,
+               cross_attention=TORCH_OPS.cross_attention, self_attention=TORCH_OPS.self_attention)

@@ -7,7 +7,8 @@ splits are fine) and keeps it through the whole decode: every activation is (B, 
 at scale s. The decode is the one in infgen_ref/decode.py, run with this module's ops table:
 
   tokens          each rank computes the mask tokens of its rows (cross-attention split by query
-                  rows; K/V from the latent, which every rank holds)
+                  rows; K/V from the latent, which every rank holds, so this stage's convs are the
+                  plain ones on the whole latent: the stage runs with TORCH_OPS)
   conv2d          3x3 convs exchange one halo row with each neighbour (isend/irecv), convolve the
                   shard with zero padding, then recompute the one or two edge rows that the padding
                   got wrong from a 3-row piece; 1x1 convs are local
@@ -163,7 +164,10 @@ def decode_distributed(model, z: torch.Tensor, h: int, w: int) -> torch.Tensor |
     mask = dec.mask_tokens(Hp, Wp)[:, r0 * Wp: r1 * Wp]  # (1, rows*W', d): this rank's query rows
     q0 = dec.blocks[0].to_q(dec.blocks[0].norm_q(mask)) if len(dec.blocks) else None
     ops = sharded_ops()
-    img = D.decode_grid(ops, model, z.to(model.dtype), Hp, Wp, mask, q0)  # (B, 3, 8 rows, 8W')
+    # tokens: the latent's convs run on the whole (replicated) latent, so this stage takes the plain
+    # ops; its cross-attention is split by query rows through the mask slice.
+    x = D.tokens(D.TORCH_OPS, model, z.to(model.dtype), Hp, Wp, mask, q0)  # (B, d, rows, W')
+    img = D.up_blocks(ops, model, D.mid_block(ops, model, x))  # (B, 3, 8 rows, 8W')
     full = all_gather_rows(img.contiguous(), 2) if world > 1 else img
     return full[:, :, :h, :w] if rank == 0 else None
 

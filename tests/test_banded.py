@@ -1,4 +1,5 @@
 """Banded decode: the band primitives against torch, and the banded decode against the plain one."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -65,3 +66,66 @@ def test_banded_ops_reject_bad_band_rows():
     for bad in (0, -3, 1.5, "4", True):
         with pytest.raises(ValueError, match="band_rows"):
             BandedOps(bad)
+
+
+# ----------------------------------------------------------------------------- the whole decode
+from infgen_ref import decode as D  # noqa: E402
+from infgen_ref.banded import banded_ops, tiled_norm_ops  # noqa: E402
+from infgen_ref.model import token_grid  # noqa: E402
+
+
+def _decode(model, ops, z, h, w):
+    Hp, Wp = token_grid(h, w, model.config)
+    with torch.inference_mode():
+        return D.decode_grid(ops, model, z.to(model.dtype), Hp, Wp)[:, :, :h, :w]
+
+
+@pytest.mark.parametrize("h,w,rows", [(64, 64, 1), (72, 40, 3), (33, 57, 2), (17, 120, 5), (96, 24, None)])
+def test_banded_decode_equals_plain_fp32(tiny_model, h, w, rows):
+    torch.manual_seed(h + w)
+    z = torch.randn(2, 4, 6, 7)
+    ref = _decode(tiny_model, D.TORCH_OPS, z, h, w)
+    got = _decode(tiny_model, banded_ops(rows), z, h, w)
+    assert got.shape == ref.shape == (2, 3, h, w)
+    assert (got - ref).abs().max().item() <= 1e-5
+
+
+def test_banded_decode_bf16_within_bf16_tolerance(tiny_model):
+    """rule 6: err(banded bf16) <= 2 err(plain bf16) + atol, both against fp32, relative norms."""
+    import copy
+    torch.manual_seed(1)
+    z = torch.randn(1, 4, 8, 8)
+    ref = _decode(tiny_model, D.TORCH_OPS, z, 56, 48).double()
+    m16 = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    rel = lambda a: float((a.double() - ref).norm() / ref.norm())  # noqa: E731
+    err_plain = rel(_decode(m16, D.TORCH_OPS, z, 56, 48))
+    err_banded = rel(_decode(m16, banded_ops(2), z, 56, 48))
+    assert err_banded <= 2 * err_plain + 1e-2, (err_banded, err_plain)
+
+
+def tone_shift(img: torch.Tensor, ref: torch.Tensor, tiles: int) -> float:
+    """Largest |mean difference| over a tiles x tiles grid of the image: a tone shift, not noise."""
+    _, _, H, W = img.shape
+    d = (img - ref).double()
+    ys, xs = ([round(i * n / tiles) for i in range(tiles + 1)] for n in (H, W))
+    return max(abs(d[:, :, a:b, c:e].mean().item()) for a, b in zip(ys, ys[1:]) for c, e in zip(xs, xs[1:]))
+
+
+def test_per_tile_group_norm_shifts_tone_and_banded_does_not():
+    """Demo checkpoint, the bundled photo's latent, 4 x 4 tiles: per-tile GroupNorm statistics
+    (a tiled decode) shift the tiles' mean tone; whole-image statistics in bands do not."""
+    from PIL import Image
+    from runtime.demo_photo import DEMO_PHOTO
+    from runtime.engine import resolve_model
+    model = resolve_model(str(DEMO_PHOTO.parent))
+    im = torch.tensor(np.asarray(Image.open(DEMO_PHOTO).convert("RGB").resize((96, 96))))
+    x = im.permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.inference_mode():
+        z = model.encode(x)
+    ref = _decode(model, D.TORCH_OPS, z, 192, 192)
+    tiled = _decode(model, tiled_norm_ops(4), z, 192, 192)
+    banded = _decode(model, banded_ops(7), z, 192, 192)
+    assert tone_shift(banded, ref, 4) < 1e-5
+    shift = tone_shift(tiled, ref, 4)
+    print(f"per-tile GroupNorm tone shift {shift:.4f}")
+    assert shift > 0.02  # 1% of the [-1, 1] range at least
