@@ -19,9 +19,9 @@ Exactness: the same arithmetic as the plain ops up to float rounding: GroupNorm 
 x * scale + shift with scale = weight * rstd, shift = bias - mean * scale, the statistics taken in
 float64 over the whole image (docs/anysize.md).
 
-Where activations live: `store` is the device that holds whole activations, `compute` the one that
-runs each band (on CUDA: store may be the host, in pinned memory; bands are copied to the device and
-back). On the CPU both are the CPU.
+Where activations live: on `compute`, the device that runs the bands, except (CUDA) activations
+larger than `host_over` bytes, which live in pinned host memory: each band is copied to the device
+for its op and its result copied back (infgen_ref/memory.py picks host_over to fit a budget).
 """
 from __future__ import annotations
 
@@ -159,17 +159,20 @@ def band_rows_for(shape, dtype: torch.dtype, band_bytes: int) -> int:
 
 class BandedOps:
     """The op functions of the banded decode. rows: fixed band rows for every layer, or None to
-    size bands by bytes (band_bytes per band of the widest tensor an op touches)."""
+    size bands by bytes (band_bytes per band of the widest tensor an op touches, at most 1/16 of
+    its rows). compute: the device that runs the bands. host_over (CUDA): conv outputs larger than
+    this many bytes are allocated in pinned host memory and read back band by band."""
 
     def __init__(self, rows: int | None = None, band_bytes: int = 64 << 20,
-                 compute: torch.device | str = "cpu", store: torch.device | str | None = None):
+                 compute: torch.device | str = "cpu", host_over: int | None = None):
         if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
             raise ValueError(f"band_rows must be None or an int >= 1, got {rows!r}")
         if not isinstance(band_bytes, int) or band_bytes < 1:
             raise ValueError(f"band_bytes must be a positive int, got {band_bytes!r}")
         self.rows, self.band_bytes = rows, band_bytes
-        self.compute = torch.device(compute)
-        self.store = torch.device(store) if store is not None else self.compute
+        if host_over is not None and (not isinstance(host_over, int) or host_over < 0):
+            raise ValueError(f"host_over must be None or bytes >= 0, got {host_over!r}")
+        self.compute, self.host_over = torch.device(compute), host_over
 
     def _rows(self, shape, dtype, cout: int | None = None) -> int:
         if self.rows is not None:
@@ -177,8 +180,17 @@ class BandedOps:
         B, C, H, W = shape
         return band_rows_for((B, max(C, cout or 0), H, W), dtype, self.band_bytes)
 
+    def store_for(self, nbytes: int) -> torch.device:
+        """Where an activation of nbytes lives: the compute device, or the host past host_over."""
+        if self.host_over is not None and nbytes > self.host_over:
+            return torch.device("cpu")
+        return self.compute
+
     def conv2d(self, conv: nn.Conv2d, x) -> torch.Tensor:
-        return conv2d_banded(conv, x, self._rows(x.shape, x.dtype, conv.out_channels), self.compute, self.store)
+        B, _, H, W = x.shape
+        nbytes = B * conv.out_channels * H * W * torch.empty((), dtype=x.dtype).element_size()
+        return conv2d_banded(conv, x, self._rows(x.shape, x.dtype, conv.out_channels), self.compute,
+                             self.store_for(nbytes))
 
     def group_norm(self, norm: nn.GroupNorm, x: torch.Tensor, silu: bool):
         """A Normed when silu (GroupNorm+SiLU feeds a conv everywhere in the decoder); a tensor
@@ -200,10 +212,10 @@ class BandedOps:
         return F.scaled_dot_product_attention(q, k, v)
 
 
-def banded_ops(rows: int | None = None, band_bytes: int = 64 << 20, compute="cpu", store=None):
+def banded_ops(rows: int | None = None, band_bytes: int = 64 << 20, compute="cpu", host_over: int | None = None):
     """The banded decode's ops table (infgen_ref.decode.Ops) over BandedOps."""
     from infgen_ref.decode import Ops
-    b = BandedOps(rows, band_bytes, compute, store)
+    b = BandedOps(rows, band_bytes, compute, host_over)
     return Ops(conv2d=b.conv2d, group_norm=b.group_norm, upsample2x=b.upsample2x,
                cross_attention=b.cross_attention, self_attention=b.self_attention)
 

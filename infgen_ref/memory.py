@@ -53,23 +53,29 @@ def parse_bytes(text) -> int:
 
 
 class _Tally:
-    """Live bytes and their high-water mark."""
+    """Live bytes and their high-water mark, on the device and in host memory. An activation larger
+    than host_over bytes is placed in host memory (banded decode, activations streamed by band)."""
 
-    def __init__(self):
-        self.cur = self.peak = 0
+    def __init__(self, host_over: int | None = None):
+        self.cur = {"dev": 0, "host": 0}
+        self.peak = {"dev": 0, "host": 0}
         self.where = ""
+        self.host_over = host_over
 
-    def alloc(self, n: float, where: str = "") -> None:
-        self.cur += n
-        if self.cur > self.peak:
-            self.peak, self.where = self.cur, where
+    def alloc(self, n: float, where: str = "", act: bool = False) -> tuple[float, str]:
+        loc = "host" if act and self.host_over is not None and n > self.host_over else "dev"
+        self.cur[loc] += n
+        if self.cur[loc] > self.peak[loc]:
+            self.peak[loc] = self.cur[loc]
+            if loc == "dev":
+                self.where = where
+        return n, loc
 
-    def free(self, n: float) -> None:
-        self.cur -= n
+    def free(self, token: tuple[float, str]) -> None:
+        self.cur[token[1]] -= token[0]
 
     def transient(self, n: float, where: str = "") -> None:
-        self.alloc(n, where)
-        self.free(n)
+        self.free(self.alloc(n, where))
 
 
 def auto_band_rows(B: int, C: int, H: int, W: int, e: int) -> int:
@@ -83,10 +89,11 @@ def _band_rows(B: int, C: int, H: int, W: int, e: int, band_rows: int | None) ->
 
 def predict_peak(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch.dtype = torch.float32,
                  backend: str = "torch", mode: str = "plain", band_rows: int | None = None,
-                 latent_hw: tuple[int, int] | None = None, detail: bool = False):
-    """Predicted peak activation bytes of one decode to (h, w). backend: 'torch' | 'triton';
-    mode: 'plain' | 'banded'; band_rows: banded decode's rows per band (None: BAND_BYTES bands).
-    detail=True returns (bytes, where the peak is)."""
+                 latent_hw: tuple[int, int] | None = None, host_over: int | None = None, detail: bool = False):
+    """Predicted peak device bytes of one decode's activations to (h, w). backend: 'torch' |
+    'triton'; mode: 'plain' | 'banded'; band_rows: banded decode's rows per band (None: auto);
+    host_over (banded): activations larger than this many bytes live in host memory.
+    detail=True returns (device bytes, the layer where the device peak is, host bytes)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} for the memory model, got {backend!r}")
     if mode not in MODES:
@@ -98,7 +105,7 @@ def predict_peak(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch
     Hp, Wp = math.ceil(h / cfg.upscale), math.ceil(w / cfg.upscale)
     hl, wl = latent_hw or (cfg.latent_size, cfg.latent_size)
     d, N, T = cfg.token_dim, Hp * Wp, hl * wl
-    t = _Tally()
+    t = _Tally(host_over if mode == "banded" else None)
     size = lambda C, H, W: B * C * H * W * e  # noqa: E731
     banded = mode == "banded"
 
@@ -106,28 +113,26 @@ def predict_peak(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch
         r = min(H, _band_rows(B, max(C_in, C_out), H, W, e, band_rows)) + 2 * halo
         return B * r * W * (C_in * (4 + (e if e != 4 else 0)) + C_out * e)
 
-    def gn(C, H, W, where):  # GroupNorm+SiLU: returns the bytes its output holds
+    def gn(C, H, W, where):  # GroupNorm+SiLU -> the token of its output
         X = size(C, H, W)
         if banded:
             t.transient(B * min(H, _band_rows(B, C, H, W, e, band_rows)) * W * C * 4, where)
-            return 0
+            return t.alloc(0)
         if backend == "torch":
-            t.alloc(X, where)      # norm output
-            t.alloc(X, where)      # SiLU output
-            t.free(X)              # norm output freed when SiLU returns
-        else:
-            t.alloc(X, where)      # fused GroupNorm+SiLU
-        return X
+            y = t.alloc(X, where)      # norm output
+            s = t.alloc(X, where)      # SiLU output
+            t.free(y)                  # norm output freed when SiLU returns
+            return s
+        return t.alloc(X, where)       # fused GroupNorm+SiLU
 
     def conv(Cin, Cout, H, W, k, where):  # allocates the output; band temporaries transient
-        Y = size(Cout, H, W)
-        t.alloc(Y, where)
+        y = t.alloc(size(Cout, H, W), where, act=True)
         if banded:
             t.transient(band(Cin, Cout, H, W, k // 2), where)
         elif backend == "triton" and max(B * Cin * H * W, B * Cout * H * W) > MAX_CONV_ELEMS:
             rows = max(1, MAX_CONV_ELEMS // (B * max(Cin, Cout) * W) - 2 * (k // 2))
             t.transient(B * (rows + 2 * (k // 2)) * W * (Cin + Cout) * e, where)
-        return Y
+        return y
 
     def resnet(Cin, Cout, H, W, where):  # x (Cin) is held by the caller
         s = gn(Cin, H, W, where + ".norm1")
@@ -138,17 +143,14 @@ def predict_peak(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch
         t.free(s)
         t.free(h1)
         if Cin != Cout:
-            sc = conv(Cin, Cout, H, W, 1, where + ".conv_shortcut")
-            t.free(sc)  # h2.add_(sc) in place
+            t.free(conv(Cin, Cout, H, W, 1, where + ".conv_shortcut"))  # h2.add_(shortcut) in place
         return h2
 
     # tokens: latent tokens (T, d) and the N x d mask-token stream through the blocks (MLP hidden 4d)
-    ctx = B * T * d * e
-    t.alloc(ctx, "tokens")
+    ctx = t.alloc(B * T * d * e, "tokens")
     t.transient(B * N * e * (4 * d + 2 * cfg.mlp_dim) + 3 * B * T * d * e, "tokens.cross_attn")
     C = d
-    x = size(C, Hp, Wp)
-    t.alloc(x, "tokens")
+    x = t.alloc(size(C, Hp, Wp), "tokens")
     t.free(ctx)
     # mid block
     ch = list(reversed(cfg.block_out_channels))
@@ -157,9 +159,9 @@ def predict_peak(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch
     x = y
     X = size(ch[0], Hp, Wp)  # attention: norm out (a copy when reshaped), q, k, v, SDPA out, to_out, x + o
     t.transient((0 if banded else X) + 6 * X, "mid_block.attentions.0")
-    t.alloc(X, "mid_block.attentions.0")
+    y = t.alloc(X, "mid_block.attentions.0")
     t.free(x)
-    x = X
+    x = y
     y = resnet(ch[0], ch[0], Hp, Wp, "mid_block.resnets.1")
     t.free(x)
     x, C, H, W = y, ch[0], Hp, Wp
@@ -170,8 +172,7 @@ def predict_peak(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch
             x, C = y, cout
         if i < len(ch) - 1:
             where = f"up_blocks.{i}.upsamplers.0"
-            up = 0 if banded else size(C, 2 * H, 2 * W)
-            t.alloc(up, where)
+            up = t.alloc(0 if banded else size(C, 2 * H, 2 * W), where)
             y = conv(C, C, 2 * H, 2 * W, 3, where + ".conv")
             t.free(up)
             t.free(x)
@@ -180,14 +181,19 @@ def predict_peak(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch
     y = conv(C, cfg.in_channels, H, W, 3, "conv_out")
     t.free(s)
     t.free(x)
-    return (int(t.peak), t.where) if detail else int(t.peak)
+    if detail:
+        return int(t.peak["dev"]), t.where, int(t.peak["host"])
+    return int(t.peak["dev"])
 
 
 def plan(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch.dtype = torch.float32,
-         backend: str = "torch", budget: int | None = None, banded="auto", band_rows: int | None = None):
-    """(mode, band rows, predicted peak bytes) for a decode. banded: 'auto' (banded when the plain
-    peak exceeds budget), True or False. band rows: None for plain; for banded, the rows of a band
-    at the full output resolution (band_rows if given, else what BAND_BYTES gives there)."""
+         backend: str = "torch", budget: int | None = None, banded="auto", band_rows: int | None = None,
+         host_streaming: bool = False):
+    """(mode, band rows, predicted peak device bytes) for a decode. banded: 'auto' (banded when the
+    plain peak exceeds budget), True or False. mode: 'plain', 'banded', or 'banded-host' (banded
+    with the activations past `host_threshold` bytes in host memory: only with host_streaming, i.e.
+    a CUDA device, and only when banded alone does not fit). band rows: None for plain; for banded,
+    the rows of a band at the full output resolution."""
     if banded not in ("auto", True, False):
         raise ValueError(f"banded must be 'auto', True or False, got {banded!r}")
     plain = predict_peak(cfg, h, w, batch, dtype, backend, "plain")
@@ -196,4 +202,26 @@ def plan(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch.dtype =
     e = torch.empty((), dtype=dtype).element_size()
     H, W = (cfg.upscale * math.ceil(s / cfg.upscale) for s in (h, w))
     rows = band_rows if band_rows is not None else auto_band_rows(batch, cfg.block_out_channels[0], H, W, e)
-    return "banded", rows, predict_peak(cfg, h, w, batch, dtype, backend, "banded", band_rows)
+    peak = predict_peak(cfg, h, w, batch, dtype, backend, "banded", band_rows)
+    if host_streaming and budget is not None and peak > budget:
+        over = host_threshold(cfg, h, w, batch, dtype, backend, budget, band_rows)
+        return "banded-host", rows, predict_peak(cfg, h, w, batch, dtype, backend, "banded", band_rows, host_over=over)
+    return "banded", rows, peak
+
+
+def host_threshold(cfg: InfGenConfig, h: int, w: int, batch: int, dtype: torch.dtype, backend: str,
+                   budget: int, band_rows: int | None = None) -> int:
+    """The largest activation size (bytes) that may stay on the device such that the banded
+    decode's device peak fits the budget; larger activations live in host memory. Activations of
+    the token grid (the mid block's) always stay on the device."""
+    e = torch.empty((), dtype=dtype).element_size()
+    Hp, Wp = math.ceil(h / cfg.upscale), math.ceil(w / cfg.upscale)
+    floor = batch * max(cfg.block_out_channels) * Hp * Wp * e
+    sizes = sorted({batch * c * (Hp << k) * (Wp << k) * e for c in cfg.block_out_channels
+                    for k in range(len(cfg.block_out_channels))} | {floor}, reverse=True)
+    for over in sizes:
+        if over < floor:
+            break
+        if predict_peak(cfg, h, w, batch, dtype, backend, "banded", band_rows, host_over=over) <= budget:
+            return over
+    return floor

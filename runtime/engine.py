@@ -130,9 +130,11 @@ class InfGenEngine:
 
     model: preset name (random weights), checkpoint directory, or an InfGen module.
     backend: "torch" | "triton" | "onnxruntime" | "tensorrt" | "auto" (reported in .backend_name).
-    dtype: "fp32" | "fp16" | "bf16"; default fp32 on the CPU, bf16 on CUDA."""
+    dtype: "fp32" | "fp16" | "bf16"; default fp32 on the CPU, bf16 on CUDA.
+    max_memory, banded, band_rows: the any-size path (runtime/anysize.py, docs/anysize.md)."""
 
-    def __init__(self, model="tiny", backend: str = "torch", device="cpu", dtype=None, **backend_options):
+    def __init__(self, model="tiny", backend: str = "torch", device="cpu", dtype=None, max_memory=None,
+                 banded="auto", band_rows=None, **backend_options):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.device = resolve_device(device)
@@ -142,6 +144,8 @@ class InfGenEngine:
         self.random_weights = isinstance(model, str) and model in PRESETS
         self.backend_name = pick_auto(self.device) if backend == "auto" else backend
         self.backend = make_backend(self.backend_name, self.model, self.device, self.dtype, **backend_options)
+        from runtime.anysize import check_options
+        self.max_memory, self.banded, self.band_rows = check_options(max_memory, banded, band_rows, self.backend_name)
 
     def check(self, latent, h, w) -> tuple[torch.Tensor, int, int]:
         """Validate a request; returns the latent as float32 (B, C, h_l, w_l) on the device, and (h, w)."""
@@ -152,8 +156,15 @@ class InfGenEngine:
     def decode(self, latent, h, w) -> torch.Tensor:
         z, h, w = self.check(latent, h, w)
         Hp, Wp = token_grid(h, w, self.config)
-        img = self.backend.run(z, Hp, Wp)
+        from runtime.anysize import run_planned  # plain, or banded past the memory budget
+        img = run_planned(self, z, h, w, Hp, Wp)
         return img[:, :, :h, :w].float().clamp(-1, 1)
+
+    def plan(self, h: int, w: int, batch: int = 1) -> tuple[str, int | None, int]:
+        """(mode "plain" | "banded" | "banded-host", band rows (banded), predicted peak device bytes)."""
+        from runtime.anysize import engine_plan
+        h, w = check_size(h, w, self.config)
+        return engine_plan(self, h, w, batch)
 
     def encode(self, image) -> torch.Tensor:
         """image (B, 3, H, W) in [-1, 1] (tensor or array) -> scaled latent, float32, on the reference model."""

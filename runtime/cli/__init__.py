@@ -53,10 +53,23 @@ def _model_spec(args) -> str:
     return args.preset or default_model()
 
 
+def _memory_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("memory (docs/anysize.md)")
+    g.add_argument("--max-memory", metavar="BYTES", help="memory budget for one decode, e.g. 24GB or 512MiB "
+                   "(default: free device memory, or available RAM, minus 10%%); past it the decode runs in bands")
+    g.add_argument("--banded", choices=("auto", "on", "off"), default="auto",
+                   help="banded decode: auto (when the plain one would not fit), on, off (default: %(default)s)")
+    g.add_argument("--band-rows", type=positive_int, help="rows per band (default: sized by bytes)")
+
+
 def _engine(args):
     from runtime.demo import RANDOM_NOTICE
     from runtime.engine import InfGenEngine
-    engine = InfGenEngine(_model_spec(args), backend=args.backend, device=args.device, dtype=args.dtype)
+    memory = {}
+    if hasattr(args, "max_memory"):
+        memory = dict(max_memory=args.max_memory, band_rows=args.band_rows,
+                      banded={"auto": "auto", "on": True, "off": False}[args.banded])
+    engine = InfGenEngine(_model_spec(args), backend=args.backend, device=args.device, dtype=args.dtype, **memory)
     if engine.random_weights:
         print(f"note: {RANDOM_NOTICE}", file=sys.stderr)
     return engine
@@ -156,7 +169,32 @@ def cmd_info(args) -> int:
         for k in (*STAGES, "total"):
             print(f"  {k:12s} {f[k] / 1e12:10.4f} TFLOP  {100 * f[k] / f['total']:5.1f}%")
         print(f"  H100 floor   {1e3 * floor_seconds(f['total']):10.2f} ms (bf16 matrix rate 790 TFLOP/s)")
+    for size in args.size:
+        _print_plan(args, cfg, *size)
     return 0
+
+
+def _print_plan(args, cfg, h: int, w: int) -> None:
+    """The memory plan of a decode at (h, w): plain or banded, band rows, predicted peaks."""
+    import torch
+    from infgen_ref.config import parse_dtype
+    from infgen_ref.memory import parse_bytes, plan, predict_peak
+    from runtime.anysize import MARGIN, free_memory
+    device = torch.device(args.device)
+    dtype = parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
+    backend = "triton" if args.backend == "triton" else "torch"
+    budget = parse_bytes(args.max_memory) if args.max_memory else int(free_memory(device) * (1 - MARGIN))
+    banded = {"auto": "auto", "on": True, "off": False}[args.banded]
+    mode, rows, peak = plan(cfg, h, w, args.batch, dtype, backend, budget, banded, args.band_rows)
+    plain = predict_peak(cfg, h, w, args.batch, dtype, backend, "plain")
+    print(f"memory plan, {w}x{h} (WxH), batch {args.batch}, {backend} {str(dtype).split('.')[-1]} on {device}, "
+          f"budget {budget / 1e9:.2f} GB:")
+    print(f"  mode         {mode}" + (f", {rows} rows per band at full resolution" if rows else ""))
+    print(f"  peak         {peak / 1e9:10.2f} GB predicted (activations; plain decode: {plain / 1e9:.2f} GB)")
+    if peak > budget:
+        print(f"  note         the predicted peak exceeds the budget: use a smaller --band-rows or distribute "
+              f"rows over GPUs (torchrun -m runtime.distributed)")
+
 
 
 # ------------------------------------------------------------------------------- parser
@@ -177,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "adds _0, _1, ... (default: <latent stem>.<format>)")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="format when --out is not given")
     _model_args(p)
+    _memory_args(p)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("encode", help="image (PNG/JPEG) -> latent file, with the VAE encoder",
@@ -205,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output size(s) for the FLOP count (default: 1024x1024)")
     p.add_argument("--batch", type=positive_int, default=1)
     _model_args(p)
+    _memory_args(p)
     p.set_defaults(func=cmd_info)
     return parser
 
