@@ -5,7 +5,7 @@
 Each (mode, size, repeat) runs in its own subprocess (`child`), so the peak is that decode's
 alone: the process decodes once at a small size (one-time allocations: thread pools, oneDNN
 primitives), then reads its RSS, decodes at the size, and reports the growth of its high-water
-RSS (ru_maxrss) over that RSS: the decode's peak memory, weights and latent excluded. glibc's
+RSS (VmHWM) over that RSS: the decode's peak memory, weights and latent excluded. glibc's
 mmap threshold is fixed at 64 KiB (MALLOC_MMAP_THRESHOLD_) so freed tensors return to the system
 and RSS follows live bytes. Distributed: the sum over ranks of each rank's growth (every rank
 also holds the weights), wall time of the decode on rank 0 (between barriers).
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,22 @@ def _rss() -> int:
 
 
 def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's high-water RSS (VmHWM: per address space, unlike ru_maxrss, which a child
+    inherits from its parent across fork and exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+def _reset_maxrss() -> None:
+    """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs), where allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _model(preset_name: str, dtype):
@@ -58,6 +72,7 @@ def child(mode: str, preset_name: str, h: int, w: int, dtype: str, band_rows: in
     model = _model(preset_name, dtype)
     z = torch.randn(1, model.config.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
     _decode(model, z, 64, 64, mode, band_rows)  # one-time allocations
+    _reset_maxrss()
     base = max(_rss(), _maxrss())
     t0 = time.perf_counter()
     img = _decode(model, z, h, w, mode, band_rows)
@@ -71,6 +86,7 @@ def _dist_worker(preset_name, h, w, dtype):
     model = _model(preset_name, dtype)
     z = torch.randn(1, model.config.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
     decode_distributed(model, z, 64, 64)
+    _reset_maxrss()
     base = max(_rss(), _maxrss())
     dist.barrier()
     t0 = time.perf_counter()

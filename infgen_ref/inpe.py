@@ -52,9 +52,17 @@ class INPE(nn.Module):
         self.fc1 = nn.Linear(2 * fourier_dim, dim)
         self.fc2 = nn.Linear(dim, dim)
 
+    def fourier_matrix(self, device) -> torch.Tensor:
+        """B (3, F) float32 on `device`, copied there once (a CPU->GPU copy inside a CUDA graph
+        capture would fail; the first eager call makes the copy)."""
+        device = torch.device(device)
+        if self.B.device != device:
+            self.B = self.B.to(device)
+        return self.B
+
     def embed_points(self, uv: torch.Tensor) -> torch.Tensor:
         """uv: (N, 2) normalised coordinates -> (N, dim)."""
-        B = self.B.to(uv.device)
+        B = self.fourier_matrix(uv.device)
         feats = fourier_features(sphere(uv.float()), B)  # (N, 2F) float32
         return self.fc2(F.gelu(self.fc1(feats.to(self.fc1.weight.dtype))))  # (N, dim)
 

@@ -10,7 +10,7 @@ Per op, plain (the ops of one whole-tensor call) vs banded (infgen_ref/banded.py
 | op | torch, plain | triton, plain | banded |
 |---|---|---|---|
 | GroupNorm+SiLU | norm out + SiLU out (2x input, transient) | one fused output | nothing: read by the conv per band |
-| conv | output | output; > 2^31 elements: padded input band + output band | output + one band in and out |
+| conv | output | output; > 2^31 elements: + one band's output (the input band is a view) | output + one band in and out |
 | nearest 2x | output (4x input) | output (4x input) | nothing: read by the conv per band |
 
 `python -m runtime info --size WxH` prints the plan; docs/anysize.md has the 4096^2 accounting.
@@ -27,7 +27,7 @@ from .config import InfGenConfig
 MODES = ("plain", "banded")
 BACKENDS = ("torch", "triton")
 BAND_BYTES = 64 << 20          # banded decode: bytes of one band of the widest tensor an op touches
-MAX_CONV_ELEMS = 2**31 - 1     # triton backend, plain: convs past this are split into padded bands
+MAX_CONV_ELEMS = 2**31 - 1     # triton backend, plain: convs past this are split into bands
 
 
 def parse_bytes(text) -> int:
@@ -131,7 +131,7 @@ def predict_peak(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch
             t.transient(band(Cin, Cout, H, W, k // 2), where)
         elif backend == "triton" and max(B * Cin * H * W, B * Cout * H * W) > MAX_CONV_ELEMS:
             rows = max(1, MAX_CONV_ELEMS // (B * max(Cin, Cout) * W) - 2 * (k // 2))
-            t.transient(B * (rows + 2 * (k // 2)) * W * (Cin + Cout) * e, where)
+            t.transient(B * min(H, rows + 2 * (k // 2)) * W * Cout * e, where)  # the band's output (input: a view)
         return y
 
     def resnet(Cin, Cout, H, W, where):  # x (Cin) is held by the caller

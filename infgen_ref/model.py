@@ -223,4 +223,8 @@ def copy_model(model: InfGen, device=None, dtype: torch.dtype | None = None, cha
                           copy=True)
         state[k] = v.contiguous(memory_format=torch.channels_last) if (channels_last and v.dim() == 4) else v
     new.load_state_dict(state, assign=True)
+    if device is not None:  # INPE's Fourier matrix is not a weight: put it on the device now
+        for m in new.modules():
+            if isinstance(m, INPE):
+                m.fourier_matrix(device)
     return new.eval()

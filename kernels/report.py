@@ -242,22 +242,20 @@ def _tile(cfg) -> str:
 
 
 def attention_call(site: str, dt: torch.dtype, D: int) -> tuple:
-    """q, k, v, out as the triton backend passes them (runtime/triton_backend.py), on meta tensors.
-    cross: q a head-split view of (1, M, H*D) queries, k and v views of a (1, T, 2*H*D) K|V
-    projection; self: q, k, v views of a packed (1, M, 3D) QKV, one head; plugin: contiguous
-    (1, M, D) tensors, one head (export/trt.py's layout)."""
+    """q, k, v, out as the triton backend passes them (infgen_ref.decode over runtime/triton_backend.py's
+    ops), on meta tensors. cross: q, k, v head-split views of (1, M, H*D) / (1, T, H*D) projections;
+    self: contiguous (1, 1, M, D) projections, one head; plugin: contiguous (1, M, D) tensors, one
+    head (export/trt.py's layout)."""
     if site == "plugin":  # export/trt.py's entry: contiguous (B, N, D) q, k, v, o, one head
         q, k, v, out = (meta(1, TOKENS, D, dtype=dt)[:, None] for _ in range(4))
         return q, k, v, out
     if site == "cross":
         H = {64: 8, 16: 4}.get(D, 8)
         q = meta(1, TOKENS, H * D, dtype=dt).view(1, TOKENS, H, D).transpose(1, 2)
-        kv = meta(1, LATENT_TOKENS, 2 * H * D, dtype=dt)
-        k = kv[..., :H * D].view(1, LATENT_TOKENS, H, D).transpose(1, 2)
-        v = kv[..., H * D:].view(1, LATENT_TOKENS, H, D).transpose(1, 2)
+        k, v = (meta(1, LATENT_TOKENS, H * D, dtype=dt).view(1, LATENT_TOKENS, H, D).transpose(1, 2)
+                for _ in range(2))
     else:
-        qkv = meta(1, TOKENS, 3 * D, dtype=dt)
-        q, k, v = (qkv[None, ..., j * D:(j + 1) * D].transpose(0, 1) for j in range(3))
+        q, k, v = (meta(1, TOKENS, D, dtype=dt)[:, None] for _ in range(3))
     out = torch.empty((q.shape[0], q.shape[2], q.shape[1], D), device="meta", dtype=dt).transpose(1, 2)
     return q, k, v, out
 

@@ -18,14 +18,14 @@ MARGIN = 0.10          # of the free memory, left for weights, the allocator's s
 BANDED_BACKENDS = ("torch", "triton")
 
 
-def check_options(max_memory, banded, band_rows, backend_name: str):
+def check_options(max_memory, banded, band_rows, backend_names: list[str]):
     """Validated (max_memory bytes or None, banded, band_rows); ValueError/TypeError naming the value."""
     if banded not in ("auto", True, False):
         raise ValueError(f"banded must be 'auto', True or False, got {banded!r}")
     if band_rows is not None and (not isinstance(band_rows, int) or isinstance(band_rows, bool) or band_rows < 1):
         raise ValueError(f"band_rows must be None or an int >= 1, got {band_rows!r}")
-    if banded is True and backend_name not in BANDED_BACKENDS:
-        raise ValueError(f"banded=True needs backend 'torch' or 'triton', got {backend_name!r}")
+    if banded is True and not set(backend_names) & set(BANDED_BACKENDS):
+        raise ValueError(f"banded=True needs backend 'torch' or 'triton', got {backend_names}")
     return (None if max_memory is None else parse_bytes(max_memory)), banded, band_rows
 
 
@@ -40,9 +40,9 @@ def free_memory(device: torch.device) -> int:
     raise OSError("no MemAvailable in /proc/meminfo: pass max_memory=")
 
 
-def engine_plan(engine, h: int, w: int, batch: int = 1):
-    """(mode, band rows, predicted peak bytes) for a decode on this engine."""
-    name = engine.backend_name
+def engine_plan(engine, backend, h: int, w: int, batch: int = 1):
+    """(mode, band rows, predicted peak bytes) for a decode on one of the engine's backends."""
+    name = backend.name
     banded = engine.banded if name in BANDED_BACKENDS else False
     budget = engine.max_memory
     if budget is None and banded == "auto":
@@ -62,14 +62,14 @@ def run_banded(backend, z: torch.Tensor, Hp: int, Wp: int, band_rows: int | None
     return D.decode_grid(ops, model, z, Hp, Wp, mask, q0).to(z.device)
 
 
-def run_planned(engine, z: torch.Tensor, h: int, w: int, Hp: int, Wp: int) -> torch.Tensor:
-    """engine.decode's run: the plan's mode on the engine's backend -> (B, 3, 8H', 8W')."""
-    mode, _, _ = engine_plan(engine, h, w, z.shape[0])
+def run_planned(engine, backend, z: torch.Tensor, h: int, w: int, Hp: int, Wp: int) -> torch.Tensor:
+    """engine.decode's run on the chosen backend, in the plan's mode -> (B, 3, 8H', 8W')."""
+    mode, _, _ = engine_plan(engine, backend, h, w, z.shape[0])
     if mode == "plain":
-        return engine.backend.run(z, Hp, Wp)
+        return backend.run(z, Hp, Wp)
     over = None
     if mode == "banded-host":
         budget = engine.max_memory or int(free_memory(engine.device) * (1 - MARGIN))
         over = host_threshold(engine.config, h, w, z.shape[0], engine.dtype,
-                              "triton" if engine.backend_name == "triton" else "torch", budget, engine.band_rows)
-    return run_banded(engine.backend, z, Hp, Wp, engine.band_rows, over)
+                              "triton" if backend.name == "triton" else "torch", budget, engine.band_rows)
+    return run_banded(backend, z, Hp, Wp, engine.band_rows, over)

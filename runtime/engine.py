@@ -1,31 +1,39 @@
 """InfGenEngine: one decode API over the backends (torch, triton, onnxruntime, tensorrt).
 
-Lifecycle: resolve the model (preset, checkpoint directory or InfGen) -> pick and build the
-backend -> decode(latent, h, w), which validates, runs the backend on the (H', W') token grid
-and crops. A backend is any object with `name` and `run(z, Hp, Wp)`: z is the checked, scaled
-latent (B, C, h_l, w_l) as float32 on the engine's device; it returns the uncropped image
-(B, 3, upscale*H', upscale*W').
+Lifecycle: resolve the model (preset, checkpoint directory or InfGen) -> build the backend (or,
+for "auto", the chain of backends) -> decode(latent, h, w), which validates, runs the first backend
+that covers the request on the (H', W') token grid, and crops.
+
+A backend (runtime/<name>_backend.py) owns its copy of the weights and exposes
+  name                       "torch", "triton", "onnxruntime", "tensorrt"
+  run(z, Hp, Wp)             z: the checked, scaled latent (B, C, h_l, w_l) float32 on the engine's
+                             device -> the uncropped image (B, 3, upscale*H', upscale*W')
+  covers(batch, Hp, Wp)      whether run accepts that request (TensorRT: its plan's profiles)
+  stages(Hp, Wp)             [(stage name, fn)] composing to run (torch, triton; the profiler's)
+The torch and triton backends are infgen_ref.decode over their op tables.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+import inspect
+import logging
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from infgen_ref.config import PRESETS, parse_dtype, preset
-from infgen_ref.decode import TORCH_OPS, mask_and_q0, stage_fns
-from infgen_ref.model import InfGen, check_latent, check_size, token_grid
+from infgen_ref.model import InfGen, check_latent, check_size, copy_model, token_grid
 from infgen_ref.weights import load_checkpoint
 
 BACKENDS = ("auto", "torch", "triton", "onnxruntime", "tensorrt")
+log = logging.getLogger(__name__)
 
 
 def resolve_model(model) -> InfGen:
     """InfGen instance | preset name (random weights) | checkpoint directory -> InfGen (eval)."""
     if isinstance(model, InfGen):
-        return model.eval()
+        return model  # used as given: backends copy it, nothing changes it (not even .eval())
     if not isinstance(model, (str, Path)):
         raise TypeError(f"model must be a preset name, a checkpoint directory or an InfGen, got {type(model).__name__}")
     if isinstance(model, str) and model in PRESETS:
@@ -63,75 +71,55 @@ def as_tensor(latent) -> torch.Tensor:
     raise TypeError(f"latent must be a torch.Tensor or numpy array, got {type(latent).__name__}")
 
 
-class TorchBackend:
-    """The reference modules in the chosen dtype, with the mask tokens cached per grid size."""
-
-    name = "torch"
-
-    def __init__(self, model: InfGen, device: torch.device, dtype: torch.dtype, cache_size: int = 8):
-        self.model = model.to(device=device, dtype=dtype).eval()
-        self.cache: OrderedDict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self.cache_size = cache_size
-
-    def mask_and_q0(self, Hp: int, Wp: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mask tokens, first block's queries) for a grid, cached (they depend on size and weights only)."""
-        key = (Hp, Wp)
-        if key not in self.cache:
-            self.cache[key] = mask_and_q0(self.model, Hp, Wp)
-            if len(self.cache) > self.cache_size:
-                self.cache.popitem(last=False)
-        self.cache.move_to_end(key)
-        return self.cache[key]
-
-    def stages(self, Hp: int, Wp: int) -> list[tuple[str, object]]:
-        """The decode as a chain of (stage name, fn); each fn takes the previous stage's output.
-        Composed in order on the latent z they equal run(z, Hp, Wp). Used by runtime.profile."""
-        mask, q0 = self.mask_and_q0(Hp, Wp)
-        return stage_fns(TORCH_OPS, self.model, Hp, Wp, mask, q0)
-
-    @torch.inference_mode()
-    def run(self, z: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
-        x = z
-        for _, fn in self.stages(Hp, Wp):
-            x = fn(x)
-        return x
-
-
 def make_backend(name: str, model: InfGen, device: torch.device, dtype: torch.dtype, **options):
-    """The one dispatch from backend name to backend object; optional packages are imported here."""
+    """The one dispatch from backend name to backend object (optional packages are imported with
+    the backend's module). The backend copies the weights it needs; model is not touched."""
+    return backend_class(name)(model, device, dtype, **options)
+
+
+def backend_class(name: str):
+    """The class of a backend name (imports its module)."""
     if name == "torch":
-        return TorchBackend(model, device, dtype, **options)
+        from runtime.torch_backend import TorchBackend
+        return TorchBackend
     if name == "triton":
         from runtime.triton_backend import TritonBackend
-        return TritonBackend(model, device, dtype, **options)
+        return TritonBackend
     if name == "onnxruntime":
         from runtime.ort_backend import OrtBackend
-        return OrtBackend(model, device, dtype, **options)
+        return OrtBackend
     if name == "tensorrt":
         from runtime.trt_backend import TrtBackend
-        return TrtBackend(model, device, dtype, **options)
+        return TrtBackend
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
 
 
-def pick_auto(device: torch.device) -> str:
-    """backend="auto": the fastest backend whose requirements are present on this device."""
+def auto_chain(device: torch.device) -> list[str]:
+    """backend="auto": the backends to try, fastest first, each present on this device; torch last
+    (it covers every size the engine accepts)."""
+    names = []
     if device.type == "cuda":
         from runtime.trt_backend import tensorrt_available
         if tensorrt_available():
-            return "tensorrt"
+            names.append("tensorrt")
         from runtime.triton_backend import triton_available
         if triton_available(device):
-            return "triton"
-    return "torch"
+            names.append("triton")
+    return names + ["torch"]
 
 
 class InfGenEngine:
     """decode(latent, h, w) -> (B, 3, h, w) float32 in [-1, 1] on the engine's device.
 
-    model: preset name (random weights), checkpoint directory, or an InfGen module.
-    backend: "torch" | "triton" | "onnxruntime" | "tensorrt" | "auto" (reported in .backend_name).
+    model: preset name (random weights), checkpoint directory, or an InfGen module (never modified:
+    each backend decodes on its own copy of the weights, encode on an fp32 copy).
+    backend: "torch" | "triton" | "onnxruntime" | "tensorrt" | "auto". "auto" builds a chain
+    (tensorrt, triton where available, torch last) and each decode runs on the first backend that
+    covers the request, so "auto" accepts exactly the sizes of "torch"; .backend_name says which
+    backend ran the last decode (before any decode: the first of the chain).
     dtype: "fp32" | "fp16" | "bf16"; default fp32 on the CPU, bf16 on CUDA.
-    max_memory, banded, band_rows: the any-size path (runtime/anysize.py, docs/anysize.md)."""
+    max_memory, banded, band_rows: the any-size path (runtime/anysize.py, docs/anysize.md).
+    backend_options go to the backend's constructor (with "auto": to each backend that takes them)."""
 
     def __init__(self, model="tiny", backend: str = "torch", device="cpu", dtype=None, max_memory=None,
                  banded="auto", band_rows=None, **backend_options):
@@ -142,10 +130,53 @@ class InfGenEngine:
         self.model = resolve_model(model)
         self.config = self.model.config
         self.random_weights = isinstance(model, str) and model in PRESETS
-        self.backend_name = pick_auto(self.device) if backend == "auto" else backend
-        self.backend = make_backend(self.backend_name, self.model, self.device, self.dtype, **backend_options)
+        self.skipped: dict[str, str] = {}  # auto: backend name -> why it is not in the chain
+        if backend == "auto":
+            self.backends = self._build_chain(auto_chain(self.device), backend_options)
+        else:
+            self.backends = [make_backend(backend, self.model, self.device, self.dtype, **backend_options)]
+        self._last = self.backends[0]
+        self._encoder: InfGen | None = None
+        self._lock = threading.Lock()
         from runtime.anysize import check_options
-        self.max_memory, self.banded, self.band_rows = check_options(max_memory, banded, band_rows, self.backend_name)
+        self.max_memory, self.banded, self.band_rows = check_options(max_memory, banded, band_rows,
+                                                                     [b.name for b in self.backends])
+
+    def _build_chain(self, names: list[str], options: dict) -> list:
+        """Each named backend with the options its constructor takes; one that fails to build is
+        skipped (reason logged and kept in .skipped), except the last (torch), which must build."""
+        takes = {}
+        for name in names:
+            params = inspect.signature(backend_class(name).__init__).parameters
+            takes[name] = {k: v for k, v in options.items() if k in params}
+        unused = set(options) - {k for t in takes.values() for k in t}
+        if unused:
+            raise TypeError(f"backend option(s) {sorted(unused)} are taken by none of the backends {names}")
+        chain = []
+        for i, name in enumerate(names):
+            try:
+                chain.append(make_backend(name, self.model, self.device, self.dtype, **takes[name]))
+            except (ImportError, RuntimeError, ValueError) as exc:
+                if i == len(names) - 1:
+                    raise
+                self.skipped[name] = f"{type(exc).__name__}: {exc}"
+                log.warning("backend=auto: skipping %s: %s", name, self.skipped[name])
+        return chain
+
+    @property
+    def backend(self):
+        """The backend that ran the last decode (before any decode: the first of the chain)."""
+        return self._last
+
+    @backend.setter
+    def backend(self, backend) -> None:
+        """Replace the chain by one backend object (any object with name, run and optionally covers)."""
+        self.backends = [backend]
+        self._last = backend
+
+    @property
+    def backend_name(self) -> str:
+        return self._last.name
 
     def check(self, latent, h, w) -> tuple[torch.Tensor, int, int]:
         """Validate a request; returns the latent as float32 (B, C, h_l, w_l) on the device, and (h, w)."""
@@ -153,24 +184,51 @@ class InfGenEngine:
         z = check_latent(as_tensor(latent), self.config)
         return z.to(device=self.device, dtype=torch.float32), h, w
 
+    def backend_for(self, batch: int, Hp: int, Wp: int):
+        """The first backend of the chain that covers a (batch, H', W') request."""
+        for b in self.backends:
+            covers = getattr(b, "covers", None)
+            if covers is None or covers(batch, Hp, Wp):
+                return b
+        u = self.config.upscale
+        raise ValueError(f"no backend of {[b.name for b in self.backends]} covers batch {batch} at token grid "
+                         f"{Hp}x{Wp} (output up to {u * Hp}x{u * Wp}); use backend='auto' or 'torch'")
+
     def decode(self, latent, h, w) -> torch.Tensor:
         z, h, w = self.check(latent, h, w)
         Hp, Wp = token_grid(h, w, self.config)
+        backend = self.backend_for(z.shape[0], Hp, Wp)
         from runtime.anysize import run_planned  # plain, or banded past the memory budget
-        img = run_planned(self, z, h, w, Hp, Wp)
+        img = run_planned(self, backend, z, h, w, Hp, Wp)
+        self._last = backend
         return img[:, :, :h, :w].float().clamp(-1, 1)
 
     def plan(self, h: int, w: int, batch: int = 1) -> tuple[str, int | None, int]:
-        """(mode "plain" | "banded" | "banded-host", band rows (banded), predicted peak device bytes)."""
+        """(mode "plain" | "banded" | "banded-host", band rows (banded), predicted peak device bytes)
+        of a decode on the backend that would run it."""
         from runtime.anysize import engine_plan
         h, w = check_size(h, w, self.config)
-        return engine_plan(self, h, w, batch)
+        return engine_plan(self, self.backend_for(batch, *token_grid(h, w, self.config)), h, w, batch)
+
+    def encoder_model(self) -> InfGen:
+        """The fp32 reference weights on the engine's device that encode runs on: the resolved model
+        itself when it is already fp32 there, else a copy made on first use."""
+        with self._lock:
+            if self._encoder is None:
+                ps = list(self.model.parameters())
+                if all(p.dtype == torch.float32 and p.device == self.device for p in ps) and not self.model.training:
+                    self._encoder = self.model
+                else:
+                    self._encoder = copy_model(self.model, self.device, torch.float32).requires_grad_(False)
+            return self._encoder
 
     def encode(self, image) -> torch.Tensor:
-        """image (B, 3, H, W) in [-1, 1] (tensor or array) -> scaled latent, float32, on the reference model."""
+        """image (B, 3, H, W) in [-1, 1] (tensor or array) -> scaled latent, float32, computed in fp32
+        on the reference weights (whatever the backend's dtype)."""
         x = as_tensor(image).to(self.device)
+        model = self.encoder_model()
         with torch.inference_mode():
-            return self.model.encode(x).float()
+            return model.encode(x).float()
 
     # ---------------------------------------------------------------- output helpers
     @staticmethod

@@ -1,5 +1,6 @@
 """onnxruntime backend: the exported ONNX graph (standard ops only) on the CPU, or on CUDA where
-onnxruntime-gpu is installed. One session per (ONNX file, providers), shared by all instances."""
+onnxruntime-gpu is installed. One session per (ONNX file, providers), shared by all instances.
+The backend's weights are the ONNX file's (export/onnx.py exports a copy; the model is not touched)."""
 from __future__ import annotations
 
 import threading
@@ -73,6 +74,10 @@ class OrtBackend:
         if names != ["latent", "grid"]:
             raise ValueError(f"{self.onnx_path} has inputs {names}; expected ['latent', 'grid'] "
                              "(export it with python -m export.onnx)")
+
+    def covers(self, batch: int, Hp: int, Wp: int) -> bool:
+        """Every size the engine accepts (the graph's dims are all dynamic)."""
+        return True
 
     def run(self, z: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
         """z: (B, C, h_l, w_l) float32 -> (B, 3, 8H', 8W') float32 on the backend's device."""

@@ -323,7 +323,7 @@ def build_engine(target: Target, model: InfGen, device: torch.device):
         return target.build(m, device, target.dtype)
     engine = InfGenEngine(m, backend=target.backend, device=device, dtype=target.dtype)
     if target.compile:
-        engine.backend = CompiledDecode(engine.model)
+        engine.backend = CompiledDecode(engine.backend.model)  # the torch backend's copy, in the target dtype
     return engine
 
 

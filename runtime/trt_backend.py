@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from export.plan import Plan, bind_shapes, make_plan
+from export.plan import Plan, bind_shapes, make_plan, pick_profile
 from infgen_ref.config import dtype_name
 from infgen_ref.model import InfGen
 
@@ -57,6 +57,15 @@ class TrtBackend:
             self.context = self.engine.create_execution_context()
         self.profile = None
         self.grids: dict[tuple[int, int], torch.Tensor] = {}
+
+    def covers(self, batch: int, Hp: int, Wp: int) -> bool:
+        """Whether a profile of the plan serves this grid and batch (else the engine's chain goes on)."""
+        try:
+            i = pick_profile(self.plan, Hp, Wp)
+        except ValueError:
+            return False
+        lo, _, hi = self.plan.profiles[i].shapes["latent"]
+        return lo[0] <= batch <= hi[0]
 
     def run(self, z: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
         """z: (B, C, h_l, w_l) float32 on the device -> (B, 3, 8H', 8W') float32."""

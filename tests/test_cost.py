@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from infgen_ref.config import preset
 from infgen_ref.cost import H100_BF16_FLOPS, STAGES, decode_flops, floor_seconds
 from infgen_ref.model import InfGen, token_grid
-from runtime.engine import TorchBackend
+from runtime.torch_backend import TorchBackend
 
 # DESIGN.md, "Cost model": output side -> TFLOP (total, up-block convs, cross-attention blocks,
 # VAE-decoder part) and the H100 floor in ms (the table rounds it to two or three digits).
@@ -50,7 +50,7 @@ def test_tiny_decode_matches_flop_counter_per_stage(tiny_model, h, w, grid):
     cfg = tiny_model.config
     Hp, Wp = token_grid(h, w, cfg)
     backend = TorchBackend(tiny_model, torch.device("cpu"), torch.float32)
-    backend.cache.clear()
+    backend.tokens.clear()
     z = torch.randn(1, 4, grid, grid)
     expect = decode_flops(cfg, h, w, latent_hw=(grid, grid))
     counted = {}

@@ -1,12 +1,10 @@
 """backend="triton": whole decode vs the float64 reference (CPU: Triton interpreter, tiny preset)."""
-import copy
-
 import pytest
 import torch
-import torch.nn.functional as F
 
-from runtime.engine import InfGenEngine, TorchBackend
-from runtime.triton_backend import TritonBackend, conv2d, triton_available, unavailable_reason, upsample_nearest2x
+from runtime.engine import InfGenEngine
+from runtime.torch_backend import TorchBackend
+from runtime.triton_backend import TritonBackend, conv2d, triton_available, unavailable_reason
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CPU = torch.device("cpu")
@@ -17,10 +15,10 @@ def decoded(tiny_model):
     """One interpreter decode (slow) shared by the tests below: batch 2, latent 5x7, grid 6x5."""
     torch.manual_seed(1)
     z = torch.randn(2, 4, 5, 7, device=DEV)
-    be = TritonBackend(copy.deepcopy(tiny_model), DEV, torch.float32)
+    be = TritonBackend(tiny_model, DEV, torch.float32)
     out = be.run(z, 6, 5)
-    ref = TorchBackend(copy.deepcopy(tiny_model).double(), DEV, torch.float64).run(z.double(), 6, 5)
-    torch_fp32 = TorchBackend(copy.deepcopy(tiny_model), DEV, torch.float32).run(z, 6, 5)
+    ref = TorchBackend(tiny_model, DEV, torch.float64).run(z.double(), 6, 5)
+    torch_fp32 = TorchBackend(tiny_model, DEV, torch.float32).run(z, 6, 5)
     return be, z, out, ref, torch_fp32
 
 
@@ -48,17 +46,17 @@ def test_token_cache_is_per_grid_and_bounded(decoded):
     mask, q0 = be.mask_and_q0(6, 5)
     assert be.mask_and_q0(6, 5)[0] is mask  # cached, not recomputed
     assert mask.shape == (1, 30, be.cfg.token_dim) and q0.shape == mask.shape
-    for g in range(1, be.cache_size + 2):
+    for g in range(1, be.tokens.cache_size + 2):
         be.mask_and_q0(g, 2)
-    assert len(be.token_cache) == be.cache_size and (6, 5) not in be.token_cache
+    assert len(be.tokens) == be.tokens.cache_size and (6, 5) not in be.tokens
 
 
 def test_engine_decodes_with_triton_backend(tiny_model):
     """Through the engine (validation, crop, clamp), batch 1, output size not a multiple of 8."""
     torch.manual_seed(2)
     z = torch.randn(1, 4, 3, 4)
-    eng = InfGenEngine(copy.deepcopy(tiny_model), backend="triton", device=DEV)
-    ref = InfGenEngine(copy.deepcopy(tiny_model), backend="torch", device=DEV, dtype="fp32")
+    eng = InfGenEngine(tiny_model, backend="triton", device=DEV)
+    ref = InfGenEngine(tiny_model, backend="torch", device=DEV, dtype="fp32")
     img = eng.decode(z, 21, 30)
     assert eng.backend_name == "triton" and img.shape == (1, 3, 21, 30)
     tol = 1e-4 if eng.dtype == torch.float32 else 5e-2
@@ -75,12 +73,12 @@ def test_cpu_without_interpreter_says_why(monkeypatch, tiny_model):
 
 def test_bad_options_are_named(tiny_model):
     with pytest.raises(ValueError, match="cuda_graphs must be"):
-        TritonBackend(copy.deepcopy(tiny_model), DEV, torch.float32, cuda_graphs="yes")
+        TritonBackend(tiny_model, DEV, torch.float32, cuda_graphs="yes")
     with pytest.raises(ValueError, match="cache_size must be"):
-        TritonBackend(copy.deepcopy(tiny_model), DEV, torch.float32, cache_size=0)
+        TritonBackend(tiny_model, DEV, torch.float32, cache_size=0)
     if DEV.type == "cpu":
         with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
-            TritonBackend(copy.deepcopy(tiny_model), CPU, torch.float32, cuda_graphs=True)
+            TritonBackend(tiny_model, CPU, torch.float32, cuda_graphs=True)
 
 
 @pytest.mark.parametrize("k", [3, 1])
@@ -92,13 +90,6 @@ def test_banded_conv_equals_conv(k):
     with torch.no_grad():
         got = conv2d(x, conv, max_elems=2 * 7 * 9 * 4)  # forces bands of a few rows
         torch.testing.assert_close(got, conv(x), atol=1e-5, rtol=1e-5)
-
-
-def test_upsample_nearest2x_equals_interpolate():
-    x = torch.randn(2, 3, 5, 7).contiguous(memory_format=torch.channels_last)
-    y = upsample_nearest2x(x)
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y, F.interpolate(x, scale_factor=2.0, mode="nearest"), atol=0, rtol=0)
 
 
 # ----------------------------------------------------------------------------- CUDA
@@ -116,12 +107,12 @@ def test_cuda_paper_preset_bf16_matches_fp32_and_graph_replay():
     model = InfGen(preset("paper")).eval()
     z = torch.randn(2, 4, 64, 64, device="cuda")
     rel = lambda a, b: ((a.float() - b).norm() / b.norm()).item()  # noqa: E731
-    ref = TorchBackend(copy.deepcopy(model), DEV, torch.float32).run(z, 64, 48).float()
-    err_torch = rel(TorchBackend(copy.deepcopy(model), DEV, torch.bfloat16).run(z, 64, 48), ref)
-    be = TritonBackend(copy.deepcopy(model), DEV, torch.bfloat16, cuda_graphs=True)
+    ref = TorchBackend(model, DEV, torch.float32).run(z, 64, 48).float()
+    err_torch = rel(TorchBackend(model, DEV, torch.bfloat16).run(z, 64, 48), ref)
+    be = TritonBackend(model, DEV, torch.bfloat16, cuda_graphs=True)
     out = be.run(z, 64, 48).float()
     again = be.run(z, 64, 48).float()  # graph replay
     assert rel(out, ref) <= 2 * err_torch + 1e-3, (rel(out, ref), err_torch)
     torch.testing.assert_close(again, out, atol=0, rtol=0)
-    eager = TritonBackend(copy.deepcopy(model), DEV, torch.bfloat16, cuda_graphs=False).run(z, 64, 48)
+    eager = TritonBackend(model, DEV, torch.bfloat16, cuda_graphs=False).run(z, 64, 48)
     assert rel(eager, out) <= 2 * err_torch + 1e-3
