@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 
 import torch
@@ -177,8 +178,9 @@ def _worker(rank: int, world: int, port: int, fn, args, results) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        out = fn(*args)
-        results.put((rank, out.clone() if isinstance(out, torch.Tensor) else out))
+        # pickled by value: torch.multiprocessing would pass tensors as file descriptors, which
+        # vanish when this process exits before the parent reads them
+        results.put((rank, pickle.dumps(fn(*args))))
     finally:
         dist.destroy_process_group()
 
@@ -206,7 +208,7 @@ def launch(fn, world: int, *args, timeout: float = 120.0) -> list:
         while len(out) < world:
             try:
                 r, v = results.get(timeout=1.0)
-                out[r] = v
+                out[r] = pickle.loads(v)
             except queue.Empty:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{world} ranks did not finish in {timeout} s") from None
