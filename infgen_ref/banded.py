@@ -87,23 +87,32 @@ def materialize(x) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- group norm
+def band_stats(band: torch.Tensor, groups: int) -> torch.Tensor:
+    """(count, sum, sum of squares) per (batch, group) of one band (B, C, rows, W), float64
+    (3, B, G). Per channel: the sum, then the sum of squares about the channel's band mean (a
+    vector norm of the centred band, float32), combined in float64; no var_mean (slow on the CPU)
+    and no copy of a strided view beyond the centred band."""
+    B, C, r, W = band.shape
+    band = band.float()
+    n = r * W
+    mean = band.sum(dim=(2, 3)) / n  # (B, C)
+    m2 = torch.linalg.vector_norm(band - mean[:, :, None, None], dim=(2, 3)).double() ** 2  # (B, C)
+    mean = mean.double()
+    sums = (n * mean).view(B, groups, -1).sum(2)  # (B, G)
+    sumsq = (m2 + n * mean * mean).view(B, groups, -1).sum(2)
+    return torch.stack([torch.full_like(sums, n * (C // groups)), sums, sumsq])
+
+
 def group_stats(x, groups: int, band_rows: int, device: torch.device | None = None) -> torch.Tensor:
     """Per-(batch, group) (count, sum, sum of squares) of x (B, C, H, W), taken band by band:
-    float64 (3, B, G). Each band's mean and centred sum of squares come from torch.var_mean in
-    float32 and are combined in float64, so no band-sized float64 copy is made."""
+    float64 (3, B, G)."""
     B, C, H, W = x.shape
     if C % groups:
         raise ValueError(f"channels {C} not divisible by groups {groups}")
     device = device or x.device
     out = torch.zeros(3, B, groups, dtype=torch.float64, device=device)
     for a, b in band_starts(H, band_rows):
-        band = rows_of(x, a, b, device).reshape(B, groups, -1)  # (B, G, C/G * rows * W)
-        var, mean = torch.var_mean(band.float(), dim=2, correction=0)  # (B, G) each
-        n = band.shape[2]
-        m = mean.double()
-        out[0] += n
-        out[1] += n * m
-        out[2] += n * (var.double() + m * m)
+        out += band_stats(rows_of(x, a, b, device), groups)
     return out
 
 

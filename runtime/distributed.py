@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from infgen_ref.banded import norm_affine
+from infgen_ref.banded import band_stats, norm_affine
 
 
 def split_rows(n: int, world: int) -> list[tuple[int, int]]:
@@ -118,12 +118,7 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 def group_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool) -> torch.Tensor:
     """GroupNorm (+ SiLU) of a row shard with the whole image's statistics (all-reduced)."""
-    B, C, h, W = x.shape
-    G = norm.num_groups
-    var, mean = torch.var_mean(x.reshape(B, G, -1).float(), dim=2, correction=0)  # (B, G)
-    n = x[0, 0].numel() * (C // G)
-    m = mean.double()
-    stats = torch.stack([torch.full_like(m, n), n * m, n * (var.double() + m * m)])  # (3, B, G)
+    stats = band_stats(x, norm.num_groups)  # (3, B, G) float64: this shard's count, sum, sum of squares
     dist.all_reduce(stats)
     scale, shift = norm_affine(stats, norm)
     y = torch.addcmul(shift[:, :, None, None], x.float(), scale[:, :, None, None])
