@@ -3,10 +3,13 @@
 InfGenEngine(..., max_memory=None | bytes | "24GB", banded="auto" | True | False, band_rows=None)
 asks `engine_plan` before each decode: banded when the memory model (infgen_ref/memory.py) predicts
 that the plain decode's peak exceeds the budget, or when forced. The banded run is
-infgen_ref.decode over infgen_ref.banded's ops, on the backend's own weights (torch and triton
-backends; onnxruntime and TensorRT run whole graphs and have no banded path).
+infgen_ref.decode over infgen_ref.banded's ops, on the backend's own weights and with the
+backend's attention ops (torch and triton backends; onnxruntime and TensorRT run whole graphs and
+have no banded path).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -59,6 +62,9 @@ def run_banded(backend, z: torch.Tensor, Hp: int, Wp: int, band_rows: int | None
     model = backend.model
     mask, q0 = backend.mask_and_q0(Hp, Wp) if hasattr(backend, "mask_and_q0") else D.mask_and_q0(model, Hp, Wp)
     ops = banded_ops(band_rows, compute=z.device, host_over=host_over)
+    own = getattr(backend, "ops", None)
+    if own is not None:  # the backend's attention (e.g. the triton flash kernels); convs and norms banded
+        ops = dataclasses.replace(ops, cross_attention=own.cross_attention, self_attention=own.self_attention)
     return D.decode_grid(ops, model, z, Hp, Wp, mask, q0).to(z.device)
 
 

@@ -129,3 +129,47 @@ def test_per_tile_group_norm_shifts_tone_and_banded_does_not():
     shift = tone_shift(tiled, ref, 4)
     print(f"per-tile GroupNorm tone shift {shift:.4f}")
     assert shift > 0.02  # 1% of the [-1, 1] range at least
+
+
+# ----------------------------------------------------------------------------- CUDA (gpu-marked)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_banded_host_resident_equals_plain(tiny_model):
+    """Every conv output in pinned host memory (host_over=0), bands streamed to the GPU."""
+    import copy
+    m = copy.deepcopy(tiny_model).cuda()
+    z = torch.randn(2, 4, 6, 7, device="cuda")
+    prev = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # fp32 convs in both paths, not TF32
+    try:
+        ref = _decode(m, D.TORCH_OPS, z, 72, 40)
+        got = _decode(m, banded_ops(3, compute="cuda", host_over=0), z, 72, 40)
+    finally:
+        torch.backends.cudnn.allow_tf32 = prev
+    assert got.device.type in ("cuda", "cpu") and got.shape == ref.shape
+    assert (got.to(ref.device) - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_4k_banded_peak_under_24gb_as_predicted():
+    """Paper preset, bf16, 4096^2 through the engine with a 24 GB budget: the plan is banded, and
+    the measured peak (max_memory_allocated growth) is under 24 GB and within 20% of predicted."""
+    from runtime.engine import InfGenEngine
+    eng = InfGenEngine("paper", device="cuda", dtype="bf16", max_memory="24GB")
+    mode, rows, predicted = eng.plan(4096, 4096)
+    assert mode == "banded", (mode, rows, predicted)
+    z = torch.randn(1, 4, 64, 64, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    img = eng.decode(z, 4096, 4096)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    assert img.shape == (1, 3, 4096, 4096) and bool(torch.isfinite(img).all())
+    print(f"4096^2 banded: measured peak {peak / 1e9:.2f} GB, predicted {predicted / 1e9:.2f} GB")
+    assert peak < 24e9
+    assert abs(peak - predicted) <= 0.2 * peak
