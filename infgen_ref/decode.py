@@ -83,7 +83,7 @@ def mask_and_q0(model, Hp: int, Wp: int, mask: Tensor | None = None) -> tuple[Te
 
 # ----------------------------------------------------------------------------- building blocks
 def resnet(ops: Ops, block, x: Tensor) -> Tensor:
-    """ResnetBlock2D: (GroupNorm+SiLU, conv3x3) twice, plus the (1x1 conv) shortcut. (B, Cin, H, W) -> (B, Cout, H, W)."""
+    """ResnetBlock2D: (GroupNorm+SiLU, conv3x3) twice plus the (1x1 conv) shortcut. (B, Cin, H, W) -> (B, Cout, H, W)."""
     h = ops.conv2d(block.conv1, ops.group_norm(block.norm1, x, True))
     h = ops.conv2d(block.conv2, ops.group_norm(block.norm2, h, True))
     if block.conv_shortcut is not None:

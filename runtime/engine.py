@@ -27,11 +27,14 @@ from infgen_ref.model import InfGen, check_latent, check_size, copy_model, token
 from infgen_ref.weights import load_checkpoint
 
 BACKENDS = ("auto", "torch", "triton", "onnxruntime", "tensorrt")
+# Backends whose covers() is true for every request the engine accepts: an "auto" chain ends at
+# the first of them that builds (tensorrt covers its plan's profiles only).
+COVERS_ALL = ("torch", "triton", "onnxruntime")
 log = logging.getLogger(__name__)
 
 
 def resolve_model(model) -> InfGen:
-    """InfGen instance | preset name (random weights) | checkpoint directory -> InfGen (eval)."""
+    """InfGen instance (returned as is) | preset name (random weights) | checkpoint directory -> InfGen."""
     if isinstance(model, InfGen):
         return model  # used as given: backends copy it, nothing changes it (not even .eval())
     if not isinstance(model, (str, Path)):
@@ -96,7 +99,7 @@ def backend_class(name: str):
 
 def auto_chain(device: torch.device) -> list[str]:
     """backend="auto": the backends to try, fastest first, each present on this device; torch last
-    (it covers every size the engine accepts)."""
+    (it covers every size the engine accepts; built only if no earlier backend in COVERS_ALL builds)."""
     names = []
     if device.type == "cuda":
         from runtime.trt_backend import tensorrt_available
@@ -143,8 +146,9 @@ class InfGenEngine:
                                                                      [b.name for b in self.backends])
 
     def _build_chain(self, names: list[str], options: dict) -> list:
-        """Each named backend with the options its constructor takes; one that fails to build is
-        skipped (reason logged and kept in .skipped), except the last (torch), which must build."""
+        """Each named backend with the options its constructor takes, up to the first in COVERS_ALL
+        that builds; one that fails to build is skipped (reason logged and kept in .skipped), except
+        the last (torch), which must build."""
         takes = {}
         for name in names:
             params = inspect.signature(backend_class(name).__init__).parameters
@@ -161,6 +165,9 @@ class InfGenEngine:
                     raise
                 self.skipped[name] = f"{type(exc).__name__}: {exc}"
                 log.warning("backend=auto: skipping %s: %s", name, self.skipped[name])
+                continue
+            if name in COVERS_ALL:  # nothing after it would ever run: build no more weight copies
+                break
         return chain
 
     @property

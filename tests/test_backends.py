@@ -234,3 +234,35 @@ def test_tensorrt_covers_is_its_plans_profiles():
     assert not be.covers(1, 8, 8)       # 64 px: under the plan's min_res, torch's job
     assert not be.covers(1, 129, 64)    # 1032 px: over max_res
     assert not be.covers(3, 64, 64)     # batch over the plan's
+
+
+def test_auto_chain_ends_at_the_first_backend_covering_every_size(tiny_model, monkeypatch):
+    """tensorrt (partial coverage) then triton (covers all): torch is not built, no third weight copy."""
+    import runtime.engine as engine_mod
+    built = []
+
+    def fake(name, covers_all):
+        class Fake:
+            def __init__(self, model, device, dtype):
+                built.append(name)
+                self.name = name
+
+            def covers(self, batch, Hp, Wp):
+                return covers_all or max(Hp, Wp) <= 4
+
+            def run(self, z, Hp, Wp):
+                return torch.zeros(z.shape[0], 3, 8 * Hp, 8 * Wp)
+        return Fake
+
+    classes = {"tensorrt": fake("tensorrt", False), "triton": fake("triton", True)}
+    real = engine_mod.backend_class
+    monkeypatch.setattr(engine_mod, "backend_class", lambda n: classes.get(n) or real(n))
+    monkeypatch.setattr(engine_mod, "auto_chain", lambda device: ["tensorrt", "triton", "torch"])
+    eng = InfGenEngine(tiny_model, backend="auto", device="cpu")
+    assert built == ["tensorrt", "triton"] and [b.name for b in eng.backends] == ["tensorrt", "triton"]
+    assert eng.backend_name == "tensorrt"
+    z = torch.randn(1, 4, 2, 2)
+    eng.decode(z, 32, 32)
+    assert eng.backend_name == "tensorrt"
+    eng.decode(z, 40, 8)
+    assert eng.backend_name == "triton"
