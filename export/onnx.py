@@ -18,10 +18,10 @@ Both are infgen_ref.decode.decode_grid over an op table (export_ops):
   attention is MatMul/Softmax/MatMul, GroupNorm is Reshape + InstanceNormalization + affine
   Mul/Add, nearest 2x is Resize(nearest, asymmetric, floor).
 - "tensorrt": the mid-block self-attention (one head, head dim = channels, 512 for the paper
-  preset) is one node infgen::FlashAttention that TensorRT's ONNX parser hands to the plugin
-  registered by export/trt.py (its kernel is the project's Triton flash kernel); nearest 2x is
-  infgen_ref.decode.upsample_nearest2x, Transpose/Expand/Reshape (TensorRT's Resize layer has no
-  bf16). Everything else is as above.
+  preset) is one node infgen::FlashAttention (aot=1) that TensorRT's ONNX parser hands to the
+  plugin of export/trt_plugin.py (its kernel is the project's Triton flash kernel). No float64
+  tensors; GroupNormalization-21 kept as is in fp32 and expanded as above in bf16/fp16; nearest
+  2x is Resize (`tensorrt_rewrites` says why each rewrite is kept).
 See docs/export.md for why each op is expressed as it is.
 """
 from __future__ import annotations
@@ -40,19 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from export.spec import DYNAMIC_DIMS, FLAVOURS, INPUTS, OPSET, OUTPUTS, PLUGIN_VERSION  # the spec
+from export.spec import PLUGIN_NAME as PLUGIN_OP
+from export.spec import PLUGIN_NAMESPACE as PLUGIN_DOMAIN
 from infgen_ref.config import PRESETS, dtype_name, parse_dtype, preset
 from infgen_ref.decode import TORCH_OPS, Ops, decode_grid, upsample_nearest2x
 from infgen_ref.model import InfGen, copy_model
 
-OPSET = 22
-FLAVOURS = ("onnxruntime", "tensorrt")
-INPUTS = ("latent", "grid")
-OUTPUTS = ("image",)
-# input name -> {axis: dim name}; the output's dims follow (batch, 3, 8*grid_h, 8*grid_w).
-DYNAMIC_DIMS = {"latent": {0: "batch", 2: "latent_h", 3: "latent_w"}, "grid": {0: "grid_h", 1: "grid_w"}}
 # Sample shapes traced by torch.export: every dynamic size >= 2 (0 and 1 get specialised).
 SAMPLE_BATCH, SAMPLE_LATENT, SAMPLE_GRID = 2, (4, 6), (3, 5)
-PLUGIN_DOMAIN, PLUGIN_OP, PLUGIN_VERSION = "infgen", "FlashAttention", "1"
 
 
 # ----------------------------------------------------------------------------- custom op
@@ -78,15 +74,18 @@ def _plugin_schema():
              type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "")],
              attributes=[S.Attribute("scale", S.AttrType.FLOAT, "softmax scale"),
                          S.Attribute("plugin_namespace", S.AttrType.STRING, "TensorRT plugin namespace"),
-                         S.Attribute("plugin_version", S.AttrType.STRING, "TensorRT plugin version")])
+                         S.Attribute("plugin_version", S.AttrType.STRING, "TensorRT plugin version"),
+                         S.Attribute("aot", S.AttrType.INT, "1: use the plugin's ahead-of-time implementation")])
 
 
 def _flash_attention_onnx(q, k, v, scale: float):
     """Translation of infgen::flash_attention into one ONNX node in the "infgen" domain.
-    plugin_namespace / plugin_version are the attributes TensorRT's parser looks plugins up by."""
+    plugin_namespace / plugin_version are the attributes TensorRT's parser looks plugins up by;
+    aot=1 asks it for the plugin's AOT implementation (TensorRT's quickly_deployable_plugins sample:
+    a bool attribute "aot", which ONNX stores as INT 1)."""
     import onnxscript
     op = onnxscript.values.Op(onnxscript.values.Opset(PLUGIN_DOMAIN, 1), PLUGIN_OP, _plugin_schema())
-    return op(q, k, v, scale=scale, plugin_namespace=PLUGIN_DOMAIN, plugin_version=PLUGIN_VERSION)
+    return op(q, k, v, scale=scale, plugin_namespace=PLUGIN_DOMAIN, plugin_version=PLUGIN_VERSION, aot=1)
 
 
 # ----------------------------------------------------------------------------- export module
@@ -96,12 +95,12 @@ def _flash_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
 
 
 def export_ops(flavour: str) -> Ops:
-    """The op table of a flavour: the reference ops, and for TensorRT the plugin attention and
-    nearest 2x as Transpose/Expand/Reshape."""
+    """The op table of a flavour: the reference ops, and for TensorRT the plugin attention (nearest
+    2x stays Resize: TensorRT's Resize takes bf16, docs/export.md)."""
     if flavour == "onnxruntime":
         return TORCH_OPS
     if flavour == "tensorrt":
-        return dataclasses.replace(TORCH_OPS, upsample2x=upsample_nearest2x, self_attention=_flash_self_attention)
+        return dataclasses.replace(TORCH_OPS, self_attention=_flash_self_attention)
     raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
 
 
@@ -150,7 +149,10 @@ def export_onnx(model: InfGen, out: str | Path, dtype="fp32", flavour: str = "on
     program.save(str(out), external_data=external)
     proto = onnx.load(str(out), load_external_data=False)
     name_dims(proto)
-    expand_group_norm(proto)
+    if flavour == "tensorrt":
+        tensorrt_rewrites(proto, dtype)
+    else:
+        expand_group_norm(proto)
     onnx.save(proto, str(out))
     check_onnx(out)
     return out
@@ -213,6 +215,41 @@ def expand_group_norm(proto) -> int:
     return n
 
 
+def tensorrt_rewrites(proto, dtype: torch.dtype) -> dict:
+    """The TensorRT flavour's graph rewrites, each kept only where a TensorRT >= 10.9 (MIN_TENSORRT)
+    needs it (docs/export.md, "Graph hygiene"): DOUBLE tensors become FLOAT (TensorRT has no
+    float64: its parser would cast them down itself); GroupNormalization-21 is expanded for bf16
+    and fp16 only (TensorRT 10.9 parses opset-21 GroupNormalization, but its importer does not
+    read stash_type, so fp32 statistics need the explicit Casts); Resize stays (TensorRT's Resize
+    takes bf16). Returns the number of rewrites of each kind."""
+    return {"double": demote_double(proto),
+            "group_norm": expand_group_norm(proto) if dtype != torch.float32 else 0}
+
+
+def demote_double(proto) -> int:
+    """Make every float64 tensor float32: Cast(to=DOUBLE) nodes, DOUBLE initializers and Constant
+    values, and DOUBLE entries of value_info. The float64 in the exported graph is INPE's token
+    coordinates ((i + 0.5) / h over Range on the grid's shape); in fp32 they differ by at most
+    1 ulp before the model's own Cast to fp32. Returns the number of tensors changed."""
+    from onnx import TensorProto, numpy_helper
+    g, n = proto.graph, 0
+    for i, init in enumerate(g.initializer):
+        if init.data_type == TensorProto.DOUBLE:
+            g.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype("float32"), init.name))
+            n += 1
+    for node in g.node:
+        for a in node.attribute:
+            if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.DOUBLE:
+                a.i, n = TensorProto.FLOAT, n + 1
+            elif a.type == a.TENSOR and a.t.data_type == TensorProto.DOUBLE:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype("float32"), a.t.name))
+                n += 1
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        if vi.type.tensor_type.elem_type == TensorProto.DOUBLE:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    return n
+
+
 def check_onnx(path: str | Path) -> None:
     """onnx.checker (full check, by path so external data works) + strict shape inference."""
     import onnx
@@ -242,7 +279,7 @@ def with_reference_attention(proto):
              helper.make_node("MatMul", ["p", "v"], ["o"])]
     fn = helper.make_function(PLUGIN_DOMAIN, PLUGIN_OP, ["q", "k", "v"], ["o"], nodes,
                               [helper.make_opsetid("", OPSET)],
-                              attributes=["scale", "plugin_namespace", "plugin_version"])
+                              attributes=["scale", "plugin_namespace", "plugin_version", "aot"])
     m.functions.append(fn)
     return m
 
@@ -283,11 +320,9 @@ def load_model(checkpoint=None, preset_name=None) -> InfGen:
 
 
 def main(argv=None) -> int:
+    from infgen_ref.options import add_model_options
     ap = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n")[0])
-    src = ap.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="InfGen checkpoint directory (config.json + model.safetensors)")
-    src.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="random weights of a preset")
-    ap.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    add_model_options(ap, device=False, dtype_default="fp32", preset_default="paper")  # infgen_ref/options.py
     ap.add_argument("--flavour", choices=FLAVOURS, default="onnxruntime")
     ap.add_argument("--opset", type=int, default=OPSET)
     ap.add_argument("--out", default=None, help="output .onnx (default infgen_<preset>_<dtype>[_trt].onnx)")

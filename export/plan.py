@@ -1,34 +1,43 @@
 """TensorRT build plan: optimisation profiles over the token grid, profile selection, shape
-binding, engine cache keys. Pure functions of plain data: everything here runs without TensorRT.
+binding, engine cache keys. Everything here runs without TensorRT; only `largest_tensor` needs
+the model (a meta-device walk: shapes only, no memory, no GPU).
 
 Profiles split the grid's LONG side L = max(H', W') into intervals (lo_i, hi_i]: each listed
-opt size closes an interval at its own long side, and a last interval reaches the maximum. A
-profile's box is min (g_min, g_min) .. max (hi_i, hi_i) for the grid, so a request with long
-side in profile i's interval lies inside its box whatever its short side; the runtime picks
-the first profile whose interval holds L, so every size has exactly one profile.
+opt size closes an interval at its own long side, and a last interval reaches the maximum.
+An interval's box is (g_min, g_min) .. (hi, hi) when the decode's largest tensor at that box
+and the plan's max batch fits TensorRT's limit (2^31 - 1 elements, export/spec.py); otherwise
+it gets two boxes, landscape (s, hi) and portrait (hi, s), s the largest short side that fits;
+an interval where no short side >= g_min fits gets none. The runtime picks the first profile
+whose interval holds L and whose box holds (H', W'); sizes no profile holds are reported
+(`covers` is False) and go to another backend.
 
     grid    (H', W')               H' = ceil(h / 8)
     latent  (B, C, h_l, w_l)       one latent range for every profile
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import shlex
 from dataclasses import asdict, dataclass, field
 
-# Common output sizes (h, w) in pixels: 1024^2, 1920x1080, 2048^2, 3840x2160, 4096^2.
-DEFAULT_OPT_SIZES = ((1024, 1024), (1080, 1920), (2048, 2048), (2160, 3840), (4096, 4096))
-PLAN_VERSION = 1
+from export.spec import DEFAULT_OPT_SIZES, MAX_TENSOR_ELEMENTS
+
+__all__ = ["DEFAULT_OPT_SIZES", "Plan", "Profile", "make_plan", "pick_profile", "covers", "bind_shapes",
+           "largest_tensor", "cache_key", "validate_cached", "trtexec_command", "polygraphy_command"]
+PLAN_VERSION = 2
 
 
 @dataclass(frozen=True)
 class Profile:
-    """One optimisation profile: grid long side in (lo, hi]; shapes per input as (min, opt, max)."""
+    """One optimisation profile: grid long side in (lo, hi]; shapes per input as (min, opt, max);
+    elements: the largest conv/GroupNorm tensor at the max shapes (0 if not measured)."""
     lo: int                                   # exclusive lower bound of the long side
     hi: int                                   # inclusive upper bound
     shapes: dict = field(default_factory=dict)  # input name -> (min, opt, max), each a tuple
+    elements: int = 0
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,8 @@ class Plan:
     max_res: int
     batch: int
     latent_range: tuple                       # (min, opt, max) latent side
-    profiles: tuple                           # Profile, ordered by hi
+    profiles: tuple                           # Profile, ordered by hi (landscape before portrait)
+    max_elements: int = 0                     # the cap every profile was sized to (0: uncapped)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -49,9 +59,10 @@ class Plan:
     @classmethod
     def from_json(cls, text: str) -> "Plan":
         d = json.loads(text)
-        if d.pop("version", None) != PLAN_VERSION:
+        if not isinstance(d, dict) or d.pop("version", None) != PLAN_VERSION:
             raise ValueError(f"plan version must be {PLAN_VERSION}")
-        profiles = tuple(Profile(p["lo"], p["hi"], {k: tuple(tuple(s) for s in v) for k, v in p["shapes"].items()})
+        profiles = tuple(Profile(p["lo"], p["hi"], {k: tuple(tuple(s) for s in v) for k, v in p["shapes"].items()},
+                                 p.get("elements", 0))
                          for p in d.pop("profiles"))
         return cls(profiles=profiles, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
@@ -62,15 +73,59 @@ def _positive_int(name, v) -> int:
     return v
 
 
+# ----------------------------------------------------------------------------- tensor volume
+@functools.lru_cache(maxsize=4)
+def _meta_decode(config_json: str):
+    """The TensorRT-flavour export module of a config on the meta device, with a hook per Conv2d
+    and GroupNorm recording the largest input/output numel into the returned dict."""
+    import torch
+
+    from export.onnx import ExportDecode
+    from infgen_ref.config import InfGenConfig
+    from infgen_ref.model import InfGen
+    with torch.device("meta"):
+        model = InfGen(InfGenConfig.from_json(config_json)).eval()
+    sizes: dict = {}
+
+    def hook(name):
+        def record(mod, inputs, output):
+            n = max([x.numel() for x in inputs if torch.is_tensor(x)] + [output.numel()])
+            sizes[name] = max(sizes.get(name, 0), n)
+        return record
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.GroupNorm)):
+            mod.register_forward_hook(hook(name))
+    return ExportDecode(model, "tensorrt"), sizes
+
+
+def largest_tensor(cfg, batch: int, Hp: int, Wp: int, latent_side: int = 128) -> tuple[int, str]:
+    """(elements, module name) of the largest input or output of any Conv2d/GroupNorm of the
+    TensorRT-flavour decode of latent (batch, C, latent_side, latent_side) on grid (Hp, Wp): a
+    walk of the real modules on the meta device (shapes only)."""
+    import torch
+    module, sizes = _meta_decode(cfg.to_json())
+    sizes.clear()
+    with torch.no_grad():
+        module(torch.empty(batch, cfg.latent_channels, latent_side, latent_side, device="meta"),
+               torch.empty(Hp, Wp, device="meta"))
+    name = max(sizes, key=sizes.get)
+    return sizes[name], name
+
+
+# ----------------------------------------------------------------------------- plan
 def make_plan(min_res: int = 256, max_res: int = 4096, opt_sizes=DEFAULT_OPT_SIZES, batch: int = 1,
-              upscale: int = 8, latent_channels: int = 4, latent_range=(16, 64, 128)) -> Plan:
-    """Profiles covering every output (h, w) with min_res <= h, w <= max_res, batch 1..batch.
+              upscale: int = 8, latent_channels: int = 4, latent_range=(16, 64, 128), volume=None,
+              max_elements: int = MAX_TENSOR_ELEMENTS) -> Plan:
+    """Profiles for outputs (h, w) with min_res <= h, w <= max_res, batch 1..batch.
 
     opt_sizes: (h, w) pixel sizes to tune for; those outside min..max are dropped, and sizes with
     the same grid long side are merged (the first is kept). latent_range: (min, opt, max) side of
-    the latent grid accepted by every profile."""
+    the latent grid accepted by every profile. volume: (batch, Hp, Wp) -> largest tensor's
+    elements (e.g. functools.partial(largest_tensor, cfg) -> its [0]); with it every box is capped
+    to max_elements (module docstring); without it boxes are square and uncapped."""
     for name, v in (("min_res", min_res), ("max_res", max_res), ("batch", batch), ("upscale", upscale),
-                    ("latent_channels", latent_channels)):
+                    ("latent_channels", latent_channels), ("max_elements", max_elements)):
         _positive_int(name, v)
     if min_res > max_res:
         raise ValueError(f"min_res must be <= max_res, got {min_res} > {max_res}")
@@ -92,23 +147,55 @@ def make_plan(min_res: int = 256, max_res: int = 4096, opt_sizes=DEFAULT_OPT_SIZ
     latent_shapes = ((1, C, lat[0], lat[0]), (1, C, lat[1], lat[1]), (batch, C, lat[2], lat[2]))
     profiles, lo = [], g_min - 1
     for hi in sorted(opts):
-        grid = ((g_min, g_min), opts[hi], (hi, hi))
-        profiles.append(Profile(lo, hi, {"latent": latent_shapes, "grid": grid}))
+        for box, elements in _boxes(hi, g_min, batch, volume, max_elements):
+            oh, ow = sorted(opts[hi]) if box[0] <= box[1] else sorted(opts[hi], reverse=True)
+            opt = (max(g_min, min(oh, box[0])), max(g_min, min(ow, box[1])))
+            profiles.append(Profile(lo, hi, {"latent": latent_shapes, "grid": ((g_min, g_min), opt, box)}, elements))
         lo = hi
-    return Plan(upscale, latent_channels, min_res, max_res, batch, lat, tuple(profiles))
+    if not profiles:
+        raise ValueError(f"no grid of {g_min}..{g_max} tokens per side fits {max_elements} elements at batch {batch}")
+    return Plan(upscale, latent_channels, min_res, max_res, batch, lat, tuple(profiles),
+                max_elements if volume is not None else 0)
+
+
+def _boxes(hi: int, g_min: int, batch: int, volume, max_elements: int) -> list:
+    """[(max grid box, its largest tensor)] for the interval ending at long side hi."""
+    if volume is None:
+        return [((hi, hi), 0)]
+    full = volume(batch, hi, hi)
+    if full <= max_elements:
+        return [((hi, hi), full)]
+    # the decode's tensors grow linearly with the grid's short side: estimate, then walk to confirm
+    s = min(hi - 1, max_elements * hi // full)
+    while s >= g_min:
+        n = volume(batch, s, hi)
+        if n <= max_elements:
+            return [((s, hi), n), ((hi, s), n)]
+        s -= max(1, (n - max_elements) * s // n)
+    return []
 
 
 def pick_profile(plan: Plan, Hp: int, Wp: int) -> int:
-    """Index of the profile serving grid (H', W'); ValueError naming the size if none does."""
+    """Index of the first profile whose interval holds max(Hp, Wp) and whose box holds (Hp, Wp);
+    ValueError naming the size if none does."""
     L = max(Hp, Wp)
-    g_min = math.ceil(plan.min_res / plan.upscale)
-    if min(Hp, Wp) >= g_min:
-        for i, p in enumerate(plan.profiles):
-            if p.lo < L <= p.hi:
-                return i
+    for i, p in enumerate(plan.profiles):
+        lo_box, _, hi_box = p.shapes["grid"]
+        if p.lo < L <= p.hi and lo_box[0] <= Hp <= hi_box[0] and lo_box[1] <= Wp <= hi_box[1]:
+            return i
     u = plan.upscale
     raise ValueError(f"token grid {Hp}x{Wp} (output {u * Hp}x{u * Wp}) is outside this engine's plan: "
-                     f"outputs {plan.min_res}..{plan.max_res} per side")
+                     f"outputs {plan.min_res}..{plan.max_res} per side"
+                     + (f", largest tensor <= {plan.max_elements} elements" if plan.max_elements else ""))
+
+
+def covers(plan: Plan, batch: int, Hp: int, Wp: int) -> bool:
+    """Whether some profile serves batch on grid (Hp, Wp)."""
+    try:
+        i = pick_profile(plan, Hp, Wp)
+    except ValueError:
+        return False
+    return 1 <= batch <= plan.profiles[i].shapes["latent"][2][0]
 
 
 def bind_shapes(plan: Plan, latent_shape, Hp: int, Wp: int) -> tuple[int, dict, tuple]:
@@ -125,9 +212,11 @@ def bind_shapes(plan: Plan, latent_shape, Hp: int, Wp: int) -> tuple[int, dict, 
 
 
 # ----------------------------------------------------------------------------- cache keys
-def cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, dtype: str, plan: Plan) -> str:
-    """sha256 hex of what makes an engine valid: the ONNX bytes, TensorRT version, GPU, dtype, profiles."""
-    parts = {"onnx": onnx_sha256, "tensorrt": trt_version, "gpu": gpu_name, "dtype": dtype,
+def cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, dtype: str, plan: Plan,
+              allow_tf32: bool = False) -> str:
+    """sha256 hex of what makes an engine valid: the ONNX bytes, TensorRT version, GPU, dtype,
+    whether fp32 may use tf32, profiles."""
+    parts = {"onnx": onnx_sha256, "tensorrt": trt_version, "gpu": gpu_name, "dtype": dtype, "tf32": bool(allow_tf32),
              "plan": json.loads(plan.to_json())}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -143,8 +232,8 @@ def validate_cached(key: str, metadata_text: str | None, engine_bytes: bytes | N
         return "no cached engine"
     try:
         meta = json.loads(metadata_text)
-    except json.JSONDecodeError as exc:
-        return f"metadata is not JSON ({exc})"
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return f"metadata is not JSON ({type(exc).__name__})"
     if not isinstance(meta, dict):
         return "metadata is not a JSON object"
     if meta.get("key") != key:
@@ -163,12 +252,16 @@ def _dims(shape) -> str:
 
 def trtexec_command(plan: Plan, onnx_path: str, engine_path: str, timing_cache: str | None = None,
                     plugin_lib: str | None = None) -> str:
-    """trtexec equivalent of the build: one --minShapes/--optShapes/--maxShapes triple per profile;
-    plugin_lib (libinfgen_trt_plugins.so) is loaded with --dynamicPlugins (its getCreators entry point)."""
+    """trtexec equivalent of the build. Each profile is `--profile=i` followed directly by its
+    --minShapes/--optShapes/--maxShapes (TensorRT samples/common/sampleOptions.cpp,
+    getOptimizationProfiles: the shape flags must sit at the argv positions right after
+    --profile; repeated shape flags without --profile are rejected). plugin_lib
+    (libinfgen_trt_plugins.so) is loaded with --dynamicPlugins (its getCreators entry point)."""
     args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}", "--stronglyTyped"]
     if plugin_lib:
         args.append(f"--dynamicPlugins={plugin_lib}")
-    for p in plan.profiles:
+    for i, p in enumerate(plan.profiles):
+        args.append(f"--profile={i}")
         for flag, j in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
             args.append(flag + "=" + ",".join(f"{n}:{_dims(s[j])}" for n, s in p.shapes.items()))
     if timing_cache:
@@ -177,12 +270,13 @@ def trtexec_command(plan: Plan, onnx_path: str, engine_path: str, timing_cache: 
 
 
 def polygraphy_command(plan: Plan, onnx_path: str, engine_path: str, timing_cache: str | None = None) -> str:
-    """polygraphy equivalent: repeated --trt-min/opt/max-shapes groups make one profile each."""
+    """polygraphy equivalent: each --trt-min/opt/max-shapes group makes one profile (in order);
+    the timing cache is read with --load-timing-cache and written with --save-timing-cache."""
     args = ["polygraphy", "convert", onnx_path, "--convert-to", "trt", "-o", engine_path, "--strongly-typed"]
     for p in plan.profiles:
         for flag, j in (("--trt-min-shapes", 0), ("--trt-opt-shapes", 1), ("--trt-max-shapes", 2)):
             args.append(flag)
             args.extend(f"{n}:[{','.join(str(x) for x in s[j])}]" for n, s in p.shapes.items())
     if timing_cache:
-        args.extend(["--timing-cache", timing_cache])
+        args.extend(["--load-timing-cache", timing_cache, "--save-timing-cache", timing_cache])
     return shlex.join(args)

@@ -3,38 +3,56 @@
     python -m export.trt --max-res 4096                 # build what the runtime serves
     python -m export.trt --max-res 4096 --dry-run       # plan only (no TensorRT needed)
 
-Lifecycle: plan (export/plan.py: optimisation profiles over the token grid) -> ONNX, TensorRT
-flavour (export/onnx.py; the mid-block attention is the node infgen::FlashAttention) ->
-strongly typed engine with one profile per plan entry, a timing cache and a progress bar ->
-cache under engine_dir, keyed by (ONNX sha256, TensorRT version, GPU name, dtype, plan).
-A cached engine whose sidecar metadata is missing, corrupt or for another key is rebuilt.
-
-The plugin: TensorRT's Python plugin API (tensorrt.plugin, TensorRT >= 10.9) registers
-infgen::FlashAttention with an ahead-of-time implementation: the project's Triton flash kernel
-(kernels/attention.py, attn_fwd_kernel) compiled to PTX at build time and embedded in the
-engine, so running the engine needs no Python. TensorRT has never run in this workplace: see
-docs/export.md for which functions here have never executed.
+Lifecycle: plan (export/plan.py: volume-capped optimisation profiles over the token grid) ->
+ONNX, TensorRT flavour (export/onnx.py; the mid-block attention is the node
+infgen::FlashAttention, export/trt_plugin.py) -> strongly typed engine with one profile per plan
+entry, a timing cache and a progress bar -> cache under engine_dir, keyed by (ONNX sha256,
+TensorRT version, GPU name, dtype, tf32, plan). `engine_for` is the one entry point: the CLI
+and runtime/trt_backend.py both call it, so the engine the CLI builds is the one the runtime
+loads. A cached engine whose sidecar metadata is missing, corrupt or for another key is
+rebuilt. TensorRT has never run in this workplace: docs/export.md says which functions here
+have never executed.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import re
 import shlex
 import sys
 import time
 from pathlib import Path
 
 from infgen_ref.config import parse_size
-from export.plan import (DEFAULT_OPT_SIZES, Plan, cache_key, engine_metadata, make_plan,
-                         polygraphy_command, trtexec_command, validate_cached)
+from dataclasses import dataclass
 
-MIN_TENSORRT = (10, 9)
-PLUGIN_ID = "infgen::FlashAttention"
+from export.plan import (Plan, cache_key, engine_metadata, largest_tensor, polygraphy_command, trtexec_command,
+                         validate_cached)
+from export.spec import (AOT_MODULE_LEAK, DEFAULT_BATCH, DEFAULT_MIN_RES, DEFAULT_OPT_SIZES, MAX_TENSOR_ELEMENTS,
+                         MIN_TENSORRT, PLUGIN_ID, default_plan)
+
+__all__ = ["PLUGIN_ID", "TensorRTMissing", "EngineUnbuildable", "Engine", "engine_for", "plan_for", "check_volume",
+           "import_tensorrt", "aot_module_leak", "build_engine", "read_cached", "write_cached"]
+
 
 
 class TensorRTMissing(RuntimeError):
     """TensorRT (the Python package `tensorrt`) is not importable or too old."""
+
+
+class EngineUnbuildable(RuntimeError):
+    """A plan TensorRT cannot build (a profile's tensors pass MAX_TENSOR_ELEMENTS); checked before any build."""
+
+
+def _version(text: str) -> tuple:
+    return tuple(int(x) for x in re.findall(r"\d+", str(text))[:2])
+
+
+def aot_module_leak(trt_version: str) -> bool:
+    """Whether this TensorRT leaks a CUDA module per shape change of an AOT plugin (TensorRT
+    issue 4849: 11.1 and 11.2). runtime/trt_backend.py then never changes a context's shapes."""
+    return _version(trt_version) in AOT_MODULE_LEAK
 
 
 def import_tensorrt():
@@ -44,8 +62,7 @@ def import_tensorrt():
     except ImportError as exc:
         raise TensorRTMissing("TensorRT is not installed: pip install 'tensorrt>=10.9' "
                               "(the package `tensorrt`, with a CUDA GPU and driver)") from exc
-    version = tuple(int(x) for x in trt.__version__.split(".")[:2])
-    if version < MIN_TENSORRT:
+    if _version(trt.__version__) < MIN_TENSORRT:
         raise TensorRTMissing(f"TensorRT {trt.__version__} is too old: the Python plugin API needs "
                               f"tensorrt >= {'.'.join(map(str, MIN_TENSORRT))}")
     return trt
@@ -62,7 +79,12 @@ def read_cached(engine_dir: str | Path, key: str) -> tuple[bytes | None, str]:
     """(engine bytes, "ok") if a valid cached engine exists for key, else (None, reason)."""
     engine, meta = engine_paths(engine_dir, key)
     data = engine.read_bytes() if engine.is_file() else None
-    text = meta.read_text() if meta.is_file() else None
+    if not meta.is_file():
+        return None, "no cached engine"
+    try:
+        text = meta.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "metadata is not UTF-8 text"
     reason = validate_cached(key, text, data)
     return (data, "ok") if reason is None else (None, reason)
 
@@ -89,63 +111,11 @@ def file_sha256(path: str | Path) -> str:
 
 
 # ----------------------------------------------------------------------------- plugin (TensorRT + Triton)
-_REGISTERED = False
-
-
-def register_plugin() -> None:
-    """Register infgen::FlashAttention with TensorRT's plugin registry (once per process).
-
-    Node: q, k, v (B, N, D) -> o (B, N, D), attribute scale; one head, D <= 512, contiguous.
-    AOT implementation: kernels.attention.attn_fwd_kernel behind an entry point whose arguments
-    follow TensorRT's AOT order (input pointers, extra int32 scalars, output pointers)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    trt = import_tensorrt()
-    import tensorrt.plugin as trtp
-    import triton
-    import triton.language as tl
-    from kernels.attention import LOG2E, attn_fwd_kernel, pick_config
-
-    @triton.jit
-    def trt_flash_entry(Q, K, V, N, O, QK_SCALE: tl.constexpr, HEAD_DIM: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-        # q, k, v, o: contiguous (B, N, D), one head; grid (cdiv(N, BLOCK_M), B)
-        attn_fwd_kernel(Q, K, V, O, N * HEAD_DIM, 0, HEAD_DIM, N * HEAD_DIM, 0, HEAD_DIM,
-                        N * HEAD_DIM, 0, HEAD_DIM, N * HEAD_DIM, 0, HEAD_DIM, 1, N, N, QK_SCALE,
-                        HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, "tf32", False)
-
-    @trtp.register(PLUGIN_ID)
-    def flash_desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, scale: float) -> trtp.TensorDesc:
-        return q.like()
-
-    @trtp.aot_impl(PLUGIN_ID)
-    def flash_aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, scale: float,
-                  outputs, tactic: int):
-        ptr = {trt.bfloat16: "*bf16", trt.float16: "*fp16", trt.float32: "*fp32"}.get(q.dtype)
-        if ptr is None:
-            raise ValueError(f"{PLUGIN_ID} supports bf16, fp16 and fp32, got {q.dtype}")
-        D = int(q.shape_expr[2])
-        if not 1 <= D <= 512:
-            raise ValueError(f"{PLUGIN_ID} supports head dim up to 512, got {D}")
-        import torch
-        BM, BN, warps, stages = pick_config(D, torch.device("cuda"))
-        BD = max(16, 1 << (D - 1).bit_length())
-        consts = {"QK_SCALE": float(scale) * LOG2E, "HEAD_DIM": D, "BLOCK_M": BM, "BLOCK_N": BN, "BLOCK_D": BD}
-        sig = {"Q": ptr, "K": ptr, "V": ptr, "N": "i32", "O": ptr, **{c: "constexpr" for c in consts}}
-        compiled = triton.compile(triton.compiler.ASTSource(fn=trt_flash_entry, signature=sig, constexprs=consts),
-                                  options={"num_warps": warps, "num_stages": stages})
-        N = q.shape_expr[1]
-        launch = trtp.KernelLaunchParams()
-        launch.grid_x = trtp.cdiv(N, BM)
-        launch.grid_y = q.shape_expr[0]
-        launch.block_x = compiled.metadata.num_warps * 32
-        launch.shared_mem = compiled.metadata.shared
-        extra = trtp.SymIntExprs(1)
-        extra[0] = trtp.SymInt32(N)
-        return compiled.metadata.name, compiled.asm["ptx"], launch, extra
-
-    _REGISTERED = True
+def register_plugin(allow_tf32: bool = False) -> None:
+    """Register infgen::FlashAttention (export/trt_plugin.py) with TensorRT's plugin registry."""
+    import_tensorrt()
+    from export.trt_plugin import register
+    register(allow_tf32=allow_tf32)
 
 
 # ----------------------------------------------------------------------------- build (TensorRT)
@@ -173,12 +143,14 @@ def _progress_monitor(trt):
 
 
 def build_engine(onnx_path: str | Path, plan: Plan, timing_cache: str | Path | None = None,
-                 verbose: bool = False) -> bytes:
+                 verbose: bool = False, allow_tf32: bool = False) -> bytes:
     """Parse the ONNX file into a strongly typed network (precision is the ONNX graph's), add one
     optimisation profile per plan entry, build and serialise. The timing cache is read from and
-    written back to timing_cache."""
+    written back to timing_cache (an unreadable one is replaced). allow_tf32: fp32 engines may
+    use tf32 (TensorRT's TF32 builder flag, on by default, is cleared otherwise, and the plugin
+    uses exact fp32 dots)."""
     trt = import_tensorrt()
-    register_plugin()
+    register_plugin(allow_tf32)
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -187,8 +159,14 @@ def build_engine(onnx_path: str | Path, plan: Plan, timing_cache: str | Path | N
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
+    if not allow_tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
+    try:
+        cache = config.create_timing_cache(cache_bytes)
+    except Exception as exc:  # a corrupt cache file: start from an empty one  # noqa: BLE001
+        print(f"timing cache {timing_cache} unreadable ({exc}); starting a new one", flush=True)
+        cache = config.create_timing_cache(b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     for p in plan.profiles:
         profile = builder.create_optimization_profile()
@@ -209,26 +187,85 @@ def gpu_name() -> str:
     return torch.cuda.get_device_name()
 
 
-def load_or_build(onnx_path: str | Path, plan: Plan, dtype: str, engine_dir: str | Path,
-                  rebuild: bool = False):
-    """(deserialised ICudaEngine, engine path): the cached engine for (ONNX, TensorRT, GPU, dtype,
-    plan), built first if missing, corrupt, mismatched, or not deserialisable."""
-    trt = import_tensorrt()
-    register_plugin()
-    key = cache_key(file_sha256(onnx_path), trt.__version__, gpu_name(), dtype, plan)
+def timing_cache_path(engine_dir: str | Path, trt_version: str, gpu: str) -> Path:
+    """The builder timing cache for one (TensorRT version, GPU): caches are not portable across either."""
+    tag = hashlib.sha256(f"{trt_version}|{gpu}".encode()).hexdigest()[:16]
+    return Path(engine_dir) / f"timing-{tag}.cache"
+
+
+# ----------------------------------------------------------------------------- one entry point
+def plan_for(cfg, engine_dir: str | Path, plan=None) -> tuple[Plan, str]:
+    """(plan, where it came from): plan as given (a Plan, or a plan.json path), else the plan.json
+    that `python -m export.trt` wrote into engine_dir (so the runtime loads what the CLI built),
+    else export.spec.default_plan(cfg). An unreadable plan.json falls back to the default, saying why."""
+    if isinstance(plan, Plan):
+        return plan, "given"
+    path = Path(plan) if plan is not None else Path(engine_dir) / "plan.json"
+    if plan is not None or path.is_file():
+        try:
+            found = Plan.from_json(path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError) as exc:
+            if plan is not None:
+                raise ValueError(f"plan {str(path)!r} is not a plan file: {exc}") from exc
+            return default_plan(cfg), f"default ({path} unreadable: {type(exc).__name__})"
+        if (found.upscale, found.latent_channels) != (cfg.upscale, cfg.latent_channels):
+            if plan is not None:
+                raise ValueError(f"plan {str(path)!r} is for upscale {found.upscale}, {found.latent_channels} "
+                                 f"latent channels; the model has {cfg.upscale}, {cfg.latent_channels}")
+            return default_plan(cfg), f"default ({path} is for another model)"
+        return found, str(path)
+    return default_plan(cfg), "default"
+
+
+def check_volume(cfg, plan: Plan) -> None:
+    """EngineUnbuildable naming the profile if any profile's largest conv/GroupNorm tensor, at its
+    max shapes, reaches MAX_TENSOR_ELEMENTS (meta-device walk; TensorRT would fail the whole build)."""
+    for i, p in enumerate(plan.profiles):
+        latent_max = p.shapes["latent"][2]  # (batch, C, side, side)
+        n, name = largest_tensor(cfg, latent_max[0], *p.shapes["grid"][2], latent_max[2])
+        if n > MAX_TENSOR_ELEMENTS:
+            raise EngineUnbuildable(f"profile {i} (grid up to {p.shapes['grid'][2]}, batch {latent_max[0]}) needs "
+                                    f"{n} elements in {name}; TensorRT's limit is {MAX_TENSOR_ELEMENTS}")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A valid cached engine: its bytes, file, cache key, plan and the ONNX it was built from."""
+    data: bytes
+    path: Path
+    key: str
+    plan: Plan
+    onnx: Path
+
+
+def engine_for(model, dtype, plan=None, engine_dir: str | Path = "engines", *, onnx_path=None, cache_dir=None,
+               rebuild: bool = False, allow_tf32: bool = False, trt_version: str | None = None,
+               gpu: str | None = None, build=None) -> Engine:
+    """The engine for (model, dtype, plan) in engine_dir, built first if missing, corrupt or
+    mismatched. model: an InfGen. plan: see plan_for. onnx_path: TensorRT-flavour ONNX (default
+    export.onnx.cached_export into cache_dir). trt_version, gpu: default the installed TensorRT
+    and the current CUDA device. build(onnx_path, plan, timing_cache, allow_tf32=...) -> bytes:
+    default build_engine. Raises EngineUnbuildable before building a plan TensorRT cannot build."""
+    from infgen_ref.config import dtype_name, parse_dtype
+    dtype = dtype_name(parse_dtype(dtype))
+    plan, _ = plan_for(model.config, engine_dir, plan)
+    if trt_version is None:
+        trt_version = import_tensorrt().__version__
+    gpu = gpu if gpu is not None else gpu_name()
+    if onnx_path is None:
+        from export.onnx import cached_export
+        onnx_path = cached_export(model, dtype, "tensorrt", cache_dir)
+    onnx_path = Path(onnx_path)
+    key = cache_key(file_sha256(onnx_path), trt_version, gpu, dtype, plan, allow_tf32)
     data, reason = (None, "rebuild requested") if rebuild else read_cached(engine_dir, key)
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(data) if data is not None else None
-    if engine is None:
-        print(f"building TensorRT engine ({reason if data is None else 'cached engine did not deserialise'})",
-              flush=True)
-        data = build_engine(onnx_path, plan, Path(engine_dir) / "timing.cache")
-        write_cached(engine_dir, key, data, onnx=str(onnx_path), tensorrt=trt.__version__, gpu=gpu_name(),
-                     dtype=dtype, plan=json.loads(plan.to_json()))
-        engine = runtime.deserialize_cuda_engine(data)
-        if engine is None:
-            raise RuntimeError("TensorRT could not deserialise the engine it just built")
-    return engine, engine_paths(engine_dir, key)[0]
+    if data is None:
+        check_volume(model.config, plan)
+        print(f"building TensorRT engine ({reason}): {len(plan.profiles)} profiles, {dtype}", flush=True)
+        data = (build or build_engine)(onnx_path, plan, timing_cache_path(engine_dir, trt_version, gpu),
+                                       allow_tf32=allow_tf32)
+        write_cached(engine_dir, key, data, onnx=str(onnx_path), tensorrt=trt_version, gpu=gpu, dtype=dtype,
+                     tf32=allow_tf32, plan=json.loads(plan.to_json()))
+    return Engine(data, engine_paths(engine_dir, key)[0], key, plan, onnx_path)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -241,19 +278,19 @@ def parse_sizes(text: str) -> tuple:
 
 
 def main(argv=None) -> int:
-    from infgen_ref.config import PRESETS, preset
+    from infgen_ref.config import preset
+    from infgen_ref.options import add_model_options
     ap = argparse.ArgumentParser(prog="python -m export.trt", description="Build TensorRT engines for InfGen.")
-    src = ap.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="InfGen checkpoint directory")
-    src.add_argument("--preset", choices=sorted(PRESETS), default="paper")
-    ap.add_argument("--min-res", type=int, default=256, help="smallest output side (pixels)")
-    ap.add_argument("--max-res", type=int, default=4096, help="largest output side (pixels)")
+    add_model_options(ap, device=False, dtype_default="bf16", preset_default="paper")  # infgen_ref/options.py
+    ap.add_argument("--min-res", type=int, default=DEFAULT_MIN_RES, help="smallest output side (pixels)")
+    ap.add_argument("--max-res", type=int, default=None, help="largest output side (pixels; default the model's max)")
     ap.add_argument("--opt-sizes", type=parse_sizes, default=DEFAULT_OPT_SIZES,
                     help="WIDTHxHEIGHT sizes to tune for, comma-separated (default: 1024x1024,1920x1080,"
                          "2048x2048,3840x2160,4096x4096)")
-    ap.add_argument("--batch", type=int, default=1, help="largest batch")
-    ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    ap.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="largest batch")
+    ap.add_argument("--allow-tf32", action="store_true", help="fp32 engines may use tf32 (default exact fp32)")
     ap.add_argument("--engine-dir", default="engines")
+    ap.add_argument("--cache-dir", default=None, help="ONNX export cache (default $INFGEN_CACHE or ~/.cache/infgen)")
     ap.add_argument("--onnx", default=None, help="TensorRT-flavour ONNX to build from (default: export it)")
     ap.add_argument("--dry-run", action="store_true", help="write the plan and print commands; build nothing")
     ap.add_argument("--rebuild", action="store_true", help="ignore a cached engine")
@@ -270,10 +307,11 @@ def main(argv=None) -> int:
         cfg, name = checkpoint_config(args.checkpoint), Path(args.checkpoint).name
     else:
         cfg, name = preset(args.preset), args.preset
-    if args.max_res > cfg.max_size:
-        ap.error(f"--max-res must be at most the model's max_size {cfg.max_size}, got {args.max_res}")
+    max_res = args.max_res or cfg.max_size
+    if max_res > cfg.max_size:
+        ap.error(f"--max-res must be at most the model's max_size {cfg.max_size}, got {max_res}")
     try:
-        plan = make_plan(args.min_res, args.max_res, args.opt_sizes, args.batch, cfg.upscale, cfg.latent_channels)
+        plan = default_plan(cfg, args.min_res, max_res, args.opt_sizes, args.batch)
     except ValueError as exc:
         ap.error(str(exc))
     engine_dir = Path(args.engine_dir)
@@ -282,16 +320,19 @@ def main(argv=None) -> int:
     plan_path.write_text(plan.to_json())
     onnx_path = Path(args.onnx or engine_dir / f"infgen_{name}_{args.dtype}_trt.onnx")
     std_onnx = onnx_path.with_name(onnx_path.name.replace("_trt.onnx", ".onnx"))
-    print(f"plan: {len(plan.profiles)} profiles over the token grid, outputs {args.min_res}..{args.max_res} px, "
-          f"batch 1..{args.batch}; written to {plan_path}")
+    print(f"plan: {len(plan.profiles)} profiles over the token grid, outputs {args.min_res}..{max_res} px, "
+          f"batch 1..{args.batch}, largest tensor < {plan.max_elements} elements; written to {plan_path} "
+          f"(the runtime's TensorRT backend reads it from --engine-dir)")
     for i, p in enumerate(plan.profiles):
         lo, opt, hi = p.shapes["grid"]
-        print(f"  profile {i}: grid long side {p.lo + 1}..{p.hi}  min {lo}  opt {opt}  max {hi}")
+        print(f"  profile {i}: grid long side {p.lo + 1}..{p.hi}  min {lo}  opt {opt}  max {hi}  "
+              f"largest tensor {p.elements}")
     engine_out = engine_dir / f"infgen_{name}_{args.dtype}.engine"
+    cache_file = str(engine_dir / "timing.cache")
     print("# equivalent commands (standard-op ONNX from `python -m export.onnx`: trtexec and polygraphy "
           "cannot load the Python plugin)")
-    print(trtexec_command(plan, str(std_onnx), str(engine_out), str(engine_dir / "timing.cache")))
-    print(polygraphy_command(plan, str(std_onnx), str(engine_out), str(engine_dir / "timing.cache")))
+    print(trtexec_command(plan, str(std_onnx), str(engine_out), cache_file))
+    print(polygraphy_command(plan, str(std_onnx), str(engine_out), cache_file))
     if args.plugin_lib is not None:
         lib = args.plugin_lib.resolve()
         autoreg = lib.with_name(lib.name.replace("libinfgen_trt_plugins", "libinfgen_trt_plugins_autoreg"))
@@ -299,7 +340,7 @@ def main(argv=None) -> int:
         src = ["--checkpoint", args.checkpoint] if args.checkpoint else ["--preset", args.preset]
         print(shlex.join(["python", "-m", "export.onnx", *src, "--dtype", args.dtype, "--flavour", "tensorrt",
                           "--out", str(onnx_path)]))
-        print(trtexec_command(plan, str(onnx_path), str(engine_out), str(engine_dir / "timing.cache"), str(lib)))
+        print(trtexec_command(plan, str(onnx_path), str(engine_out), cache_file, str(lib)))
         print("# serve: copy the engine to native/triton_repo/infgen_trt/1/model.plan, then")
         print(shlex.join(["tritonserver", "--model-repository=native/triton_repo",
                           f"--backend-config=tensorrt,plugins={autoreg}"]))
@@ -310,14 +351,12 @@ def main(argv=None) -> int:
     except TensorRTMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not onnx_path.is_file():
-        from export.onnx import export_onnx, load_model
-        print(f"exporting {onnx_path} (TensorRT flavour, {args.dtype})", flush=True)
-        export_onnx(load_model(args.checkpoint, None if args.checkpoint else args.preset), onnx_path,
-                    args.dtype, "tensorrt")
+    from export.onnx import load_model
+    model = load_model(args.checkpoint, None if args.checkpoint else args.preset)
     t0 = time.perf_counter()
-    _, path = load_or_build(onnx_path, plan, args.dtype, engine_dir, rebuild=args.rebuild)
-    print(f"engine: {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.0f} s")
+    engine = engine_for(model, args.dtype, plan, engine_dir, onnx_path=args.onnx, cache_dir=args.cache_dir,
+                        rebuild=args.rebuild, allow_tf32=args.allow_tf32)
+    print(f"engine: {engine.path} ({len(engine.data) / 1e6:.1f} MB) in {time.perf_counter() - t0:.0f} s")
     return 0
 
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +43,89 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPES.items()}[dtype]
 
 
+# Limits on what a config may describe (ValueError past them). A config is a few hundred bytes;
+# the paper preset has 84 M parameters; MAX_PARAMS is 2 G (8 GB in fp32), checked from the config
+# alone before any module is built.
+MAX_PARAMS = 2_000_000_000
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_SIDE = 32768                     # the largest max_size a config may set
+SCALING_RANGE = (1e-6, 1e6)          # |scaling_factor|; the decode divides by it
+# Fields a checkpoint's config.json must state: everything that shapes the numbers but not the
+# tensor shapes (scaling_factor, norm_eps, num_heads, INPE) and the architecture the tensors are
+# checked against. latent_size and max_size are limits of use and may take their defaults.
+CHECKPOINT_REQUIRED = ("in_channels", "latent_channels", "block_out_channels", "layers_per_block",
+                       "norm_num_groups", "norm_eps", "num_blocks", "num_heads", "mlp_ratio",
+                       "inpe_fourier_dim", "inpe_scale", "inpe_seed", "scaling_factor")
+
+
+def _int(name: str, v, lo: int, hi: int) -> int:
+    """An integer field (not bool, not float) in lo..hi, else TypeError/ValueError naming it."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"config field {name} must be an int, got {type(v).__name__} {v!r}")
+    if not lo <= int(v) <= hi:
+        raise ValueError(f"config field {name} must be {lo}..{hi}, got {v!r}")
+    return int(v)
+
+
+def _real(name: str, v) -> float:
+    """A finite real field (int or float, not bool), else TypeError/ValueError naming it."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"config field {name} must be a number, got {type(v).__name__} {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"config field {name} must be finite, got {v!r}")
+    return v
+
+
+def _conv(cin: int, cout: int, k: int) -> int:
+    return cin * cout * k * k + cout
+
+
+def _resnet(cin: int, cout: int) -> int:
+    return 2 * cin + _conv(cin, cout, 3) + 2 * cout + _conv(cout, cout, 3) + (_conv(cin, cout, 1) if cin != cout else 0)
+
+
+def _mid(c: int) -> int:
+    return 2 * _resnet(c, c) + 2 * c + 4 * (c * c + c)  # 2 resnets + attention (group norm, q, k, v, out)
+
+
+def param_count(cfg: "InfGenConfig") -> int:
+    """Parameters of InfGen(cfg), encoder included, computed from the config alone (no module built)."""
+    ch, L, C, d = cfg.block_out_channels, cfg.layers_per_block, cfg.latent_channels, cfg.token_dim
+    n = len(ch)
+    enc = _conv(cfg.in_channels, ch[0], 3)
+    for i in range(n):
+        cin, cout = ch[max(i - 1, 0)], ch[i]
+        enc += _resnet(cin, cout) + (L - 1) * _resnet(cout, cout) + (_conv(cout, cout, 3) if i < n - 1 else 0)
+    enc += _mid(ch[-1]) + 2 * ch[-1] + _conv(ch[-1], 2 * C, 3)
+    quant = _conv(2 * C, 2 * C, 1) + _conv(C, C, 1)
+    m = cfg.mlp_dim
+    block = 3 * 2 * d + 4 * (d * d + d) + (d * m + m) + (m * d + d)
+    inpe = (2 * cfg.inpe_fourier_dim * d + d) + (d * d + d)
+    dec = _conv(C, ch[-1], 3) + _conv(ch[-1], d, 3) + 2 * inpe + d + cfg.num_blocks * block + 2 * d
+    dec += _mid(ch[-1])
+    rev = list(reversed(ch))
+    for i in range(n):
+        cin, cout = rev[max(i - 1, 0)], rev[i]
+        dec += _resnet(cin, cout) + L * _resnet(cout, cout) + (_conv(cout, cout, 3) if i < n - 1 else 0)
+    dec += 2 * ch[0] + _conv(ch[0], cfg.in_channels, 3)
+    return enc + quant + dec
+
+
+def _no_duplicates(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(f"config JSON repeats the key(s) {dup}")
+    return dict(pairs)
+
+
 @dataclass
 class InfGenConfig:
-    """Every architecture choice of InfGen. Defaults are the paper preset (SDXL VAE + 8 blocks)."""
+    """Every architecture choice of InfGen. Defaults are the paper preset (SDXL VAE + 8 blocks).
+
+    Every field is type- and range-checked in __post_init__ (TypeError/ValueError naming the field
+    and value), and so is the parameter count the config implies (<= MAX_PARAMS)."""
 
     in_channels: int = 3
     latent_channels: int = 4
@@ -65,17 +148,50 @@ class InfGenConfig:
     upscale: int = field(init=False)     # pixels per latent / mask token
 
     def __post_init__(self):
-        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
-        self.token_dim = self.block_out_channels[-1]
-        if self.token_dim % self.num_heads:
-            raise ValueError(f"token_dim {self.token_dim} is not divisible by num_heads {self.num_heads}")
-        self.head_dim = self.token_dim // self.num_heads
+        self.in_channels = _int("in_channels", self.in_channels, 3, 3)  # RGB: images are (B, 3, H, W)
+        self.latent_channels = _int("latent_channels", self.latent_channels, 1, 64)
+        ch = self.block_out_channels
+        if isinstance(ch, (str, bytes)) or not isinstance(ch, (list, tuple)) or not 1 <= len(ch) <= 8:
+            raise TypeError(f"config field block_out_channels must be a list of 1..8 ints, got {ch!r}")
+        self.block_out_channels = tuple(_int(f"block_out_channels[{i}]", c, 1, 65536) for i, c in enumerate(ch))
+        self.layers_per_block = _int("layers_per_block", self.layers_per_block, 1, 64)
+        self.norm_num_groups = _int("norm_num_groups", self.norm_num_groups, 1, 65536)
         for c in self.block_out_channels:
             if c % self.norm_num_groups:
-                raise ValueError(f"channels {c} not divisible by norm_num_groups {self.norm_num_groups}")
+                raise ValueError(f"config field block_out_channels: channels {c} not divisible by "
+                                 f"norm_num_groups {self.norm_num_groups}")
+        self.norm_eps = _real("norm_eps", self.norm_eps)
+        if not 0 < self.norm_eps <= 1:
+            raise ValueError(f"config field norm_eps must be in (0, 1], got {self.norm_eps!r}")
+        self.num_blocks = _int("num_blocks", self.num_blocks, 0, 256)
+        self.token_dim = self.block_out_channels[-1]
+        self.num_heads = _int("num_heads", self.num_heads, 1, self.token_dim)
+        if self.token_dim % self.num_heads:
+            raise ValueError(f"config field num_heads {self.num_heads} does not divide token_dim "
+                             f"{self.token_dim} (the last of block_out_channels)")
+        self.head_dim = self.token_dim // self.num_heads
+        self.mlp_ratio = _real("mlp_ratio", self.mlp_ratio)
+        if not 0 < self.mlp_ratio <= 64 or self.mlp_dim < 1:
+            raise ValueError(f"config field mlp_ratio must be in (0, 64] with token_dim * mlp_ratio >= 1, "
+                             f"got {self.mlp_ratio!r}")
+        self.inpe_fourier_dim = _int("inpe_fourier_dim", self.inpe_fourier_dim, 1, 4096)
+        self.inpe_scale = _real("inpe_scale", self.inpe_scale)
+        if not 0 < self.inpe_scale <= 1e4:
+            raise ValueError(f"config field inpe_scale must be in (0, 1e4], got {self.inpe_scale!r}")
+        self.inpe_seed = _int("inpe_seed", self.inpe_seed, 0, 2 ** 63 - 2)  # seed + 1 is used too
+        self.scaling_factor = _real("scaling_factor", self.scaling_factor)
+        lo, hi = SCALING_RANGE
+        if not lo <= abs(self.scaling_factor) <= hi:
+            raise ValueError(f"config field scaling_factor must be non-zero with magnitude {lo:g}..{hi:g}, "
+                             f"got {self.scaling_factor!r}")
         self.upscale = 2 ** (len(self.block_out_channels) - 1)
-        if self.max_size < self.upscale:
-            raise ValueError(f"max_size must be >= {self.upscale}, got {self.max_size}")
+        self.max_size = _int("max_size", self.max_size, self.upscale, MAX_SIDE)
+        self.latent_size = _int("latent_size", self.latent_size, 1, self.max_size // self.upscale)
+        n = param_count(self)
+        if n > MAX_PARAMS:
+            raise ValueError(f"config describes {n:,} parameters ({n * 4 / 1e9:.1f} GB in fp32), more than "
+                             f"the limit of {MAX_PARAMS:,}; block_out_channels {list(self.block_out_channels)}, "
+                             f"num_blocks {self.num_blocks}, mlp_ratio {self.mlp_ratio}")
 
     @property
     def mlp_dim(self) -> int:
@@ -85,11 +201,18 @@ class InfGenConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "InfGenConfig":
+    def from_dict(cls, d: dict, required: tuple[str, ...] = ()) -> "InfGenConfig":
+        """A config from a dict of fields; unknown fields and missing `required` ones are errors."""
+        if not isinstance(d, dict):
+            raise TypeError(f"config must be a dict of fields, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config fields {unknown}; known: {sorted(known)}")
+        unknown = sorted(map(str, set(d) - known))
+        missing = [k for k in required if k not in d]
+        if unknown or missing:
+            raise ValueError("; ".join(
+                ([f"unknown config fields {unknown}; known: {sorted(known)}"] if unknown else [])
+                + ([f"config lacks required fields {missing} (no defaults are assumed for a "
+                    f"checkpoint: scaling_factor differs between models)"] if missing else [])))
         return cls(**d)
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -99,16 +222,41 @@ class InfGenConfig:
         return text
 
     @classmethod
-    def from_json(cls, text_or_path: str | Path) -> "InfGenConfig":
-        p = Path(text_or_path)
-        text = p.read_text() if not str(text_or_path).lstrip().startswith("{") else str(text_or_path)
+    def from_json(cls, text_or_path: str | Path, required: tuple[str, ...] = ()) -> "InfGenConfig":
+        """A config from JSON text or a JSON file. A Path, or a str naming an existing file or
+        directory, is a path (a directory is an error); other strs starting with { or [ are JSON text.
+        At most MAX_CONFIG_BYTES; no repeated keys; `required` fields must be present."""
+        if isinstance(text_or_path, Path) or not isinstance(text_or_path, str):
+            p = Path(text_or_path)
+        elif text_or_path.lstrip()[:1] in ("{", "[") and not os.path.exists(text_or_path):
+            p = None
+        else:
+            p = Path(text_or_path)
+        if p is None:
+            text, where = text_or_path, "config"
+        else:
+            where = f"config {str(p)!r}"
+            if p.is_dir():
+                raise ValueError(f"{where} is a directory, not a JSON file")
+            if not p.is_file():
+                raise FileNotFoundError(f"no such config file: {str(p)!r}")
+            if p.stat().st_size > MAX_CONFIG_BYTES:
+                raise ValueError(f"{where} is {p.stat().st_size:,} bytes, more than {MAX_CONFIG_BYTES:,}")
+            try:
+                text = p.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{where} is not UTF-8 text: {exc}") from exc
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ValueError(f"{where} is {len(text):,} characters, more than {MAX_CONFIG_BYTES:,}")
         try:
-            d = json.loads(text)
+            d = json.loads(text, object_pairs_hook=_no_duplicates)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"config is not valid JSON: {exc}") from exc
+            raise ValueError(f"{where} is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise ValueError(f"{where} is nested too deeply to be a config") from exc
         if not isinstance(d, dict):
-            raise ValueError(f"config JSON must be an object, got {type(d).__name__}")
-        return cls.from_dict(d)
+            raise ValueError(f"{where} must be a JSON object, got {type(d).__name__}")
+        return cls.from_dict(d, required)
 
 
 # name -> kwargs; this dict is the CLI's --preset choices.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -36,12 +37,70 @@ def check_size(h, w, cfg: InfGenConfig) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def check_latent(z, cfg: InfGenConfig) -> torch.Tensor:
-    """A (B, C, h, w) or (C, h, w) floating latent with finite values -> (B, C, h, w)."""
-    if not isinstance(z, torch.Tensor):
-        raise TypeError(f"latent must be a torch.Tensor or numpy array, got {type(z).__name__}")
-    if not z.is_floating_point():
-        raise TypeError(f"latent must be a floating tensor, got dtype {z.dtype}")
+# The decoder sees z / scaling_factor. Latents of diffusion models are O(1) after scaling; this
+# bound on |z / scaling_factor| (1e6) keeps every layer of an fp32/bf16 decode in range, and is
+# tightened to finfo.max / 64 (1023) for fp16, whose range the SDXL VAE exceeds anyway.
+LATENT_ABS_MAX = 1e6
+FP16_HEADROOM = 64
+IMAGE_RANGE_TOL = 1e-3       # images may overshoot [-1, 1] by this much (resampling ringing)
+_NATIVE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def latent_abs_max(cfg: InfGenConfig, dtype: torch.dtype | None = None) -> float:
+    """The largest |z| (scaled latent) check_latent accepts for a decode computed in dtype."""
+    unscaled = LATENT_ABS_MAX
+    if dtype is not None:
+        unscaled = min(unscaled, torch.finfo(dtype).max / FP16_HEADROOM)
+    return unscaled * abs(cfg.scaling_factor)
+
+
+def _from_numpy(a: np.ndarray, what: str) -> torch.Tensor:
+    """A numpy array in any byte order and layout -> torch tensor (float kinds only)."""
+    if a.dtype.kind != "f":
+        raise TypeError(f"{what} must be a floating array, got numpy dtype {a.dtype}")
+    if a.dtype.itemsize > 8:  # long double: no torch dtype
+        a = a.astype(np.float64)
+    return torch.from_numpy(np.ascontiguousarray(a.astype(a.dtype.newbyteorder("="), copy=False)))
+
+
+def _as_tensor(x, what: str) -> torch.Tensor:
+    """numpy array | torch tensor -> a strided, non-quantised torch tensor with values (not meta)."""
+    if isinstance(x, np.ndarray):
+        return _from_numpy(x, what)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.is_nested:
+        raise TypeError(f"{what} must be a regular tensor, got a nested tensor")
+    if x.is_meta:
+        raise ValueError(f"{what} is on the meta device: it has a shape {tuple(x.shape)} but no values")
+    if x.is_quantized:
+        x = x.dequantize()
+    return x.detach()
+
+
+def _finite(x: torch.Tensor, what: str) -> None:
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        n, idx = int(bad.sum()), tuple(bad.nonzero()[0].tolist())
+        raise ValueError(f"{what} contains {n} non-finite value(s) (NaN or inf), e.g. {x[idx].item()} "
+                         f"at index {idx}")
+
+
+def _floating(x: torch.Tensor, what: str, hint: str = "") -> torch.Tensor:
+    """Floating dtypes pass (float8 and the like widened to float32); others are a TypeError."""
+    if not x.is_floating_point():
+        raise TypeError(f"{what} must be a floating tensor, got dtype {x.dtype}{hint}")
+    return x if x.dtype in _NATIVE_FLOATS else x.float()
+
+
+def check_latent(z, cfg: InfGenConfig, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A (B, C, h, w) or (C, h, w) floating latent, finite and within latent_abs_max(cfg, dtype)
+    -> (B, C, h, w), detached, strided. dtype is the compute dtype of the decode (None: fp32 bound).
+
+    Accepted as well: numpy arrays in either byte order, non-contiguous views, sparse and quantised
+    tensors (made dense / dequantised), float8 and other floating dtypes (widened to float32).
+    Refused: meta tensors (ValueError), integer, bool and complex dtypes (TypeError)."""
+    z = _as_tensor(z, "latent")
     if z.dim() == 3:
         z = z[None]
     if z.dim() != 4:
@@ -54,12 +113,60 @@ def check_latent(z, cfg: InfGenConfig) -> torch.Tensor:
     max_grid = cfg.max_size // cfg.upscale
     if z.shape[2] > max_grid or z.shape[3] > max_grid:
         raise ValueError(f"latent grid must be at most {max_grid}x{max_grid}, got {tuple(z.shape[2:])}")
-    bad = ~torch.isfinite(z)
-    if bool(bad.any()):
-        n, idx = int(bad.sum()), tuple(bad.nonzero()[0].tolist())
-        raise ValueError(f"latent contains {n} non-finite value(s) (NaN or inf), e.g. {z[idx].item()} "
-                         f"at index {idx}")
+    z = _floating(z, "latent")
+    if z.layout != torch.strided:
+        z = z.to_dense()
+    _finite(z, "latent")
+    bound, big = latent_abs_max(cfg, dtype), float(z.abs().max())
+    if big > bound:
+        name = str(dtype or torch.float32).removeprefix("torch.")
+        raise ValueError(f"latent magnitude {big:.4g} exceeds {bound:.4g} (|z / scaling_factor| <= "
+                         f"{bound / abs(cfg.scaling_factor):.4g} in {name}, "
+                         f"scaling_factor {cfg.scaling_factor}): not a diffusion latent, and it would overflow")
     return z
+
+
+def check_image(image, cfg: InfGenConfig) -> torch.Tensor:
+    """An image for encode: (B, 3, H, W) or (3, H, W), floating, finite, in [-1, 1] (+- 1e-3),
+    each side upscale..max_size -> (B, 3, H, W) float32, detached.
+
+    uint8 0..255 and other integer images are a TypeError saying how to convert; channels-last
+    (H, W, 3) a ValueError saying how to permute."""
+    x = _as_tensor(image, "image")
+    C, shape = cfg.in_channels, tuple(x.shape)
+    if x.dim() == 3:
+        x = x[None]
+    if x.dim() != 4 or x.shape[1] != C:
+        perm = {3: "(2, 0, 1)", 4: "(0, 3, 1, 2)"}.get(len(shape))
+        hint = f"; channels-last? use image.permute{perm}" if perm and shape[-1] == C else ""
+        raise ValueError(f"image must have shape (B, {C}, H, W) or ({C}, H, W), got {shape}{hint}")
+    B, _, H, W = x.shape
+    if B < 1:
+        raise ValueError(f"image batch is empty: shape {tuple(x.shape)}")
+    lo, hi = cfg.upscale, cfg.max_size
+    if not (lo <= H <= hi and lo <= W <= hi):
+        raise ValueError(f"image sides must be {lo}..{hi} pixels (the encoder downsamples by {lo}), "
+                         f"got {H}x{W} (HxW)")
+    hint = "; for 0..255 pixels pass image / 127.5 - 1" if x.dtype == torch.uint8 else ""
+    x = _floating(x, "image", hint)
+    if x.layout != torch.strided:
+        x = x.to_dense()
+    _finite(x, "image")
+    mn, mx = float(x.min()), float(x.max())
+    if mn < -1 - IMAGE_RANGE_TOL or mx > 1 + IMAGE_RANGE_TOL:
+        raise ValueError(f"image values must be in [-1, 1], got {mn:.4g}..{mx:.4g} "
+                         "(0..1 images: image * 2 - 1; 0..255: image / 127.5 - 1)")
+    return x.float()
+
+
+def check_output(x: torch.Tensor, what: str = "decode") -> torch.Tensor:
+    """The last check before a result leaves the engine: every value finite, else ValueError
+    (the computation overflowed its dtype, e.g. fp16, whose range the SDXL VAE exceeds)."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise ValueError(f"{what} produced {int(bad.sum())} non-finite value(s) of {x.numel()} in dtype "
+                         f"{x.dtype}: the computation overflowed; decode in fp32 or bf16")
+    return x
 
 
 def token_grid(h: int, w: int, cfg: InfGenConfig) -> tuple[int, int]:

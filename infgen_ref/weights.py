@@ -5,14 +5,13 @@ An InfGen checkpoint is a directory holding `config.json` (InfGenConfig) and
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import InfGenConfig
+from .config import CHECKPOINT_REQUIRED, InfGenConfig, param_count
 from .model import InfGen
 
 # InfGen's own layers: not in an SDXL VAE checkpoint, left initialised by load_sdxl_vae.
@@ -33,6 +32,31 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
+def _check_values(state: dict[str, torch.Tensor], source: str) -> None:
+    """Every tensor floating point and finite; all offending keys in one CheckpointError.
+
+    Integer, bool and complex tensors would be cast silently by copy_; NaN/inf weights decode to
+    NaN images. float8 and other small floats are checked through float32."""
+    wrong_dtype, non_finite = [], []
+    for k, t in state.items():
+        if not t.is_floating_point():
+            wrong_dtype.append(f"{k} ({t.dtype})")
+            continue
+        v = t if t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else t.float()
+        bad = int((~torch.isfinite(v)).sum())
+        if bad:
+            non_finite.append(f"{k} ({bad} of {t.numel()})")
+    if wrong_dtype or non_finite:
+        lines = [f"cannot load {source}:"]
+        if wrong_dtype:
+            lines.append(f"  {len(wrong_dtype)} not floating point: " + ", ".join(wrong_dtype[:20])
+                         + (" ..." if len(wrong_dtype) > 20 else ""))
+        if non_finite:
+            lines.append(f"  {len(non_finite)} with NaN/inf values: " + ", ".join(non_finite[:20])
+                         + (" ..." if len(non_finite) > 20 else ""))
+        raise CheckpointError("\n".join(lines))
 
 
 def _map_vae_key(key: str, t: torch.Tensor) -> tuple[str, torch.Tensor]:
@@ -67,6 +91,7 @@ def load_sdxl_vae(model: InfGen, path: str | Path) -> InfGen:
     """Load a diffusers-format SDXL VAE (safetensors) into the encoder and the shared decoder layers."""
     path = Path(path)
     state = dict(_map_vae_key(k, v) for k, v in _read_safetensors(path).items())
+    _check_values(state, str(path))
     expected = {k for k in model.state_dict() if not k.startswith(NEW_PREFIXES)}
     _assign(model, state, expected, str(path))
     return model
@@ -83,23 +108,39 @@ def save_checkpoint(model: InfGen, directory: str | Path) -> Path:
 
 
 def load_checkpoint(directory: str | Path) -> InfGen:
-    """Read an InfGen checkpoint directory; any mismatch between config and tensors is an error."""
+    """Read an InfGen checkpoint directory; any mismatch between config and tensors is an error.
+
+    Order: config (every field checked, CHECKPOINT_REQUIRED present, parameter count under the
+    limit) -> the weights file is large enough for that count (1 byte per parameter at least:
+    float8) -> tensors read, floating and finite -> model built -> keys and shapes checked."""
     d = Path(directory)
     cfg_path, w_path = d / "config.json", d / "model.safetensors"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{d} is not an InfGen checkpoint: no config.json")
-    try:
-        cfg = InfGenConfig.from_json(cfg_path)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{cfg_path}: bad config: {exc}") from exc
+    cfg = checkpoint_config(d)
+    if not w_path.is_file():
+        raise FileNotFoundError(f"no such weights file: {w_path}")
+    n, size = param_count(cfg), w_path.stat().st_size
+    if size < n:
+        raise CheckpointError(f"{cfg_path} describes {n:,} parameters but {w_path} holds only {size:,} bytes")
     state = _read_safetensors(w_path)
+    _check_values(state, str(w_path))
     model = InfGen(cfg)
     _assign(model, state, set(model.state_dict()), str(w_path))
     return model.eval()
 
 
 def checkpoint_config(directory: str | Path) -> InfGenConfig:
-    return InfGenConfig.from_json(Path(directory) / "config.json")
+    """The config of a checkpoint directory, every CHECKPOINT_REQUIRED field stated; CheckpointError
+    (a ValueError) naming the file for a bad one."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"no such checkpoint directory: {str(d)!r}")
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{d} is not an InfGen checkpoint: no config.json")
+    try:
+        return InfGenConfig.from_json(cfg_path, required=CHECKPOINT_REQUIRED)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{cfg_path}: bad config: {exc}") from exc
 
 
 __all__ = ["CheckpointError", "load_sdxl_vae", "save_checkpoint", "load_checkpoint", "checkpoint_config",

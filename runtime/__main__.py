@@ -1,4 +1,4 @@
-"""`python -m runtime ...`: see runtime/cli.py."""
+"""`python -m runtime COMMAND ...`: see runtime/cli/__init__.py."""
 import sys
 
 from runtime.cli import main

@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default=None, help="fp32 | fp16 | bf16 (default fp32 on CPU, bf16 on CUDA)")
     args = p.parse_args(argv)
     from infgen_ref.config import parse_dtype, parse_size
-    from runtime.demo import default_model
+    from runtime.cli.options import default_model
     from runtime.engine import InfGenEngine, resolve_model
     from runtime.io import load_latent
     cuda = torch.cuda.is_available()

@@ -1,11 +1,17 @@
 """Files in and out of the runtime: latents (.npy, .pt, .safetensors) and images (PNG, JPEG).
 
 Nothing here executes code from a file: .npy is read with allow_pickle=False, .pt only through
-torch.load(weights_only=True), safetensors is data only.
+torch.load(weights_only=True), safetensors is data only. Nothing is read in bulk before its size
+is known: a latent file's header (or zip directory) is checked against the file size and
+MAX_LATENT_BYTES, an image's pixel count against MAX_IMAGE_PIXELS before its pixels are decoded.
 """
 from __future__ import annotations
 
+import math
+import os
 import pickle
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +19,82 @@ import torch
 
 LATENT_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_LATENT_BYTES = 256 * 2 ** 20     # a 4096^2 decode's latent (4 x 512 x 512 fp32) is 4 MiB per image
+MAX_IMAGE_PIXELS = 2 ** 26           # 8192 x 8192; also the limit for PIL's decompression-bomb check
+
+
+def _native(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous array in the machine's byte order (torch takes no other)."""
+    return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("="), copy=False))
 
 
 def _existing(path: str | Path, suffixes: tuple[str, ...], what: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} path must be a str or Path, got {type(path).__name__}")
     p = Path(path)
     if p.suffix.lower() not in suffixes:
         raise ValueError(f"{what} file must end in {', '.join(suffixes)}, got {str(p)!r}")
+    if p.is_dir():
+        raise ValueError(f"{what} path {str(p)!r} is a directory, not a file")
     if not p.is_file():
         raise FileNotFoundError(f"no such {what} file: {str(p)!r}")
     return p
+
+
+def check_writable(path: str | Path, suffixes: tuple[str, ...] | None = None, what: str = "output") -> Path:
+    """An output file path that can be written, checked before any work: the suffix (if given),
+    an existing writable parent directory, and not itself a directory. ValueError naming it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} path must be a str or Path, got {type(path).__name__}")
+    p = Path(path)
+    if suffixes is not None and p.suffix.lower() not in suffixes:
+        raise ValueError(f"{what} file must end in {', '.join(suffixes)}, got {str(p)!r}")
+    if p.is_dir():
+        raise ValueError(f"{what} path {str(p)!r} is a directory; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"{what} directory {str(parent)!r} does not exist (or is not a directory)")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ValueError(f"{what} path {str(p)!r} is not writable")
+    return p
+
+
+def _npy_header(p: Path, max_bytes: int) -> None:
+    """Read a .npy header only; its shape x itemsize must fit the file and max_bytes."""
+    fmt = np.lib.format
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"unsupported .npy format version {version}")
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"{str(p)!r} is not a readable .npy file: {exc}") from exc
+        offset = f.tell()
+    if dtype.hasobject or dtype.kind not in "fiub":
+        raise ValueError(f"{str(p)!r} must hold a plain numeric array (pickled data is refused), got dtype {dtype}")
+    need = math.prod(shape) * dtype.itemsize
+    if need > max_bytes:
+        raise ValueError(f"{str(p)!r}: header claims shape {shape} of {dtype} ({need:,} bytes), more than the "
+                         f"limit of {max_bytes:,} bytes")
+    if need > size - offset:
+        raise ValueError(f"{str(p)!r}: header claims shape {shape} of {dtype} ({need:,} bytes) but the file "
+                         f"holds {size - offset:,} bytes of data")
+
+
+def _zip_size(p: Path, max_bytes: int) -> None:
+    """A torch zip file: the uncompressed size of its entries must fit max_bytes (zip bombs)."""
+    if not zipfile.is_zipfile(p):
+        return  # legacy torch format: bounded by the file size, checked by the caller
+    try:
+        with zipfile.ZipFile(p) as zf:
+            total = sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{str(p)!r} is not a readable torch file: {exc}") from exc
+    if total > max_bytes:
+        raise ValueError(f"{str(p)!r} unpacks to {total:,} bytes, more than the limit of {max_bytes:,}")
 
 
 def _pick(tensors: dict, path: Path) -> torch.Tensor:
@@ -38,14 +111,33 @@ def _pick(tensors: dict, path: Path) -> torch.Tensor:
     return t
 
 
-def load_latent(path: str | Path) -> torch.Tensor:
+def _safetensors_size(p: Path, max_bytes: int) -> None:
+    """The tensor data of a safetensors file (file size - 8 - header length) must fit max_bytes;
+    the safetensors library checks the header's offsets against the file itself."""
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(8)
+    n = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if not 0 <= n <= size - 8:
+        raise ValueError(f"{str(p)!r} is not a readable safetensors file: header length {n} for a "
+                         f"{size:,}-byte file")
+    if size - 8 - n > max_bytes:
+        raise ValueError(f"{str(p)!r} holds {size - 8 - n:,} bytes of tensors, more than the limit of {max_bytes:,}")
+
+
+def load_latent(path: str | Path, max_bytes: int = MAX_LATENT_BYTES) -> torch.Tensor:
     """Read a latent (C, h, w) or (B, C, h, w) as stored (no dtype change, on the CPU).
 
     .npy: a plain array (pickled object arrays are refused); .pt/.pth: a tensor, or a dict holding
-    one tensor or a "latent" key; .safetensors: the "latent" tensor or the only tensor."""
+    one tensor or a "latent" key; .safetensors: the "latent" tensor or the only tensor. Files and
+    what their headers claim are limited to max_bytes (ValueError before the data is read)."""
     p = _existing(path, LATENT_SUFFIXES, "latent")
     suffix = p.suffix.lower()
+    size = p.stat().st_size
+    if size > max_bytes + 2 ** 20:  # data plus at most 1 MiB of headers
+        raise ValueError(f"{str(p)!r} is {size:,} bytes, more than the limit of {max_bytes:,} for a latent")
     if suffix == ".npy":
+        _npy_header(p, max_bytes)
         try:
             arr = np.load(p, allow_pickle=False)
         except ValueError as exc:  # numpy's refusal of object arrays, or a malformed header
@@ -56,6 +148,7 @@ def load_latent(path: str | Path) -> torch.Tensor:
             raise ValueError(f"{str(p)!r} must hold a numeric array, got dtype {getattr(arr, 'dtype', type(arr))}")
         return torch.from_numpy(np.ascontiguousarray(arr))
     if suffix in (".pt", ".pth"):
+        _zip_size(p, max_bytes)
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
@@ -70,6 +163,7 @@ def load_latent(path: str | Path) -> torch.Tensor:
         raise ValueError(f"{str(p)!r} must hold a tensor or a dict of tensors, got {type(obj).__name__}")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+    _safetensors_size(p, max_bytes)
     try:
         return _pick(load_file(str(p)), p)
     except (SafetensorError, OSError) as exc:
@@ -78,10 +172,10 @@ def load_latent(path: str | Path) -> torch.Tensor:
 
 def save_latent(latent, path: str | Path) -> Path:
     """Write a latent tensor or array to .npy, .pt/.pth or .safetensors (key "latent")."""
-    p = Path(path)
+    p = check_writable(path, LATENT_SUFFIXES, "latent output")
     suffix = p.suffix.lower()
-    if suffix not in LATENT_SUFFIXES:
-        raise ValueError(f"latent file must end in {', '.join(LATENT_SUFFIXES)}, got {str(p)!r}")
+    if isinstance(latent, np.ndarray):
+        latent = _native(latent)
     t = torch.as_tensor(latent).detach().cpu().contiguous()
     if suffix == ".npy":
         np.save(p, t.numpy())
@@ -93,13 +187,59 @@ def save_latent(latent, path: str | Path) -> Path:
     return p
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """PNG/JPEG -> (1, 3, H, W) float32 in [-1, 1] (any mode converted to RGB)."""
+def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """PNG/JPEG -> (1, 3, H, W) float32 in [-1, 1] (any mode converted to RGB).
+
+    The pixel count is read from the header and checked against max_pixels before any pixel is
+    decoded; Pillow's own decompression-bomb check (DecompressionBombError, and its warning, made
+    an error) is turned into ValueError as well. Only PNG and JPEG decoders are tried."""
     from PIL import Image, UnidentifiedImageError
     p = _existing(path, IMAGE_SUFFIXES, "image")
     try:
-        with Image.open(p) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32)  # (H, W, 3)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{str(p)!r} is not a readable image: {exc}") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p, formats=("PNG", "JPEG")) as im:
+                w, h = im.size
+                if w < 1 or h < 1 or w * h > max_pixels:
+                    raise ValueError(f"{str(p)!r} is {w}x{h} (WxH) = {w * h:,} pixels; images may have "
+                                     f"1..{max_pixels:,} pixels")
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"{str(p)!r} is refused as a decompression bomb: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"{str(p)!r} is not a readable PNG or JPEG image: {exc}") from exc
     return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous() / 127.5 - 1.0  # (1, 3, H, W)
+
+
+def image_to_uint8(image) -> np.ndarray:
+    """(B, 3, h, w) or (3, h, w) float image in [-1, 1] (tensor or array; clamped) -> (B, h, w, 3) uint8.
+
+    Non-finite values are a ValueError: they would be written as black pixels."""
+    x = torch.from_numpy(_native(image)) if isinstance(image, np.ndarray) else image
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"image must be a torch.Tensor or numpy array, got {type(image).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"image must be a floating tensor in [-1, 1], got dtype {x.dtype}")
+    if x.dim() == 3:
+        x = x[None]
+    if x.dim() != 4 or x.shape[1] != 3 or x.shape[0] < 1 or min(x.shape[2:]) < 1:
+        raise ValueError(f"image must have shape (B, 3, h, w) or (3, h, w), got {tuple(image.shape)}")
+    x = x.detach().float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("image contains non-finite values (NaN or inf); refusing to write them as black")
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_image(image, path: str | Path) -> list[Path]:
+    """Write (B, 3, h, w) or (3, h, w) in [-1, 1] as PNG/JPEG: path as given for one image, else
+    path with _0, _1, ... suffixes. The path is checked (suffix, writable directory) first."""
+    from PIL import Image
+    path = check_writable(path, IMAGE_SUFFIXES, "image output")
+    arrays = image_to_uint8(image)
+    paths = [path] if len(arrays) == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}")
+                                             for i in range(len(arrays))]
+    for a, p in zip(arrays, paths):
+        im = Image.fromarray(a)
+        im.save(p) if p.suffix.lower() == ".png" else im.save(p, quality=95)
+    return paths

@@ -97,30 +97,12 @@ if has d512; then
 fi
 
 if has decode; then
-  # One process per size: each writes its own results, so a slow 4K torch row loses only 4K.
-  # The profiler needs tqdm and matplotlib; without them (the GPU image) benchmarks/decode.py.
-  if python3 -c "import tqdm, matplotlib" 2>/dev/null && [ -d runtime/cli ]; then
-    profiler=cli
-  elif python3 -c "import tqdm, matplotlib, runtime.profile" 2>/dev/null; then
-    profiler=module
-  elif [ -f benchmarks/decode.py ]; then
-    profiler=benchmark
-  else
-    profiler=none
-    echo "no decode profiler usable here (runtime's needs tqdm and matplotlib)" >> "$OUT/decode.log"
-  fi
+  # One process per size: each writes its own profile.json (after every row), so a slow 4K torch
+  # row loses only 4K. The profiler needs neither tqdm nor matplotlib (the GPU image has neither).
   for size in 1024x1024 2048x2048 4096x4096; do
-    out="$OUT/decode/$size"
-    case $profiler in
-      cli) cmd=(python3 -m runtime profile --preset paper --size "$size" --backend torch,triton --dtype bf16
-                --warmup 2 --iters 5 --out "$out") ;;
-      module) cmd=(python3 -m runtime.profile --preset paper --sizes "$size" --backends torch,triton
-                   --baselines none --dtype bf16 --warmup 2 --iters 5 --no-progress --out "$out") ;;
-      benchmark) cmd=(python3 benchmarks/decode.py --preset paper --sizes "$size" --backends torch,triton
-                      --dtype bf16 --warmup 2 --iters 5 --out "$out") ;;
-      *) status "decode $size" "127 (no profiler)"; continue ;;
-    esac
-    run "decode $size" $([ "$size" = 4096x4096 ] && echo 90 || echo 50) "${cmd[@]}" >> "$OUT/decode.log" 2>&1
+    run "decode $size" $([ "$size" = 4096x4096 ] && echo 90 || echo 50) \
+      python3 -m runtime profile --preset paper --device cuda --size "$size" --backend torch triton --dtype bf16 \
+        --baselines none --warmup 2 --iters 5 --no-progress --out "$OUT/decode/$size" >> "$OUT/decode.log" 2>&1
   done
   tail -n 12 "$OUT/decode.log"
 fi

@@ -12,8 +12,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from infgen_ref.weights import save_checkpoint
-from runtime import demo as demo_mod
-from runtime.cli import main, parse_size
+from runtime.cli import demo as demo_mod
+from runtime.cli import main, options, parse_size
 from runtime.io import load_image, load_latent, save_latent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,14 +36,14 @@ def run_main(argv, capsys):
     return rc, out.out, out.err
 
 
-@pytest.mark.parametrize("cmd", ["decode", "encode", "demo", "info"])
+@pytest.mark.parametrize("cmd", ["decode", "encode", "info", "demo", "profile", "serve", "client", "loadtest"])
 def test_every_subcommand_has_help(cmd, capsys):
     with pytest.raises(SystemExit) as info:
         main([cmd, "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: python -m runtime {cmd}")
-    assert "--preset" in out and "--checkpoint" in out and "--dtype" in out
+    assert ("--checkpoint" in out) == (cmd != "client")  # the client decodes with the server's model
 
 
 def test_parse_size_is_width_by_height():
@@ -187,7 +187,7 @@ def test_bad_size_syntax_exits_2(capsys):
 
 # ----------------------------------------------------------------------------- demo
 def test_demo_random_weights_says_so(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(demo_mod, "DEMO_CHECKPOINT", tmp_path / "no-such-dir")
+    monkeypatch.setattr(options, "DEMO_CHECKPOINT", tmp_path / "no-such-dir")
     rc, out, err = run_main(["demo", "--out-dir", tmp_path / "d", "--size", "64x48", "17x9"], capsys)
     assert rc == 0, err
     assert "weights are random: the images are noise" in out
@@ -199,10 +199,10 @@ def test_demo_random_weights_says_so(tmp_path, capsys, monkeypatch):
 
 def test_demo_uses_bundled_checkpoint(tiny_model, tmp_path, monkeypatch):
     bundled = save_checkpoint(tiny_model, tmp_path / "assets" / "demo")
-    monkeypatch.setattr(demo_mod, "DEMO_CHECKPOINT", bundled)
-    assert demo_mod.default_model() == str(bundled)
+    monkeypatch.setattr(options, "DEMO_CHECKPOINT", bundled)
+    assert options.default_model() == str(bundled)
     lines = []
-    rows = demo_mod.run_demo(tmp_path / "d", [(24, 40)], echo=lines.append)
+    rows = demo_mod.run_pattern_demo(tmp_path / "d", [(24, 40)], echo=lines.append)
     text = "\n".join(lines)
     assert "weights are random" not in text and f"checkpoint {bundled}" in text
     assert len(rows) == 1 and rows[0]["seconds"] > 0 and Path(rows[0]["path"]).is_file()
@@ -225,8 +225,7 @@ def test_python_dash_m_runtime_in_a_fresh_process(tmp_path):
 def test_demo_default_is_the_photo_demo_on_the_shipped_checkpoint(tmp_path, capsys):
     """With no --preset/--checkpoint, `demo` decodes the bundled photo with the shipped model and
     prints PSNR/SSIM next to the native-decode + bicubic baseline."""
-    from runtime.demo_photo import DEMO_DIR
-    if not (DEMO_DIR / "model.safetensors").is_file():
+    if not (options.DEMO_CHECKPOINT / "model.safetensors").is_file():
         pytest.skip("no demo checkpoint is bundled in this checkout")
     rc, out, err = run_main(["demo", "--out-dir", tmp_path, "--size", "96x64", "40x24"], capsys)
     assert rc == 0, err

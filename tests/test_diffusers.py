@@ -17,7 +17,7 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_outputs import AutoencoderKLOutput  # noqa: E402
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline  # noqa: E402
 
-from runtime.demo import DEMO_CHECKPOINT  # noqa: E402
+from infgen_ref import DEMO_CHECKPOINT  # noqa: E402
 from runtime.diffusers_vae import InfGenVAE, diffusers_api  # noqa: E402
 from runtime.engine import InfGenEngine  # noqa: E402
 

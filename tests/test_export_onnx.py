@@ -110,8 +110,10 @@ def test_tensorrt_flavour_has_one_plugin_node_and_standard_rest(exported, tiny_c
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     C = tiny_cfg.block_out_channels[-1]
     assert attrs["plugin_namespace"] == b"infgen" and attrs["plugin_version"] == b"1"
+    assert attrs["aot"] == 1  # TensorRT's parser picks the plugin's AOT implementation
     assert math.isclose(attrs["scale"], 1 / math.sqrt(C), rel_tol=1e-6)
-    assert "Resize" not in {n.op_type for n in m.graph.node}  # nearest 2x as Reshape/Expand
+    ops = {n.op_type for n in m.graph.node}
+    assert "Resize" in ops and "GroupNormalization" in ops  # fp32: TensorRT >= 10.9 parses both as they are
     inferred = onnx.shape_inference.infer_shapes(m)
     vi = {v.name: v for v in list(inferred.graph.value_info)}
     for name in node.input:
@@ -176,3 +178,51 @@ def test_ort_backend_rejects_bad_options(tiny_model, exported, tmp_path):
 def test_auto_backend_on_cpu_is_torch_and_reported():
     eng = InfGenEngine("tiny", backend="auto", device="cpu")
     assert eng.backend_name == "torch" and eng.backend.name == "torch"
+
+
+def no_double(m) -> list:
+    """Names of float64 tensors of a model after strict shape inference (values, initializers, constants)."""
+    inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    g = inferred.graph
+    bad = [v.name for v in list(g.value_info) + list(g.input) + list(g.output)
+           if v.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE]
+    bad += [i.name for i in g.initializer if i.data_type == onnx.TensorProto.DOUBLE]
+    bad += [n.name for n in g.node for a in n.attribute
+            if a.type == a.TENSOR and a.t.data_type == onnx.TensorProto.DOUBLE]
+    return bad
+
+
+def test_tensorrt_flavour_has_no_double_and_keeps_rewrites_only_where_needed(exported, tiny_cfg, tmp_path):
+    ort_graph = onnx.load(str(exported[0]))
+    assert no_double(ort_graph), "the reference graph carries INPE's float64 coordinates"
+    assert no_double(onnx.load(str(exported[1]))) == []
+    torch.manual_seed(0)
+    from infgen_ref.model import InfGen
+    bf16 = onnx.load(str(export_onnx(InfGen(tiny_cfg).eval(), tmp_path / "bf16_trt.onnx", "bf16", "tensorrt")))
+    ops = {n.op_type for n in bf16.graph.node}
+    assert no_double(bf16) == []
+    # bf16: statistics in fp32 need the explicit form (TensorRT's importer ignores stash_type)
+    assert "GroupNormalization" not in ops and "InstanceNormalization" in ops and "Resize" in ops
+
+
+def test_polygraphy_lint_is_clean_on_the_tensorrt_flavour(exported):
+    """polygraphy check lint (onnxruntime-based, runs on the CPU) on the fp32 TensorRT flavour, with
+    the reference attention function so onnxruntime can load the custom node. (On a bf16 graph
+    lint reports every bf16 node: polygraphy's linter has no numpy type for bfloat16.)"""
+    pytest.importorskip("polygraphy")
+    pytest.importorskip("onnx_graphsurgeon")
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+    m = with_reference_attention(onnx.load(str(exported[1])))
+    with tempfile.TemporaryDirectory() as d:
+        path, report = Path(d) / "m.onnx", Path(d) / "lint.json"
+        onnx.save(m, str(path))
+        proc = subprocess.run([sys.executable, "-c", "import sys; from polygraphy.tools import main; sys.exit(main())",
+                               "check", "lint", str(path), "-o", str(report)], capture_output=True, text=True, timeout=600)
+        assert report.is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
+        lint = json.loads(report.read_text())
+    issues = [e for e in lint.get("lint_entries", []) if e.get("level") in ("exception", "error")]
+    assert proc.returncode == 0 and issues == [], issues or proc.stderr[-2000:]

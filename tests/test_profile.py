@@ -1,4 +1,6 @@
-"""runtime.profile on the CPU with the tiny preset: outputs, the cost split, failing rows."""
+"""`python -m runtime profile` (runtime/cli/profiler.py, profile_measure.py, profile_report.py) on the CPU
+with the tiny preset: outputs, the cost split, failing rows, JSON after every row, no optional packages."""
+import argparse
 import contextlib
 import io
 import json
@@ -8,7 +10,10 @@ import torch
 from PIL import Image
 
 from infgen_ref.cost import decode_flops
-from runtime import profile as prof
+from runtime.cli import main
+from runtime.cli import profile_measure as prof
+from runtime.cli import profile_report as report_mod
+from runtime.cli.options import size_type
 from runtime.engine import InfGenEngine
 
 SIZES = ["128x128", "192x128"]  # WIDTHxHEIGHT; tiny decodes in ~50-100 ms on one core
@@ -29,9 +34,8 @@ def cli_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("profile")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = prof.main(["--preset", "tiny", "--sizes", *SIZES, "--backends", "torch,tensorrt",
-                        "--baselines", "none", "--warmup", "3", "--iters", "15", "--out", str(out),
-                        "--no-progress"])
+        rc = main(["profile", "--preset", "tiny", "--size", *SIZES, "--backend", "torch", "tensorrt",
+                   "--baselines", "none", "--warmup", "3", "--iters", "15", "--out", str(out), "--no-progress"])
     return rc, buf.getvalue(), out
 
 
@@ -76,7 +80,7 @@ def test_cli_writes_table_json_and_png(cli_run):
     assert "median ms" in stdout and "% floor" in stdout
     assert "tokens+cross_attn" in stdout and "to_uint8" in stdout
     report = json.loads((out / "profile.json").read_text())
-    pytest.importorskip("jsonschema").validate(report, prof.SCHEMA)  # absent on the GPU image: skip, not a collection error
+    pytest.importorskip("jsonschema").validate(report, report_mod.SCHEMA)  # absent on the GPU image: skip, not a collection error
     assert report["device"]["type"] == "cpu"
     assert report["versions"]["torch"] == torch.__version__
     assert len(report["git_commit"]) == 40 or report["git_commit"] == "unknown"
@@ -145,9 +149,9 @@ def test_failing_rows_do_not_stop_the_run(tiny_model):
         assert bad["status"] == "ok" and bad["median_s"] > 0 and bad["stages"] is None
         assert "stage chain exploded" in bad["stages_error"]
         assert by["torch", w]["status"] == "ok" and by["torch", w]["stages"]
-    report = prof.make_report(rows, torch.device("cpu"), "tiny", tiny_model.config, {}, {})
-    pytest.importorskip("jsonschema").validate(report, prof.SCHEMA)  # absent on the GPU image: skip, not a collection error
-    table = prof.format_table(report)
+    report = report_mod.make_report(rows, torch.device("cpu"), "tiny", tiny_model.config, {}, {})
+    pytest.importorskip("jsonschema").validate(report, report_mod.SCHEMA)  # absent on the GPU image: skip, not a collection error
+    table = report_mod.format_table(report)
     assert "OOM" in table and "boom" in table and "stage chain exploded" in table
 
 
@@ -165,12 +169,43 @@ def test_targets_and_sizes_parse():
     assert [(t.name, t.dtype) for t in targets] == [("torch", torch.float32), ("onnxruntime", torch.float32),
                                                     ("torch-bf16", torch.bfloat16)]
     assert aliases == {"torch-fp32": "torch"}
-    assert prof.parse_size("1920x1080") == (1080, 1920)
-    with pytest.raises(ValueError, match="1920-1080"):
-        prof.parse_size("1920-1080")
+    assert size_type("1920x1080") == (1080, 1920)
+    with pytest.raises(argparse.ArgumentTypeError, match="1920-1080"):
+        size_type("1920-1080")
     with pytest.raises(ValueError, match="cudnn"):
         prof.make_targets(["cudnn"], [], torch.float32, cpu)
     with pytest.raises(ValueError, match="torch-int8"):
         prof.make_targets([], ["torch-int8"], torch.float32, cpu)
     with pytest.raises(ValueError, match="iters"):
         prof.profile("tiny", "cpu", [(64, 64)], targets, iters=0)
+
+
+def test_json_is_written_after_every_row(tiny_model, tmp_path):
+    """on_row sees the rows so far after each one: the tool writes profile.json there."""
+    seen = []
+    t = [prof.Target("torch", "torch", torch.float32), prof.Target("torch-bf16", "torch", torch.bfloat16)]
+    prof.profile(tiny_model, "cpu", [(64, 64), (64, 96)], t, warmup=0, iters=1, progress=False,
+                 on_row=lambda rows: seen.append([(r["target"], r["width"]) for r in rows]))
+    assert seen == [[("torch", 64)], [("torch", 64), ("torch", 96)],
+                    [("torch", 64), ("torch", 96), ("torch-bf16", 64)],
+                    [("torch", 64), ("torch", 96), ("torch-bf16", 64), ("torch-bf16", 96)]]
+
+
+def test_runs_without_tqdm_and_matplotlib(tmp_path, capsys, monkeypatch):
+    """The GPU image has neither: the profile still runs, writes profile.json and says why no PNG."""
+    import builtins
+    real_import = builtins.__import__
+
+    def no_optional(name, *args, **kw):
+        if name.split(".")[0] in ("tqdm", "matplotlib"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_optional)
+    rc = main(["profile", "--preset", "tiny", "--size", "96x64", "--backend", "torch", "--baselines", "none",
+               "--warmup", "0", "--iters", "1", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "matplotlib is not installed" in out and not (tmp_path / "profile.png").exists()
+    rows = json.loads((tmp_path / "profile.json").read_text())["rows"]
+    assert [(r["height"], r["width"], r["status"]) for r in rows] == [(64, 96, "ok")]  # --size 96x64: 64 high

@@ -2,7 +2,7 @@
 
 The model-function tests run everywhere. The server tests need the `.[serve]` extra, whose
 nvidia-pytriton pins numpy<2: `.ci/run` runs this file again in a venv that has it. They start
-one real server (`python -m runtime.cli.serve --preset tiny` on loopback ports) for the module.
+one real server (`python -m runtime serve --preset tiny` on loopback ports) for the module.
 
 Equality: a request decoded alone on the server equals a local decode of the same latent
 exactly. When the batcher or the model function puts several requests into one decode, the
@@ -229,7 +229,7 @@ def server(tmp_path_factory):
     http, grpc, metrics = free_ports(3)
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # same threads: same float sums
-    cmd = [sys.executable, "-m", "runtime.cli.serve", "--preset", "tiny", "--http-port", str(http), "--grpc-port",
+    cmd = [sys.executable, "-m", "runtime", "serve", "--preset", "tiny", "--http-port", str(http), "--grpc-port",
            str(grpc), "--metrics-port", str(metrics), "--max-batch", str(MAX_BATCH), "--max-pixels", str(MAX_PIXELS)]
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -276,7 +276,7 @@ def test_server_logs_the_backend_dtype_and_device_it_loaded(server):
 def test_cli_client_writes_the_direct_decode(server, engine, tmp_path):
     z = latent(8, b=2)
     np.save(tmp_path / "z.npy", z)
-    proc = subprocess.run([sys.executable, "-m", "runtime.cli.client", str(tmp_path / "z.npy"), "--size", "60x44",
+    proc = subprocess.run([sys.executable, "-m", "runtime", "client", str(tmp_path / "z.npy"), "--size", "60x44",
                            "-o", str(tmp_path / "out.png"), "--url", server["http"]],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -396,8 +396,8 @@ def test_health_readiness_and_metrics_are_tritons_endpoints(server):
 def test_loadtest_runs_locust_against_the_server(server, tmp_path):
     pytest.importorskip("locust", reason=SERVE_SKIP)
     out = tmp_path / "lt.json"
-    proc = subprocess.run([sys.executable, "-m", "runtime.cli.loadtest", "--url", server["http"], "--preset", "tiny",
-                           "--sizes", "64x64", "--users", "2", "--run-time", "2", "--repeats", "1", "--latent-grid",
+    proc = subprocess.run([sys.executable, "-m", "runtime", "loadtest", "--url", server["http"], "--preset", "tiny",
+                           "--size", "64x64", "--users", "2", "--run-time", "2", "--repeats", "1", "--latent-grid",
                            "8", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())

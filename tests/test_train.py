@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from infgen_ref.decode import TORCH_OPS, tokens
-from infgen_ref.data import HELD_OUT, TRAIN_PHOTOS, generated_image, photo_paths
-from infgen_ref.train import CropSampler, Trainer, decode_window, parse_args, positional_warm_start
+from infgen_ref.data import HELD_OUT, TRAIN_PHOTOS, photo_paths
+from train.data import generated_image
+from train.trainer import CropSampler, Trainer, decode_window, parse_args, positional_warm_start
 from infgen_ref.weights import load_checkpoint
 
 
@@ -165,3 +166,18 @@ def test_training_data_offline_and_held_out():
     a, b = generated_image(3, 64), generated_image(3, 64)
     assert torch.equal(a, b) and a.shape == (3, 64, 64) and 0 <= a.min() and a.max() <= 1
     assert not torch.equal(a, generated_image(4, 64))
+
+
+def test_python_dash_m_train(tmp_path):
+    """The trainer's entry point beside infgen_ref: `python -m train`, a few steps end to end."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "train", "--preset", "tiny", "--out", str(tmp_path), "--batch-size", "1",
+                        "--grid-min", "3", "--grid-max", "3", "--window", "3", "--max-scale", "2", "--warmup", "1",
+                        "--stage1-steps", "1", "--stage2-steps", "1", "--warm-start-steps", "0", "--num-generated", "2",
+                        "--quiet", "--threads", "1"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "done: 2 steps" in r.stdout
+    assert load_checkpoint(tmp_path / "model").config.num_blocks == 2

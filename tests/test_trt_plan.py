@@ -2,14 +2,18 @@
 invalidation, the CLI. None of these need TensorRT; the build itself is not tested here."""
 import json
 import math
+import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export.plan import (DEFAULT_OPT_SIZES, Plan, bind_shapes, cache_key, make_plan, pick_profile,
+from export.plan import (DEFAULT_OPT_SIZES, Plan, bind_shapes, cache_key, covers, make_plan, pick_profile,
                          polygraphy_command, trtexec_command, validate_cached)
 from export.trt import engine_paths, read_cached, write_cached
 
@@ -117,13 +121,98 @@ def test_cached_engine_accepted_only_when_valid(tmp_path):
     assert validate_cached(key, "[]", blob) == "metadata is not a JSON object"
 
 
-def test_commands_carry_every_profile():
+def parse_trtexec_profiles(command: str) -> list[dict]:
+    """The optimisation profiles trtexec builds from a command line, by the rules of TensorRT's
+    samples/common/sampleOptions.cpp (main, a892d222): argv entries `--key=value` keep their
+    position; each `--profile=i` (in argv order) takes the --minShapes/--optShapes/--maxShapes
+    found at the positions directly after it, at most one of each; a missing selector is
+    broadcast from the others (processShapes); indices must be unique and cover 0..n-1; without
+    any --profile one set of shape flags makes profile 0, and shape flags left over after either
+    path are an error. Shapes: comma-separated `name:DxDxD`, the name before the last ':'.
+    Returns [{input name: (min, opt, max)}] per profile index; ValueError where trtexec throws."""
+    args = []  # (key, value, position), argv order
+    for pos, a in enumerate(shlex.split(command)[1:], start=1):
+        key, _, value = a.partition("=")
+        args.append([key, value, pos])
+
+    def take(key, pos=None):
+        for entry in args:
+            if entry[0] == key and (pos is None or entry[2] - pos == 1):
+                args.remove(entry)
+                return entry
+        return None
+
+    def shapes(value):
+        out = {}
+        for item in value.split(","):
+            name, _, dims = item.rpartition(":")
+            out[name.replace("'", "")] = tuple(int(d) for d in dims.split("x"))
+        return out
+
+    def process(found):
+        names = set().union(*(found[s] for s in found))
+        order = {"min": ("opt", "max"), "opt": ("max", "min"), "max": ("opt", "min")}
+        full = {}
+        for sel in ("min", "opt", "max"):
+            src = sel if sel in found else next(s for s in order[sel] if s in found)
+            full[sel] = found[src]
+        return {n: (full["min"][n], full["opt"][n], full["max"][n]) for n in names}
+
+    profiles = {}
+    while (entry := take("--profile")) is not None:
+        index, pos, found = int(entry[1]), entry[2], {}
+        for _ in range(3):
+            for sel in ("min", "max", "opt"):
+                if sel not in found and (e := take(f"--{sel}Shapes", pos)) is not None:
+                    found[sel], pos = shapes(e[1]), pos + 1
+                    break
+            else:
+                break
+        if index in profiles:
+            raise ValueError("Optimization profile index cannot be the same.")
+        profiles[index] = process(found) if found else {}
+    if profiles and (sorted(profiles) != list(range(len(profiles))) or not all(profiles.values())):
+        raise ValueError("Found invalid or missing shape spec at profile index")
+    if not profiles:
+        found = {sel: shapes(e[1]) for sel in ("min", "opt", "max") if (e := take(f"--{sel}Shapes"))}
+        profiles = {0: process(found)} if found else {}
+    if any(k in ("--minShapes", "--optShapes", "--maxShapes") for k, _, _ in args):
+        raise ValueError("Multiple --minShapes/--optShapes/--maxShapes without --profile are not allowed.")
+    return [profiles[i] for i in sorted(profiles)]
+
+
+def test_trtexec_line_parses_by_sampleoptions_rules():
     t = trtexec_command(PLAN_4K, "m.onnx", "m.engine", "t.cache")
-    p = polygraphy_command(PLAN_4K, "m.onnx", "m.engine")
-    n = len(PLAN_4K.profiles)
-    assert t.count("--minShapes=") == t.count("--optShapes=") == t.count("--maxShapes=") == n
-    assert "--stronglyTyped" in t and "latent:1x4x16x16,grid:32x32" in t and "--timingCacheFile=t.cache" in t
-    assert p.count("--trt-min-shapes") == n and "grid:[512,512]" in p
+    assert "--stronglyTyped" in shlex.split(t) and "--timingCacheFile=t.cache" in shlex.split(t)
+    parsed = parse_trtexec_profiles(t)
+    assert parsed == [dict(p.shapes) for p in PLAN_4K.profiles]
+    # the old line (shape triples repeated without --profile) is what trtexec rejects
+    old = re.sub(r" --profile=\d+", "", t)
+    with pytest.raises(ValueError, match="without --profile"):
+        parse_trtexec_profiles(old)
+    with pytest.raises(ValueError, match="cannot be the same"):
+        parse_trtexec_profiles(t.replace("--profile=1", "--profile=0"))
+
+
+def test_polygraphy_line_parses_with_polygraphys_own_argparse():
+    pytest.importorskip("polygraphy")
+    from polygraphy.tools.args import TrtConfigArgs, TrtLoadEngineBytesArgs, TrtLoadNetworkArgs
+    from polygraphy.tools.convert import Convert
+    p = polygraphy_command(PLAN_4K, "m.onnx", "m.engine", "t.cache")
+    argv = shlex.split(p)
+    assert argv[:2] == ["polygraphy", "convert"]
+    tool = Convert()
+    args = tool.setup_parser().parse_args(argv[2:])
+    tool.parse(args)
+    profiles = tool.arg_groups[TrtConfigArgs].profile_dicts
+    assert len(profiles) == len(PLAN_4K.profiles)
+    for got, want in zip(profiles, PLAN_4K.profiles):
+        assert {n: tuple(tuple(s) for s in shp) for n, shp in got.items()} == dict(want.shapes)
+    assert tool.arg_groups[TrtConfigArgs].load_timing_cache == "t.cache"
+    assert tool.arg_groups[TrtLoadEngineBytesArgs].save_timing_cache == "t.cache"
+    assert tool.arg_groups[TrtLoadNetworkArgs].strongly_typed
+    with pytest.raises(SystemExit):  # the flag the old line used does not exist
+        tool.setup_parser().parse_args(["m.onnx", "-o", "x", "--timing-cache", "t.cache"])
 
 
 def run_cli(*args, cwd):
@@ -136,7 +225,9 @@ def test_cli_dry_run_writes_plan_and_prints_commands(tmp_path):
     r = run_cli("--max-res", "4096", "--dry-run", "--engine-dir", str(tmp_path / "eng"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     plan = Plan.from_json((tmp_path / "eng" / "plan.json").read_text())
-    assert plan.max_res == 4096 and len(plan.profiles) == 5
+    assert plan.max_res == 4096 and plan.max_elements == 2**31 - 1
+    # 5 intervals; the 3840x2160 and 4096 ones split into landscape + portrait boxes
+    assert len(plan.profiles) == 7 and all(p.elements < 2**31 for p in plan.profiles)
     assert "trtexec --onnx=" in r.stdout and "polygraphy convert" in r.stdout
 
 
@@ -154,3 +245,131 @@ def test_cli_build_without_tensorrt_names_the_package(tmp_path):
 def test_cli_rejects_max_res_beyond_the_model(tmp_path):
     r = run_cli("--preset", "tiny", "--max-res", "4096", "--dry-run", "--engine-dir", str(tmp_path), cwd=tmp_path)
     assert r.returncode != 0 and "max_size 2048" in r.stderr
+
+
+# ----------------------------------------------------------------------------- volume-capped plans
+@pytest.fixture(scope="module")
+def paper_plans():
+    from export.spec import default_plan
+    from infgen_ref.config import preset
+    cfg = preset("paper")
+    return cfg, {b: default_plan(cfg, batch=b) for b in (1, 2)}
+
+
+def test_every_profile_of_the_default_plan_fits_tensorrts_limit(paper_plans):
+    from export.plan import largest_tensor
+    cfg, plans = paper_plans
+    for batch, plan in plans.items():
+        assert plan.max_elements == 2**31 - 1 and plan.profiles
+        for i, p in enumerate(plan.profiles):
+            _, _, box = p.shapes["grid"]
+            lat_max = p.shapes["latent"][2]
+            n, name = largest_tensor(cfg, lat_max[0], *box, lat_max[2])
+            assert lat_max[0] == batch and n == p.elements and n < 2**31, (batch, i, box, n, name)
+        # the plan reaches the model's max size on the long side
+        assert plan.profiles[-1].hi == cfg.max_size // cfg.upscale
+
+
+def test_landscape_and_portrait_boxes_where_the_square_does_not_fit(paper_plans):
+    from export.plan import largest_tensor
+    cfg, plans = paper_plans
+    plan = plans[1]
+    assert largest_tensor(cfg, 1, 480, 480)[0] >= 2**31  # the 3840^2 box is too big ...
+    assert covers(plan, 1, 270, 480) and covers(plan, 1, 480, 270)  # ... 3840x2160 both ways fits
+    assert not covers(plan, 1, 480, 480) and not covers(plan, 1, 512, 512)
+    assert covers(plan, 1, 128, 512) and covers(plan, 1, 256, 256)
+    assert not covers(plans[2], 2, 270, 480) and covers(plans[2], 2, 135, 240)  # boxes sized at max batch
+    assert not covers(plan, 2, 128, 128)  # batch beyond the plan
+    with pytest.raises(ValueError, match="480x480 .*largest tensor <= 2147483647"):
+        pick_profile(plan, 480, 480)
+    for Hp, Wp in ((270, 480), (480, 270), (100, 512), (512, 100), (200, 200), (32, 32)):
+        i = pick_profile(plan, Hp, Wp)
+        lo, opt, hi = plan.profiles[i].shapes["grid"]
+        assert lo[0] <= opt[0] <= hi[0] and lo[1] <= opt[1] <= hi[1]
+        assert lo[0] <= Hp <= hi[0] and lo[1] <= Wp <= hi[1]
+
+
+def test_volume_cap_drops_intervals_nothing_fits():
+    plan = make_plan(256, 1024, ((1024, 1024),), batch=1, volume=lambda b, h, w: b * h * w * 1000,
+                     max_elements=128 * 40 * 1000)
+    # square 128^2 box is over the cap; short side 40 fits: landscape + portrait
+    assert [p.shapes["grid"][2] for p in plan.profiles] == [(40, 128), (128, 40)]
+    with pytest.raises(ValueError, match="no grid of 32..128 tokens per side fits 3968 elements"):
+        make_plan(256, 1024, ((1024, 1024),), volume=lambda b, h, w: h * w, max_elements=31 * 128)
+
+
+# ----------------------------------------------------------------------------- one entry point
+def test_sidecars_that_are_not_text_or_json_mean_rebuild_never_an_exception(tmp_path):
+    key = cache_key("a" * 64, "10.9.0", "gpu", "bf16", PLAN_4K)
+    blob = b"engine" * 10
+    write_cached(tmp_path, key, blob)
+    _, meta = engine_paths(tmp_path, key)
+    good = json.loads(meta.read_text())
+    cases = {b"\xff\xfe\x00bad": "not UTF-8", ("[" * 100000 + "]" * 100000).encode(): "not JSON",
+             json.dumps({**good, "size": str(good["size"])}).encode(): "size mismatch",
+             json.dumps({**good, "sha256": 5}).encode(): "corrupt", json.dumps({"key": None}).encode(): "key mismatch",
+             b"null": "not a JSON object"}
+    for text, reason in cases.items():
+        meta.write_bytes(text)
+        data, why = read_cached(tmp_path, key)
+        assert data is None and reason in why, (text[:20], why)
+
+
+class FakeBuild:
+    """Stands in for TensorRT's build: records its calls, returns bytes naming the plan."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, onnx_path, plan, timing_cache, allow_tf32=False):
+        self.calls.append((Path(onnx_path), plan, Path(timing_cache), allow_tf32))
+        return b"ENGINE" + plan.to_json().encode()
+
+
+def test_cli_engine_is_the_engine_the_backend_loads(tmp_path, monkeypatch, tiny_cfg):
+    """python -m export.trt --min-res 128 builds (build stubbed); TrtBackend's engine_for, with no
+    plan given, finds that same engine in the same engine_dir: same key, same file, no rebuild."""
+    import types
+
+    from export import trt as export_trt
+    from infgen_ref.model import InfGen
+    from runtime.trt_backend import TrtBackend
+    torch.manual_seed(0)
+    tiny_model = InfGen(tiny_cfg).eval()  # its own copy: the export casts the model it is given
+    fake = types.SimpleNamespace(__version__="10.13.0.35")
+    monkeypatch.setattr(export_trt, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(export_trt, "gpu_name", lambda: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr("export.onnx.load_model", lambda checkpoint, preset_name: tiny_model)
+    build = FakeBuild()
+    monkeypatch.setattr(export_trt, "build_engine", build)
+    eng = tmp_path / "engines"
+    args = ["--preset", "tiny", "--min-res", "128", "--max-res", "1024", "--batch", "2", "--dtype", "bf16",
+            "--engine-dir", str(eng), "--cache-dir", str(tmp_path / "cache")]
+    assert export_trt.main(args) == 0
+    assert len(build.calls) == 1 and build.calls[0][1].min_res == 128
+    built = sorted(eng.glob("infgen-*.engine"))
+    assert len(built) == 1
+    found = TrtBackend.locate(tiny_model, torch.bfloat16, engine_dir=eng, cache_dir=tmp_path / "cache")
+    assert found.path == built[0] and found.plan.min_res == 128 and found.plan.batch == 2
+    assert len(build.calls) == 1  # loaded, not rebuilt
+    # the timing cache is keyed by TensorRT version and GPU
+    other = export_trt.timing_cache_path(eng, "10.13.0.35", "NVIDIA H200")
+    assert build.calls[0][2] == export_trt.timing_cache_path(eng, "10.13.0.35", "NVIDIA H100 80GB HBM3") != other
+    # another dtype, or tf32, is another engine
+    export_trt.engine_for(tiny_model, "fp32", None, eng, cache_dir=tmp_path / "cache", allow_tf32=True)
+    assert len(build.calls) == 2 and build.calls[1][3] is True
+    # a corrupt plan.json: the default plan, said so, never an exception
+    (eng / "plan.json").write_bytes(b"\xff")
+    plan, why = export_trt.plan_for(tiny_model.config, eng)
+    assert plan.min_res == 256 and "unreadable" in why
+
+
+def test_engine_for_refuses_a_plan_tensorrt_cannot_build_before_building(tmp_path, tiny_model):
+    from export.trt import EngineUnbuildable, engine_for
+    build = FakeBuild()
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"not used: the build is stubbed")
+    big = make_plan(256, 2048, ((2048, 2048),), batch=64, upscale=8, latent_channels=4)  # uncapped square boxes
+    with pytest.raises(EngineUnbuildable, match="profile 0 .*TensorRT's limit is 2147483647"):
+        engine_for(tiny_model, "bf16", big, tmp_path, onnx_path=onnx, trt_version="10.9", gpu="g", build=build)
+    assert build.calls == []

@@ -1,7 +1,7 @@
-"""`python -m runtime.cli.client`: decode a latent file on an InfGen server (runtime.cli.serve).
+"""`python -m runtime client` (or `infgen-client`): decode a latent file on an InfGen server (`runtime serve`).
 
-    python -m runtime.cli.client z.npy --size 3840x2160 -o out.png --url 127.0.0.1:8000
-    python -m runtime.cli.client z.npy --size 1024 512x768 --protocol grpc --url 127.0.0.1:8001
+    python -m runtime client z.npy --size 3840x2160 -o out.png --url 127.0.0.1:8000
+    python -m runtime client z.npy --size 1024 512x768 --protocol grpc --url 127.0.0.1:8001
 
 Sizes are WIDTHxHEIGHT, as in `python -m runtime decode`, and the files are named the same way:
 several sizes add _WxH, a batch adds _0, _1, ... The pixels equal a local
@@ -10,27 +10,24 @@ several sizes add _WxH, a batch adds _0, _1, ... The pixels equal a local
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-EXIT_USAGE = 2
+from runtime.cli.options import add_size_option, tool_main
+
 EXIT_UNAVAILABLE = 1
+HELP = "decode a latent file on an InfGen server (runtime serve), over HTTP or gRPC"
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'WxH' or 'N' -> (h, w)."""
-    from infgen_ref.config import parse_size as config_parse_size
-    try:
-        return config_parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+def user_errors() -> tuple:
+    """Errors that are the user's (or the server's answer to them): one line, exit status 2."""
+    from runtime.serving import ServerError
+    return (ServerError,)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser) -> None:
     parser.add_argument("latent", help="latent file: .npy, .pt/.pth or .safetensors, (C, h, w) or (B, C, h, w)")
-    parser.add_argument("--size", type=parse_size, nargs="+", required=True, metavar="WxH",
-                        help="output size(s), WIDTHxHEIGHT, e.g. --size 3840x2160 1024")
+    add_size_option(parser, required=True)
     parser.add_argument("--out", "-o", help="output .png or .jpg (default: <latent stem>.png)")
     parser.add_argument("--url", default="127.0.0.1:8000",
                         help="server host:port, the HTTP port or with --protocol grpc the gRPC one (default: %(default)s)")
@@ -80,17 +77,8 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.cli.client", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    from runtime.serving import ServerError
-    try:
-        return run(args)
-    except (ServerError, ValueError, TypeError, OSError, ImportError) as exc:
-        print(f"error: {str(exc).strip().replace(chr(10), '; ') or type(exc).__name__}", file=sys.stderr)
-        return EXIT_USAGE
+    return tool_main("infgen-client", __doc__, add_arguments, run, argv, errors=user_errors())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,8 +1,8 @@
-"""`python -m runtime.cli.loadtest`: Locust against the server's HTTP v2 inference endpoint.
+"""`python -m runtime loadtest` (or `infgen-loadtest`): Locust against the server's HTTP v2 inference endpoint.
 
-    python -m runtime.cli.loadtest --sizes 256x256 512x512 --users 1 2 4 8 --run-time 30 --out lt.json
+    python -m runtime loadtest --size 256x256 512x512 --users 1 2 4 8 --run-time 30 --out lt.json
 
-Without --url it starts its own loopback server (same model flags as runtime.cli.serve) on free
+Without --url it starts its own loopback server (same model flags as `runtime serve`) on free
 ports, its Triton log in a temporary file; with --url it loads that server, and the model flags
 must name the server's model (the direct decode is timed here, in this process). Per size and
 user count: first the engine's direct decode time (median and range of --repeats, batch --batch,
@@ -15,7 +15,6 @@ request failed.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -29,17 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.cli.client import parse_size
-from runtime.cli.serve import EXIT_USAGE, add_limit_arguments, add_model_arguments, limits_from_args, load_engine
-from runtime.cli.serve import positive_int, warm_up
+from infgen_ref.options import positive_int
+from runtime.cli.options import add_model_options, add_size_option, tool_main
+from runtime.cli.serve import add_limit_arguments, engine_and_name, limits_from_args, warm_up
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+HELP = "Locust load test of a server (its own loopback one by default): throughput, latency percentiles"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser) -> None:
     parser.add_argument("--url", help="host:port of a running server's HTTP endpoint (default: start one here)")
-    parser.add_argument("--sizes", type=parse_size, nargs="+", default=[(256, 256), (512, 512)], metavar="WxH",
-                        help="output sizes (default: 256x256 512x512)")
+    add_size_option(parser, default=[(256, 256), (512, 512)])
     parser.add_argument("--users", type=positive_int, nargs="+", default=[1, 2, 4, 8],
                         help="concurrent users = requests in flight (default: 1 2 4 8)")
     parser.add_argument("--run-time", type=positive_int, default=30, help="seconds per run (default: %(default)s)")
@@ -49,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=positive_int, default=5, help="direct decode timings (default: %(default)s)")
     parser.add_argument("--model-name", default="infgen")
     parser.add_argument("--out", help="write the results as JSON here")
-    add_model_arguments(parser)
+    add_model_options(parser)
     add_limit_arguments(parser)
 
 
@@ -104,9 +103,9 @@ def locust_run(url: str, size: tuple[int, int], latent_shape: tuple[int, ...], u
         samples_path = Path(tmp) / "samples.json"
         cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
                "--loglevel", "WARNING", "-u", str(users), "-r", str(users), "-t", f"{run_time}s",
-               "--stop-timeout", "600", "--host", f"http://{url}", "--infgen-size", f"{w}x{h}",
-               "--infgen-latent", f"{c}x{hl}x{wl}", "--infgen-batch", str(b), "--infgen-model", model_name,
-               "--infgen-samples", str(samples_path)]
+               "--stop-timeout", "600", "--host", f"http://{url}", "--infgen-height", str(h),
+               "--infgen-width", str(w), "--infgen-latent", f"{c}x{hl}x{wl}", "--infgen-batch", str(b),
+               "--infgen-model", model_name, "--infgen-samples", str(samples_path)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=run_time + 600 + 120)
         if not samples_path.is_file():
             raise RuntimeError(f"locust wrote no samples (exit {proc.returncode}): {proc.stderr[-2000:]}")
@@ -144,7 +143,7 @@ def run(args) -> int:
         raise ImportError(f"the load test needs locust: {SERVE_EXTRA}")
     if args.url is None:
         require_pytriton()
-    engine, what = load_engine(args)
+    engine, what = engine_and_name(args)
     warm_up(engine)
     grid = args.latent_grid or engine.config.latent_size
     latent = np.random.default_rng(0).standard_normal(
@@ -163,7 +162,7 @@ def run(args) -> int:
         result["server"] = {"max_batch": limits.max_batch, "max_queue_delay_us": limits.max_queue_delay_us}
     result["url"] = url
     try:
-        for h, w in args.sizes:
+        for h, w in args.size:
             for users in args.users:
                 direct = direct_decode_ms(engine, latent, h, w, args.repeats)
                 row = locust_run(url, (h, w), latent.shape, users, args.run_time, args.model_name)
@@ -186,16 +185,8 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.cli.loadtest", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, TypeError, OSError, ImportError) as exc:
-        print(f"error: {str(exc).strip().replace(chr(10), '; ') or type(exc).__name__}", file=sys.stderr)
-        return EXIT_USAGE
+    return tool_main("infgen-loadtest", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Locust user for `python -m runtime.cli.loadtest`, which runs `locust -f` on this file in a subprocess.
+"""Locust user for `python -m runtime loadtest`, which runs `locust -f` on this file in a subprocess.
 
 Never import it elsewhere: importing locust monkey-patches the process for gevent. Each user sends
 one HTTP v2 binary-tensor inference request after another (no think time), so the number of users
@@ -18,7 +18,8 @@ SAMPLES: list[tuple[float, float, bool]] = []  # (start time s, response time ms
 
 @events.init_command_line_parser.add_listener
 def _arguments(parser):
-    parser.add_argument("--infgen-size", default="256x256", help="output WIDTHxHEIGHT")
+    parser.add_argument("--infgen-height", type=int, default=256, help="output height (the driver parsed --size)")
+    parser.add_argument("--infgen-width", type=int, default=256, help="output width")
     parser.add_argument("--infgen-latent", default="4x16x16", help="latent C x h_l x w_l")
     parser.add_argument("--infgen-batch", type=int, default=1, help="images per request")
     parser.add_argument("--infgen-model", default="infgen")
@@ -46,7 +47,7 @@ class InfGenUser(FastHttpUser):
     def on_start(self):
         import tritonclient.http as tc
         o = self.environment.parsed_options
-        w, h = (int(v) for v in o.infgen_size.lower().split("x"))
+        h, w = o.infgen_height, o.infgen_width
         c, hl, wl = (int(v) for v in o.infgen_latent.lower().split("x"))
         b = o.infgen_batch
         latent = np.random.default_rng(0).standard_normal((b, c, hl, wl)).astype(np.float32)

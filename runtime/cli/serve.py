@@ -1,7 +1,7 @@
-"""`python -m runtime.cli.serve`: InfGen on NVIDIA Triton Inference Server (HTTP, gRPC, metrics).
+"""`python -m runtime serve` (or `infgen-serve`): InfGen on NVIDIA Triton Inference Server (HTTP, gRPC, metrics).
 
-    python -m runtime.cli.serve                       # the bundled demo checkpoint, loopback ports 8000-8002
-    python -m runtime.cli.serve --checkpoint DIR --device cuda --host 0.0.0.0 --max-pixels 16777216
+    python -m runtime serve                           # the bundled demo checkpoint, loopback ports 8000-8002
+    python -m runtime serve --checkpoint DIR --device cuda --host 0.0.0.0 --max-pixels 16777216
 
 Runs until SIGINT or SIGTERM, then stops Triton (in-flight requests get exit_timeout_s to finish)
 and exits 0; exits 1 if the server died, 2 with one `error: ...` line on a user error. The model,
@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import threading
-from pathlib import Path
 
-EXIT_USAGE = 2
+from infgen_ref.options import positive_int
+from runtime.cli import options
 
-
-def positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return int(text)
+HELP = "serve the engine on NVIDIA Triton Inference Server (HTTP, gRPC, metrics)"
 
 
 def nonneg_int(text: str) -> int:
@@ -36,31 +31,10 @@ def port(text: str) -> int:
     return int(text)
 
 
-# ------------------------------------------------------------------------------- model flags
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--checkpoint/--preset, --backend, --device, --dtype (the same flags as `python -m runtime`)."""
-    from infgen_ref.config import DTYPES, PRESETS
-    from runtime.engine import BACKENDS
-    g = p.add_argument_group("model")
-    src = g.add_mutually_exclusive_group()
-    src.add_argument("--preset", choices=sorted(PRESETS), help="architecture preset with random weights")
-    src.add_argument("--checkpoint", metavar="DIR", help="InfGen checkpoint directory (default: the bundled demo "
-                                                         "checkpoint if installed, else --preset tiny)")
-    g.add_argument("--backend", choices=BACKENDS, default="torch", help="default: %(default)s")
-    g.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
-    g.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp32 on the CPU, bf16 on CUDA")
-
-
-def load_engine(args):
+def engine_and_name(args):
     """-> (InfGenEngine, what was loaded, in words)."""
-    from runtime.demo import RANDOM_NOTICE, default_model
-    from runtime.engine import InfGenEngine
-    if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
-        raise FileNotFoundError(f"--checkpoint must be a directory, got {args.checkpoint!r}")
-    spec = args.checkpoint or args.preset or default_model()
-    engine = InfGenEngine(spec, backend=args.backend, device=args.device, dtype=args.dtype)
-    if engine.random_weights:
-        print(f"note: {RANDOM_NOTICE}", file=sys.stderr)
+    engine = options.load_engine(args)
+    spec = options.model_spec(args)
     return engine, (f"preset {spec}" if engine.random_weights else f"checkpoint {spec}")
 
 
@@ -90,7 +64,7 @@ def limits_from_args(args):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
+    options.add_model_options(parser)
     g = parser.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 for every interface, as in a container (default: %(default)s)")
@@ -112,7 +86,7 @@ def run(args) -> int:
     from runtime.serving import require_pytriton, start_server
     limits = limits_from_args(args)
     require_pytriton()  # before the model loads: a missing extra fails fast
-    engine, what = load_engine(args)
+    engine, what = engine_and_name(args)
     warm_up(engine)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -132,16 +106,8 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.cli.serve", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, TypeError, OSError, ImportError) as exc:
-        print(f"error: {str(exc).strip().replace(chr(10), '; ') or type(exc).__name__}", file=sys.stderr)
-        return EXIT_USAGE
+    return options.tool_main("infgen-serve", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Train an InfGen model from scratch: `python -m infgen_ref.train --preset demo --out out/demo`.
+"""Train an InfGen model from scratch: `python -m train --preset demo --out out/demo`.
 
 Two stages, as the paper's setup implies when no SDXL VAE weights are at hand:
   1. steps [0, stage1_steps): encoder + InfGen decoder trained together as a plain VAE at the
@@ -27,11 +27,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .config import PRESETS, InfGenConfig, preset
-from .decode import TORCH_OPS, decode_grid
-from .data import training_images
-from .model import InfGen
-from .weights import save_checkpoint
+from infgen_ref.config import PRESETS, InfGenConfig, preset
+from infgen_ref.decode import TORCH_OPS, decode_grid
+from infgen_ref.model import InfGen
+from infgen_ref.weights import save_checkpoint
+from train.data import training_images
 
 
 # ----------------------------------------------------------------------------- data
@@ -353,7 +353,7 @@ class Trainer:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m infgen_ref.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
     p.add_argument("--config", default=None, help="an InfGenConfig JSON file instead of --preset")
     p.add_argument("--out", required=True, help="directory for train_state.pt, model/ and log.jsonl")
@@ -410,7 +410,8 @@ def main(argv=None):
     t0 = time.time()
     trainer.run(sampler)
     print(f"done: {trainer.step} steps in {time.time() - t0:.0f} s; checkpoint {trainer.out / 'model'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""`python -m runtime demo` (runtime/cli/demo.py) on the shipped demo checkpoint: pictures written,
+metrics finite, dtypes finite; its --held-out and --fidelity options."""
+import json
+import math
+
+import pytest
+import torch
+
+from infgen_ref.weights import load_checkpoint
+from runtime.cli import main
+from runtime.cli.demo import DEMO_PHOTO, fidelity, held_out_table, run_demo
+from runtime.cli.options import DEMO_CHECKPOINT as DEMO_DIR
+
+
+def test_shipped_demo_assets():
+    assert DEMO_PHOTO.is_file()
+    assert (DEMO_DIR / "CARD.md").is_file()
+    model = load_checkpoint(DEMO_DIR)
+    assert model.config.upscale == 8 and model.config.max_size >= 1920
+    assert (DEMO_DIR / "model.safetensors").stat().st_size < 10 * 2**20
+
+
+def test_run_demo_writes_pictures_and_finite_metrics(tmp_path):
+    rows = run_demo(tmp_path, sizes=[(64, 64), (72, 120)])  # (h, w)
+    assert [r["size"] for r in rows] == ["64x64", "120x72"]
+    for r in rows:
+        for k in ("psnr", "ssim", "baseline_psnr", "baseline_ssim", "seconds"):
+            assert math.isfinite(r[k]), (k, r)
+        assert 0 < r["ssim"] <= 1 and r["psnr"] > 5
+    from PIL import Image
+    assert Image.open(tmp_path / "infgen_120x72.png").size == (120, 72)
+    assert (tmp_path / "bicubic_64x64.png").is_file()
+    sheet = Image.open(tmp_path / "contact_sheet.png")
+    assert sheet.width > 3 * 64
+    info = json.loads((tmp_path / "demo_results.json").read_text())
+    assert info["rows"] == rows and info["dtype"] == "float32"
+
+
+def test_sizes_must_be_height_width_pairs(tmp_path):
+    for bad in ([], [(1, 2, 3)], "64x64"):
+        with pytest.raises(ValueError, match="height, width"):
+            run_demo(tmp_path, sizes=bad)
+
+
+def test_run_demo_rejects_bad_size(tmp_path):
+    with pytest.raises(ValueError, match="width must be"):
+        run_demo(tmp_path, sizes=[(64, 4000)])
+
+
+def test_low_precision_outputs_finite_and_close():
+    rows = fidelity(sizes=[(64, 96)], backends=("torch",), dtypes=("fp32", "bf16", "fp16"))
+    by = {r["dtype"]: r for r in rows}
+    assert by["fp32"]["psnr"] == math.inf
+    for dt, floor in (("bf16", 30.0), ("fp16", 40.0)):
+        assert by[dt]["finite"] and by[dt]["psnr"] > floor, by[dt]
+
+
+def test_fidelity_skips_unbuildable_backend_with_reason():
+    rows = fidelity(sizes=[(64, 64)], backends=("nope",), dtypes=("fp32",))
+    assert rows == [dict(backend="nope", dtype="fp32", skipped=rows[0]["skipped"])]
+    assert "nope" in rows[0]["skipped"]
+
+
+def test_held_out_table_rows():
+    torch.manual_seed(0)
+    pic = torch.rand(1, 3, 70, 100) * 2 - 1
+    rows = held_out_table(scales=(2,), photos={"rand": pic})
+    assert [(r["scale"], r["size"]) for r in rows] == [(1, "48x32"), (2, "96x64")]
+    assert all(math.isfinite(r["psnr"]) for r in rows)
+    assert "baseline_psnr" in rows[1] and "input_bicubic_ssim" in rows[1]
+
+
+def test_cli_held_out_and_fidelity(tmp_path, capsys, monkeypatch):
+    """`python -m runtime demo --held-out --fidelity`: both tables after the demo table, sizes passed as (h, w).
+    The two table functions are stood in for here (they are tested above); this checks the wiring."""
+    import runtime.cli.demo as demo_mod
+    calls = {}
+
+    def fake_held_out(ckpt, device):
+        calls["held_out"] = (ckpt, device)
+        return [dict(photo="pic", scale=2, size="96x64", psnr=20.5)]
+
+    def fake_fidelity(sizes, device, checkpoint):
+        calls["fidelity"] = (sizes, device, checkpoint)
+        return [dict(backend="torch", dtype="bf16", size="96x64", psnr=41.25, max_abs=0.01, finite=True)]
+
+    monkeypatch.setattr(demo_mod, "held_out_table", fake_held_out)
+    monkeypatch.setattr(demo_mod, "fidelity", fake_fidelity)
+    rc = main(["demo", "--out-dir", str(tmp_path), "--size", "96x64", "--held-out", "--fidelity"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert calls["held_out"] == (str(DEMO_DIR), "cpu")
+    assert calls["fidelity"] == ([(64, 96)], "cpu", str(DEMO_DIR))
+    held = out[out.index("held-out photos"):out.index("fidelity against")]
+    assert "pic" in held and "20.5" in held
+    fid = out[out.index("fidelity against the torch fp32 output"):]
+    assert "41.25" in fid and "bf16" in fid
+    assert (tmp_path / "infgen_96x64.png").is_file()
+
+
+def test_cli_held_out_needs_a_checkpoint(tmp_path, capsys):
+    rc = main(["demo", "--preset", "tiny", "--out-dir", str(tmp_path), "--held-out"])
+    assert rc == 2
+    assert "--held-out and --fidelity score a trained checkpoint" in capsys.readouterr().err
