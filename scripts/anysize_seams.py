@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infgen_ref import decode as D  # noqa: E402
 from infgen_ref.banded import banded_ops, tiled_norm_ops  # noqa: E402
 from infgen_ref.model import token_grid  # noqa: E402
-from runtime.demo_photo import DEMO_PHOTO  # noqa: E402
+from infgen_ref import DEMO_CHECKPOINT  # noqa: E402
 from runtime.engine import InfGenEngine, resolve_model  # noqa: E402
 
 
@@ -40,9 +40,9 @@ def main() -> None:
     p.add_argument("--out", default="docs/anysize_seams.png")
     args = p.parse_args()
     torch.set_num_threads(2)
-    model = resolve_model(str(DEMO_PHOTO.parent))
+    model = resolve_model(str(DEMO_CHECKPOINT))
     native = model.config.upscale * model.config.latent_size
-    im = np.asarray(Image.open(DEMO_PHOTO).convert("RGB").resize((native, native), Image.BICUBIC))
+    im = np.asarray(Image.open(DEMO_CHECKPOINT / "coffee.jpg").convert("RGB").resize((native, native), Image.BICUBIC))
     x = torch.tensor(im).permute(2, 0, 1)[None].float() / 127.5 - 1
     with torch.inference_mode():
         z = model.encode(x)

@@ -115,10 +115,10 @@ def test_per_tile_group_norm_shifts_tone_and_banded_does_not():
     """Demo checkpoint, the bundled photo's latent, 4 x 4 tiles: per-tile GroupNorm statistics
     (a tiled decode) shift the tiles' mean tone; whole-image statistics in bands do not."""
     from PIL import Image
-    from runtime.demo_photo import DEMO_PHOTO
+    from infgen_ref import DEMO_CHECKPOINT
     from runtime.engine import resolve_model
-    model = resolve_model(str(DEMO_PHOTO.parent))
-    im = torch.tensor(np.asarray(Image.open(DEMO_PHOTO).convert("RGB").resize((96, 96))))
+    model = resolve_model(str(DEMO_CHECKPOINT))
+    im = torch.tensor(np.asarray(Image.open(DEMO_CHECKPOINT / "coffee.jpg").convert("RGB").resize((96, 96))))
     x = im.permute(2, 0, 1)[None].float() / 127.5 - 1
     with torch.inference_mode():
         z = model.encode(x)
