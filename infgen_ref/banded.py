@@ -5,7 +5,7 @@ The decode itself is written once (infgen_ref/decode.py); this module only suppl
 (`banded_ops`) whose ops compute band by band:
 
   group_norm   a statistics pass over bands (count, sum, sum of squares, per (batch, group), float64),
-               then returns a `Normed`: x with a per-(B, C) scale and shift (and SiLU) still to apply.
+               then returns a `Normed`: x with a per-(B, C) mean, scale and bias (and SiLU) still to apply.
                The normalised full copy never exists: a conv reads it band by band.
   upsample2x   returns an `Upsampled`: nearest 2x applied to each band as a conv reads it, so the
                4x-larger upsampled activation never exists either.
@@ -16,7 +16,7 @@ The decode itself is written once (infgen_ref/decode.py); this module only suppl
                decoder after conv_in) fall back to one band.
 
 Exactness: the same arithmetic as the plain ops up to float rounding: GroupNorm is applied as
-x * scale + shift with scale = weight * rstd, shift = bias - mean * scale, the statistics taken in
+(x - mean) * scale + bias with scale = weight * rstd, the statistics taken in
 float64 over the whole image (docs/anysize.md).
 
 Where activations live: on `compute`, the device that runs the bands, except (CUDA) activations
@@ -47,16 +47,16 @@ def rows_of(x, a: int, b: int, device: torch.device) -> torch.Tensor:
 
 
 class Normed:
-    """GroupNorm(x) (then SiLU) not yet applied: x (B, C, H, W), scale and shift (B, C) float32."""
+    """GroupNorm(x) (then SiLU) not yet applied: (x - mean) * scale + bias, with x (B, C, H, W) and
+    mean, scale = weight * rstd, bias (B, C) float32 (norm_affine)."""
 
-    def __init__(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, silu: bool):
-        self.x, self.scale, self.shift, self.silu = x, scale, shift, silu
+    def __init__(self, x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor, torch.Tensor], silu: bool):
+        self.x, self.affine, self.silu = x, affine, silu
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
 
     def rows(self, a: int, b: int, device: torch.device) -> torch.Tensor:
         band = self.x[:, :, a:b].to(device, non_blocking=True)  # (B, C, b-a, W)
-        y = torch.addcmul(self.shift.to(device)[:, :, None, None], band.float(),
-                          self.scale.to(device)[:, :, None, None])  # fp32 band
+        y = apply_affine(band, *(t.to(device) for t in self.affine))  # fp32 band
         if self.silu:
             F.silu(y, inplace=True)
         return y.to(self.dtype)
@@ -116,9 +116,9 @@ def group_stats(x, groups: int, band_rows: int, device: torch.device | None = No
     return out
 
 
-def norm_affine(stats: torch.Tensor, norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """(count, sum, sumsq) (3, B, G) -> per-channel scale, shift (B, C) float32 such that
-    GroupNorm(x) = x * scale + shift."""
+def norm_affine(stats: torch.Tensor, norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(count, sum, sumsq) (3, B, G) -> per-channel mean, scale = weight * rstd and bias (B, C)
+    float32, such that GroupNorm(x) = (x - mean) * scale + bias (apply_affine)."""
     n, s, ss = stats
     mean = s / n
     var = (ss / n - mean * mean).clamp_min(0)
@@ -126,11 +126,16 @@ def norm_affine(stats: torch.Tensor, norm: nn.GroupNorm) -> tuple[torch.Tensor, 
     G, C = norm.num_groups, norm.num_channels
     rstd = rstd.repeat_interleave(C // G, dim=1)  # (B, C)
     mean = mean.repeat_interleave(C // G, dim=1)
-    w = norm.weight.double() if norm.weight is not None else torch.ones(C, dtype=torch.float64, device=n.device)
-    bias = norm.bias.double() if norm.bias is not None else torch.zeros_like(w)
-    scale = w.to(n.device) * rstd
-    shift = bias.to(n.device) - mean * scale
-    return scale.float(), shift.float()
+    w = norm.weight.double().to(n.device) if norm.weight is not None else torch.ones_like(rstd)
+    bias = norm.bias.float().to(n.device) if norm.bias is not None else torch.zeros_like(mean, dtype=torch.float32)
+    return mean.float(), (w * rstd).float(), bias.expand_as(mean)
+
+
+def apply_affine(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(x - mean) * scale + bias per (B, C), in float32: x (B, C, h, W) -> float32 (B, C, h, W).
+    Centring first keeps it as exact as F.group_norm when |mean| >> std."""
+    y = x.float() - mean[:, :, None, None]
+    return torch.addcmul(bias[:, :, None, None], y, scale[:, :, None, None])
 
 
 # ----------------------------------------------------------------------------- conv
@@ -205,8 +210,7 @@ class BandedOps:
         """A Normed when silu (GroupNorm+SiLU feeds a conv everywhere in the decoder); a tensor
         without (the mid-block attention's GroupNorm, read by linears over all tokens)."""
         stats = group_stats(x, norm.num_groups, self._rows(x.shape, x.dtype), self.compute)
-        scale, shift = norm_affine(stats, norm)
-        y = Normed(x, scale, shift, silu)
+        y = Normed(x, norm_affine(stats, norm), silu)
         return y if silu else y.materialize()
 
     def upsample2x(self, x) -> Upsampled:

@@ -109,9 +109,9 @@ def predict_peak(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch
     size = lambda C, H, W: B * C * H * W * e  # noqa: E731
     banded = mode == "banded"
 
-    def band(C_in, C_out, H, W, halo):  # one band's input (as computed, fp32 for a norm) + output
+    def band(C_in, C_out, H, W, halo):  # one band's input (centred and normalised: 2 fp32 bands) + output
         r = min(H, _band_rows(B, max(C_in, C_out), H, W, e, band_rows)) + 2 * halo
-        return B * r * W * (C_in * (4 + (e if e != 4 else 0)) + C_out * e)
+        return B * r * W * (C_in * (8 + (e if e != 4 else 0)) + C_out * e)
 
     def gn(C, H, W, where):  # GroupNorm+SiLU -> the token of its output
         X = size(C, H, W)

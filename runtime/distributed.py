@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from infgen_ref.banded import band_stats, norm_affine
+from infgen_ref.banded import apply_affine, band_stats, norm_affine
 
 
 def split_rows(n: int, world: int) -> list[tuple[int, int]]:
@@ -120,8 +120,7 @@ def group_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool) -> torch.Tensor:
     """GroupNorm (+ SiLU) of a row shard with the whole image's statistics (all-reduced)."""
     stats = band_stats(x, norm.num_groups)  # (3, B, G) float64: this shard's count, sum, sum of squares
     dist.all_reduce(stats)
-    scale, shift = norm_affine(stats, norm)
-    y = torch.addcmul(shift[:, :, None, None], x.float(), scale[:, :, None, None])
+    y = apply_affine(x, *norm_affine(stats, norm))  # (B, C, h, W) float32
     return (F.silu(y) if silu else y).to(x.dtype)
 
 

@@ -39,8 +39,7 @@ def test_whole_image_group_norm_from_bands_equals_group_norm(dtype, rows):
     x = (torch.randn(2, 8, 11, 7) * 3 + 5).to(dtype)  # an offset mean: sums of squares cancel badly in fp32
     stats = group_stats(x, 4, rows)
     assert stats[0, 0, 0].item() == 2 * 11 * 7
-    scale, shift = norm_affine(stats, norm)
-    got = Normed(x, scale, shift, silu=True).materialize()
+    got = Normed(x, norm_affine(stats, norm), silu=True).materialize()
     ref = F.silu(F.group_norm(x.double(), 4, norm.weight.double(), norm.bias.double(), 1e-6))
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.double(), ref, atol=tol, rtol=tol)

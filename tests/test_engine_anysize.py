@@ -39,7 +39,7 @@ def test_cli_info_prints_the_plan_and_decode_takes_max_memory(tmp_path, capsys):
     from runtime.cli import main
     assert main(["info", "--preset", "paper", "--size", "4096x4096", "--max-memory", "24GB"]) == 0
     out = capsys.readouterr().out
-    assert "triton bfloat16 (CUDA) plain    25.77 GB  banded    17.46 GB  -> banded, 64 rows per band" in out
+    assert "triton bfloat16 (CUDA) plain    25.77 GB  banded    17.60 GB  -> banded, 64 rows per band" in out
     np.save(tmp_path / "z.npy", np.random.default_rng(0).standard_normal((4, 8, 8)).astype("float32"))
     assert main(["decode", str(tmp_path / "z.npy"), "--size", "48x40", "--preset", "tiny", "--max-memory", "1MB",
                  "--band-rows", "5", "--out", str(tmp_path / "o.png")]) == 0
