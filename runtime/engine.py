@@ -110,9 +110,11 @@ class InfGenEngine:
     covers the request, so "auto" accepts exactly the sizes of "torch"; .backend_name says which
     backend ran the last decode (before any decode: the first of the chain).
     dtype: "fp32" | "fp16" | "bf16"; default fp32 on the CPU, bf16 on CUDA.
+    max_memory, banded, band_rows: the any-size path (runtime/anysize.py, docs/anysize.md).
     backend_options go to the backend's constructor (with "auto": to each backend that takes them)."""
 
-    def __init__(self, model="tiny", backend: str = "torch", device="cpu", dtype=None, **backend_options):
+    def __init__(self, model="tiny", backend: str = "torch", device="cpu", dtype=None, max_memory=None,
+                 banded="auto", band_rows=None, **backend_options):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.device = resolve_device(device)
@@ -128,6 +130,9 @@ class InfGenEngine:
         self._last = self.backends[0]
         self._encoder: InfGen | None = None
         self._lock = threading.Lock()
+        from runtime.anysize import check_options
+        self.max_memory, self.banded, self.band_rows = check_options(max_memory, banded, band_rows,
+                                                                     [b.name for b in self.backends])
 
     def _build_chain(self, names: list[str], options: dict) -> list:
         """Each named backend with the options its constructor takes, up to the first in COVERS_ALL
@@ -189,9 +194,17 @@ class InfGenEngine:
         z, h, w = self.check(latent, h, w)
         Hp, Wp = token_grid(h, w, self.config)
         backend = self.backend_for(z.shape[0], Hp, Wp)
-        img = backend.run(z, Hp, Wp)
+        from runtime.anysize import run_planned  # plain, or banded past the memory budget
+        img = run_planned(self, backend, z, h, w, Hp, Wp)
         self._last = backend
         return check_output(img[:, :, :h, :w].float(), "decode").clamp(-1, 1)
+
+    def plan(self, h: int, w: int, batch: int = 1) -> tuple[str, int | None, int]:
+        """(mode "plain" | "banded" | "banded-host", band rows (banded), predicted peak device bytes)
+        of a decode on the backend that would run it."""
+        from runtime.anysize import engine_plan
+        h, w = check_size(h, w, self.config)
+        return engine_plan(self, self.backend_for(batch, *token_grid(h, w, self.config)), h, w, batch)
 
     def encoder_model(self) -> InfGen:
         """The fp32 reference weights on the engine's device that encode runs on: the resolved model

@@ -71,9 +71,10 @@ def conv2d(x: torch.Tensor, conv: torch.nn.Conv2d, max_elems: int = MAX_CONV_ELE
     for r0 in range(0, H, rows):
         r1 = min(H, r0 + rows)
         a, b = max(0, r0 - halo), min(H, r1 + halo)
-        band = x[:, :, a:b]
-        band = F.pad(band, (0, 0, halo - (r0 - a), halo - (b - r1)))  # zero rows only at the image edges
-        out[:, :, r0:r1] = F.conv2d(band, conv.weight, conv.bias, padding=(0, conv.padding[1]))
+        # a view of the band and its halo, zero-padded by the conv itself: no F.pad copy; the rows
+        # computed against the padding at inner band edges are dropped (docs/anysize.md)
+        y = F.conv2d(x[:, :, a:b], conv.weight, conv.bias, padding=conv.padding)  # (B, Cout, b - a, W)
+        out[:, :, r0:r1] = y[:, :, r0 - a: r1 - a]
     return out
 
 

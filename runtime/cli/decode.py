@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.cli.options import add_model_options, add_size_option, load_engine, tool_main
+from runtime.cli.options import add_memory_options, add_model_options, add_size_option, load_engine, tool_main
 
 HELP = "latent (.npy/.pt/.safetensors) -> PNG or JPEG at one or more sizes"
 
@@ -21,6 +21,7 @@ def add_arguments(p) -> None:
                                        "adds _0, _1, ... (default: <latent stem>.<format>)")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="format when --out is not given")
     add_model_options(p)
+    add_memory_options(p)
 
 
 def out_path(out: str | None, default_stem: str, size: tuple[int, int], several: bool, fmt: str) -> Path:

@@ -1,4 +1,4 @@
-"""`python -m runtime info`: config, parameter counts, FLOPs per stage and the H100 floor at a size.
+"""`python -m runtime info`: config, parameter counts, FLOPs per stage, the H100 floor and the memory plan at a size.
 
     python -m runtime info --preset paper --size 3840x2160
 
@@ -7,15 +7,16 @@ Builds the model on the meta device: fast for any preset, no weights read.
 from __future__ import annotations
 
 from infgen_ref.options import positive_int
-from runtime.cli.options import add_model_options, add_size_option, model_spec, tool_main
+from runtime.cli.options import add_memory_options, add_model_options, add_size_option, model_spec, tool_main
 
-HELP = "config, parameter counts, FLOPs per stage and the H100 floor at a size"
+HELP = "config, parameter counts, FLOPs per stage, the H100 floor and the memory plan at a size"
 
 
 def add_arguments(p) -> None:
     add_size_option(p, default=[(1024, 1024)], what="output size(s) for the FLOP count")
     p.add_argument("--batch", type=positive_int, default=1)
     add_model_options(p, device=False, dtype=False, backends=())
+    add_memory_options(p, banded=False)
 
 
 def _count(module) -> int:
@@ -56,7 +57,31 @@ def run(args) -> int:
         for k in (*STAGES, "total"):
             print(f"  {k:12s} {f[k] / 1e12:10.4f} TFLOP  {100 * f[k] / f['total']:5.1f}%")
         print(f"  H100 floor   {1e3 * floor_seconds(f['total']):10.2f} ms (bf16 matrix rate 790 TFLOP/s)")
+        print_plan(cfg, h, w, args.batch, args.max_memory, args.band_rows)
     return 0
+
+
+def print_plan(cfg, h: int, w: int, batch: int, max_memory, band_rows) -> None:
+    """Predicted peak activation memory, plain and banded, per backend and dtype; with a budget,
+    the plan the engine would pick (infgen_ref/memory.py, docs/anysize.md)."""
+    import torch
+    from infgen_ref.memory import parse_bytes, plan, predict_peak
+    budget = parse_bytes(max_memory) if max_memory else None
+    print(f"memory, decode to {w}x{h} (WxH), batch {batch}: predicted peak activations"
+          + (f"; plan under a {budget / 1e9:.2f} GB budget" if budget else " (--max-memory: the plan)"))
+    for backend, dtype, where in (("torch", torch.float32, "CPU"), ("torch", torch.bfloat16, "CUDA"),
+                                  ("triton", torch.bfloat16, "CUDA")):
+        plain = predict_peak(cfg, h, w, batch, dtype, backend, "plain")
+        banded = predict_peak(cfg, h, w, batch, dtype, backend, "banded", band_rows)
+        line = (f"  {backend:6s} {str(dtype).split('.')[-1]:8s} ({where:4s}) plain {plain / 1e9:8.2f} GB  "
+                f"banded {banded / 1e9:8.2f} GB")
+        if budget:
+            mode, rows, peak = plan(cfg, h, w, batch, dtype, backend, budget, "auto", band_rows,
+                                    host_streaming=where == "CUDA")
+            line += f"  -> {mode}" + (f", {rows} rows per band" if rows else "") + f", {peak / 1e9:.2f} GB"
+            if peak > budget:
+                line += " (over budget: more GPUs, torchrun -m runtime.distributed)"
+        print(line)
 
 
 def main(argv: list[str] | None = None) -> int:

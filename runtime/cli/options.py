@@ -26,6 +26,18 @@ def add_model_options(p: argparse.ArgumentParser, **kw) -> None:
     _options.add_model_options(p, **kw)
 
 
+def add_memory_options(p: argparse.ArgumentParser, banded: bool = True) -> None:
+    """The any-size flags (docs/anysize.md): --max-memory, --band-rows and (decode) --banded."""
+    g = p.add_argument_group("memory (docs/anysize.md)")
+    g.add_argument("--max-memory", metavar="BYTES", help="memory budget for one decode, e.g. 24GB or 512MiB "
+                   "(default: free device memory, or available RAM, minus 10%%); past it the decode runs in bands")
+    if banded:
+        g.add_argument("--banded", choices=("auto", "on", "off"), default="auto",
+                       help="banded decode: auto (when the plain one would not fit the budget), on, off "
+                            "(default: %(default)s)")
+    g.add_argument("--band-rows", type=positive_int, help="rows per band (default: sized by bytes)")
+
+
 def default_model() -> str:
     """The bundled demo checkpoint directory if present, else the "tiny" preset (random weights)."""
     if (DEMO_CHECKPOINT / "config.json").is_file() and (DEMO_CHECKPOINT / "model.safetensors").is_file():
@@ -45,7 +57,11 @@ def model_spec(args) -> str:
 def load_engine(args):
     """The InfGenEngine the flags name; says on stderr when its weights are random."""
     from runtime.engine import InfGenEngine
-    engine = InfGenEngine(model_spec(args), backend=args.backend, device=args.device, dtype=args.dtype)
+    memory = {}
+    if hasattr(args, "max_memory"):
+        memory = dict(max_memory=args.max_memory, band_rows=args.band_rows,
+                      banded={"auto": "auto", "on": True, "off": False}[getattr(args, "banded", "auto")])
+    engine = InfGenEngine(model_spec(args), backend=args.backend, device=args.device, dtype=args.dtype, **memory)
     if engine.random_weights:
         print(f"note: {RANDOM_NOTICE}", file=sys.stderr)
     return engine
