@@ -19,6 +19,7 @@ CPU it runs only under TRITON_INTERPRET=1 (Triton's interpreter; tiny shapes onl
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -133,11 +134,22 @@ def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_prescale
     """The mid block's attention, q, k, v (B, 1, N, C) -> (B, 1, N, C), scale 1/sqrt(C): the
     scores-once kernel (kernels.attention_d512) where it applies (C = 512, bf16/fp16, an sm_90
     GPU), else the tl.dot flash kernel (other GPUs, other widths, fp32, the interpreter)."""
-    from kernels import attention_d512
     from kernels.attention import flash_attention
-    if attention_d512.d512_applies(q, k, v):
-        return attention_d512.flash_attention_d512(q, k, v, q_prescaled=q_prescaled)
+    d512 = _d512_module()
+    if d512 is not None and d512.d512_applies(q, k, v):
+        return d512.flash_attention_d512(q, k, v, q_prescaled=q_prescaled)
     return flash_attention(q, k, v, q_prescaled=q_prescaled)
+
+
+@functools.lru_cache(maxsize=1)
+def _d512_module():
+    """kernels.attention_d512, or None on a triton without Gluon's Hopper API (< 3.6): the mid
+    block then runs the tl.dot kernel everywhere."""
+    try:
+        from kernels import attention_d512
+    except ImportError:
+        return None
+    return attention_d512
 
 
 class TritonBackend:
