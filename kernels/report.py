@@ -287,7 +287,7 @@ def attention_entries() -> list[Entry]:
             if not uses_kernel(dt, CUDA):
                 continue
             cfg = pick_config(D, CUDA)
-            out.append(Entry("attn_fwd_kernel", label + (" (GPUs other than sm_90)" if D == 512 else ""),
+            out.append(Entry("attn_fwd_kernel", label + (", GPUs other than sm_90" if D == 512 else ""),
                              f"d{D} {_tile(cfg)} q_prescaled", name, ("runtime",),
                              partial(_attention, site, dt, D, cfg, q_prescaled=True), expect_hgmma=True))
     for D, cfgs in SWEEP_CONFIGS.items():
