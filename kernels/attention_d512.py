@@ -91,7 +91,7 @@ def _store_half(acc, inv_l, o_ptr, stride_om, M, off_m, col0, layout: gl.constex
 
 @gluon.jit
 def _softmax_partition(bufs, bars, o_ptr, stride_om, M, N, off_m, qk_scale,
-                       SKIP_QK: gl.constexpr, SKIP_PV: gl.constexpr):
+                       Q_PRESCALED: gl.constexpr, SKIP_QK: gl.constexpr, SKIP_PV: gl.constexpr):
     """Warpgroup 0: S = Q K^T (the only score computation), online softmax in fp32 with exp2,
     P and alpha to shared memory for warpgroup 1, O[:, :HALF] += P V[:, :HALF] with P from
     registers."""
@@ -123,7 +123,9 @@ def _softmax_partition(bufs, bars, o_ptr, stride_om, M, N, off_m, qk_scale,
         else:
             s = warpgroup_mma(q_smem, k_smem.index(s_idx).permute((1, 0)), s_zero, use_acc=False)  # (BM, BLOCK_N)
         mbarrier.arrive(k_free.index(s_idx), count=1)
-        s = gl.where((key < N - j * BLOCK_N)[None, :], s * qk_scale, float("-inf"))  # keys past N: -inf
+        if not Q_PRESCALED:
+            s = s * qk_scale                                                 # log2 units: one multiply per score
+        s = gl.where((key < N - j * BLOCK_N)[None, :], s, float("-inf"))  # keys past N: -inf
         m_new = gl.maximum(m_i, gl.max(s, axis=1))
         p = gl.exp2(s - m_new[:, None])
         alpha = gl.exp2(m_i - m_new)
@@ -189,7 +191,8 @@ def attn_d512_kernel(
     stride_om,                   # out row stride in elements
     M,                           # query rows
     N,                           # key rows
-    qk_scale,                    # softmax scale * log2(e), fp32
+    qk_scale,                    # softmax scale * log2(e), fp32 (unused when Q_PRESCALED)
+    Q_PRESCALED: gl.constexpr,   # q already holds q * scale * log2(e): scores need no multiply
     STAGES: gl.constexpr,        # K/V ring slots (1 at BLOCK_N 64: shared memory holds one K and one V tile)
     P_LAYOUT: gl.constexpr,      # shared layout of P (BLOCK_M, BLOCK_N): NVMMASharedLayout.get_default_for
     PV_REGS: gl.constexpr,       # registers per thread of warpgroup 1 after setmaxnreg
@@ -239,7 +242,8 @@ def attn_d512_kernel(
     bars = (q_ready, k_ready, k_free, v0_ready, v0_free, v1_ready, v1_free, p_ready, p_free, l_ready)
 
     gl.warp_specialize([
-        (_softmax_partition, (bufs, bars, o_ptr, stride_om, M, N, off_m, qk_scale, SKIP_QK, SKIP_PV)),
+        (_softmax_partition, (bufs, bars, o_ptr, stride_om, M, N, off_m, qk_scale, Q_PRESCALED, SKIP_QK,
+                                SKIP_PV)),
         (_pv_partition, (bufs, bars, o_ptr, stride_om, M, N, off_m, SKIP_PV)),
         (_load_partition, (q_desc, k_desc, v_desc, bufs, bars, off_m, N)),
     ], [4, 1], [PV_REGS, 24])
@@ -283,8 +287,9 @@ def _layouts(config: D512Config, dtype: torch.dtype) -> dict:
     return {name: (shape, gl.NVMMASharedLayout.get_default_for(shape, g)) for name, shape in blocks.items()}
 
 
-def _constexprs(config: D512Config, dtype: torch.dtype) -> dict:
-    return {"STAGES": config.stages, "P_LAYOUT": _layouts(config, dtype)["p"][1], "PV_REGS": config.pv_regs,
+def _constexprs(config: D512Config, dtype: torch.dtype, q_prescaled: bool = False) -> dict:
+    return {"Q_PRESCALED": bool(q_prescaled), "STAGES": config.stages, "P_LAYOUT": _layouts(config, dtype)["p"][1],
+            "PV_REGS": config.pv_regs,
             "SKIP_QK": config.skip_qk, "SKIP_PV": config.skip_pv}
 
 
@@ -354,13 +359,19 @@ def _tma_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def flash_attention_d512(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
-                         out: torch.Tensor | None = None, config: D512Config | None = None) -> torch.Tensor:
+                         out: torch.Tensor | None = None, config: D512Config | None = None, *,
+                         q_prescaled: bool = False) -> torch.Tensor:
     """softmax(q k^T * scale) v for head dim 512 on an sm_90 GPU, fp32 softmax, output in q's dtype.
 
     q: (B, H, M, 512); k, v: (B, H, N, 512), bf16 or fp16, any strides with a unit last stride.
     scale defaults to 1/sqrt(512). Returns (B, H, M, 512): a view of a (B, M, H, 512) buffer, like
     kernels.attention.flash_attention, or `out` when given (same shape and dtype, unit last stride).
-    config: a D512Config to override RUNTIME_CONFIG (benchmarks and ablations)."""
+    config: a D512Config to override RUNTIME_CONFIG (benchmarks and ablations).
+    q_prescaled: q already holds q * scale * log2(e) (the triton backend folds the factor into the
+    query projection), so no score is multiplied; `scale` must then be None. As in
+    kernels.attention.flash_attention."""
+    if q_prescaled and scale is not None:
+        raise ValueError(f"scale must be None when q_prescaled (q already carries the scale), got {scale!r}")
     _check(q, k, v)
     B, H, M, D = q.shape
     N = k.shape[2]
@@ -373,7 +384,8 @@ def flash_attention_d512(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
                          f"last stride, got {out.dtype} {tuple(out.shape)} on {out.device}")
     cfg = config or RUNTIME_CONFIG
     lay = _layouts(cfg, q.dtype)
-    consts = _constexprs(cfg, q.dtype)
+    consts = _constexprs(cfg, q.dtype, q_prescaled)
+    qk_scale = 1.0 if q_prescaled else float(scale) * LOG2E
     grid = (triton.cdiv(M, BLOCK_M),)
     with torch.cuda.device(q.device):
         for b in range(B):
@@ -381,7 +393,7 @@ def flash_attention_d512(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
                 qd, kd, vd = (TensorDescriptor.from_tensor(_tma_rows(t[b, h]), *lay[n])
                               for t, n in ((q, "q"), (k, "k"), (v, "v")))
                 o = out[b, h]  # (M, 512)
-                attn_d512_kernel[grid](qd, kd, vd, o, o.stride(0), M, N, float(scale) * LOG2E, **consts,
+                attn_d512_kernel[grid](qd, kd, vd, o, o.stride(0), M, N, qk_scale, **consts,
                                        num_warps=NUM_WARPS, maxnreg=MAXNREG)
     return out
 
@@ -392,12 +404,14 @@ def sm90_target():
     return GPUTarget("cuda", 90, 32)
 
 
-def compile_d512(config: D512Config = RUNTIME_CONFIG, dtype: torch.dtype = torch.bfloat16, target=None):
+def compile_d512(config: D512Config = RUNTIME_CONFIG, dtype: torch.dtype = torch.bfloat16, target=None,
+                 q_prescaled: bool = False):
     """Compile attn_d512_kernel for `target` (default sm_90a) on any machine, GPU or not. Returns
     triton's CompiledKernel: .asm["ttgir"], ["ptx"], ["cubin"]; .metadata.shared (bytes).
     The signature is spelled by the JIT's own mangle_type on placeholder (CPU) arguments; pointer
     and row stride get the 16-divisibility the JIT gives them at real call sites (out rows of 512
-    elements); M and N stay unspecialised (any length)."""
+    elements); M and N stay unspecialised (any length). q_prescaled: the variant the triton backend
+    launches (flash_attention_d512(..., q_prescaled=True))."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
@@ -408,7 +422,7 @@ def compile_d512(config: D512Config = RUNTIME_CONFIG, dtype: torch.dtype = torch
     lay = _layouts(config, dtype)
     placeholder = {n: TensorDescriptor.from_tensor(torch.empty(shape, dtype=dtype), shape, layout)
                    for n, (shape, layout) in lay.items() if n != "p"}
-    consts = _constexprs(config, dtype)
+    consts = _constexprs(config, dtype, q_prescaled)
     signature = {"q_desc": mangle_type(placeholder["q"]), "k_desc": mangle_type(placeholder["k"]),
                  "v_desc": mangle_type(placeholder["v"]), "o_ptr": mangle_type(torch.empty(1, dtype=dtype)),
                  "stride_om": "i32", "M": "i32", "N": "i32", "qk_scale": "fp32", **{n: "constexpr" for n in consts}}
@@ -480,12 +494,13 @@ def score_work(ttgir: str, sass: str, block_m: int, block_n: int, head_dim: int 
             "min_score_hgmma_per_tile": {s: head_dim // 16 * block_n // int(s.split("x")[1]) for s in shapes}}
 
 
-def static_checks(config: D512Config = RUNTIME_CONFIG, dtype: torch.dtype = torch.bfloat16, target=None) -> dict:
+def static_checks(config: D512Config = RUNTIME_CONFIG, dtype: torch.dtype = torch.bfloat16, target=None,
+                  q_prescaled: bool = False) -> dict:
     """The compile report's row for one configuration: compile_d512 + resources + score_work, and
     the register counts the partitions switch to (setmaxnreg in the PTX)."""
     import re
 
-    compiled = compile_d512(config, dtype, target)
+    compiled = compile_d512(config, dtype, target, q_prescaled)
     row = resources(compiled)
     row["setmaxnreg"] = sorted({int(n) for n in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)",
                                                              compiled.asm["ptx"])})
@@ -497,7 +512,8 @@ def static_checks(config: D512Config = RUNTIME_CONFIG, dtype: torch.dtype = torc
 # ----------------------------------------------------------------------------- command line
 def main(argv=None) -> int:
     """python -m kernels.attention_d512 [--configs runtime sweep ablations] [--dtypes bf16 fp16] [--json]
-    Compiles each configuration for sm_90a (no GPU needed) and prints its static checks."""
+    Compiles each configuration for sm_90a (no GPU needed) and prints its static checks. The runtime
+    set is compiled as the triton backend launches it (q_prescaled); the others with unscaled queries."""
     import argparse
     import json
 
@@ -511,9 +527,10 @@ def main(argv=None) -> int:
     rows = []
     for cfg, kind in [(c, kind) for kind in a.configs for c in sets[kind]]:
         for name in a.dtypes:
-            row = {"set": kind, "config": cfg.__dict__, "dtype": name, "triton": triton.__version__}
+            row = {"set": kind, "config": cfg.__dict__, "dtype": name, "triton": triton.__version__,
+                   "q_prescaled": kind == "runtime"}
             try:
-                row.update(static_checks(cfg, dtypes[name]))
+                row.update(static_checks(cfg, dtypes[name], q_prescaled=kind == "runtime"))
             except Exception as exc:  # noqa: BLE001 - a configuration that does not compile is a row
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             rows.append(row)

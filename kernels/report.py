@@ -62,7 +62,7 @@ MAX_REGS = 255
 CUDA = torch.device("cuda")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # runtime: launched by the backends/launchers; sweep: by benchmarks/kernels.py; plugin: by the
-# TensorRT plugin; option: a launcher option the runtime does not use yet; rejected: considered
+# TensorRT plugin; option: a launcher option the runtime does not use (none at present); rejected: considered
 # and not launched (kept to show why; compiled only when asked for: --used-by rejected).
 USED_BY = ("runtime", "sweep", "plugin", "option", "rejected")
 DEFAULT_USED_BY = ("runtime", "sweep", "plugin", "option")
@@ -275,6 +275,11 @@ ATTENTION_SITES = [("cross", 64, "cross-attention, paper (8 heads of 64)"),
 
 
 def attention_entries() -> list[Entry]:
+    """attn_fwd_kernel: the runtime's call sites as the triton backend launches them (queries
+    pre-scaled by scale * log2(e), folded into the query projections: q_prescaled; at head dim 512
+    on sm_90 in bf16/fp16 the backend launches attn_d512_kernel instead, d512_entries, so that row
+    is the tl.dot fallback of other GPUs), the benchmark's sweep (unscaled queries, as
+    benchmarks/kernels.py calls it), the TensorRT plugin's layout and the rejected fp32 tiles."""
     from functools import partial
     out = []
     for site, D, label in ATTENTION_SITES:
@@ -282,27 +287,22 @@ def attention_entries() -> list[Entry]:
             if not uses_kernel(dt, CUDA):
                 continue
             cfg = pick_config(D, CUDA)
-            swept = dt == torch.bfloat16 and (*cfg, False) in SWEEP_CONFIGS.get(D, [])
-            used = ("runtime", "sweep") if swept else ("runtime",)
-            out.append(Entry("attn_fwd_kernel", label, f"d{D} {_tile(cfg)}", name, used,
-                             partial(_attention, site, dt, D, cfg), expect_hgmma=True))
+            out.append(Entry("attn_fwd_kernel", label + (", GPUs other than sm_90" if D == 512 else ""),
+                             f"d{D} {_tile(cfg)} q_prescaled", name, ("runtime",),
+                             partial(_attention, site, dt, D, cfg, q_prescaled=True), expect_hgmma=True))
     for D, cfgs in SWEEP_CONFIGS.items():
         site, label = ("cross", "sweep, cross-attention") if D == 64 else ("self", "sweep, mid-block attention")
         for *cfg, tma in cfgs:
             cfg = tuple(cfg)
-            if cfg != pick_config(D, CUDA) or tma:
-                out.append(Entry("attn_fwd_kernel", label, f"d{D} {_tile(cfg)}" + (" kv_tma" if tma else ""), "bf16",
-                                 ("sweep",), partial(_attention, site, torch.bfloat16, D, cfg, kv_tma=tma),
-                                 expect_hgmma=True))
+            out.append(Entry("attn_fwd_kernel", label, f"d{D} {_tile(cfg)}" + (" kv_tma" if tma else ""), "bf16",
+                             ("sweep",), partial(_attention, site, torch.bfloat16, D, cfg, kv_tma=tma),
+                             expect_hgmma=True))
     for name in ("bf16", "fp16"):  # the TensorRT plugin's layout (its entry kernel lives in export/trt.py)
         cfg = pick_config(512, CUDA)
         out.append(Entry("attn_fwd_kernel", "TensorRT plugin layout (B, N, 512), one head", f"d512 {_tile(cfg)}",
                          name, ("plugin",), partial(_attention, "plugin", DTYPES[name], 512, cfg), expect_hgmma=True))
     for site, D, label in ATTENTION_SITES[:2]:
         cfg = pick_config(D, CUDA)
-        # An option the runtime does not use yet: q pre-scaled by scale * log2(e).
-        out.append(Entry("attn_fwd_kernel", label, f"d{D} {_tile(cfg)} q_prescaled", "bf16", ("option",),
-                         partial(_attention, site, torch.bfloat16, D, cfg, q_prescaled=True), expect_hgmma=True))
         # Rejected: fp32 through the kernel (CUDA runs torch SDPA instead), at the bf16 tile.
         out.append(Entry("attn_fwd_kernel", label, f"d{D} {_tile(cfg)}", "fp32", ("rejected",),
                          partial(_attention, site, torch.float32, D, cfg)))
@@ -370,8 +370,9 @@ def inpe_entries() -> list[Entry]:
 
 
 def d512_entries() -> list[Entry]:
-    """The scores-once head-dim-512 Gluon kernel (kernels/attention_d512.py): what the runtime
-    launches on sm_90 in bf16/fp16, and the benchmark's sweep."""
+    """The scores-once head-dim-512 Gluon kernel (kernels/attention_d512.py): what the triton
+    backend launches for the mid-block attention on sm_90 in bf16/fp16 (queries pre-scaled:
+    q_prescaled), and the benchmark's sweep (unscaled queries, benchmarks/attention_d512.py)."""
     from functools import partial
     from .attention_d512 import DTYPES as D512_DTYPES, RUNTIME_CONFIGS as D512_RUNTIME, SWEEP_CONFIGS as D512_SWEEP, compile_d512
     out = []
@@ -379,12 +380,11 @@ def d512_entries() -> list[Entry]:
         name = {v: k for k, v in DTYPES.items()}[dt]
         for cfg in D512_RUNTIME:
             out.append(Entry("attn_d512_kernel", "mid-block attention (scores once), sm_90",
-                             f"d512 64x{cfg.block_n} s{cfg.stages} w4+4+1", name, ("runtime",),
-                             partial(compile_d512, cfg, dt), expect_hgmma=True))
+                             f"d512 64x{cfg.block_n} s{cfg.stages} w4+4+1 q_prescaled", name, ("runtime",),
+                             partial(compile_d512, cfg, dt, q_prescaled=True), expect_hgmma=True))
     for cfg in D512_SWEEP:
-        if cfg not in D512_RUNTIME:
-            out.append(Entry("attn_d512_kernel", "sweep, scores-once d512", f"d512 64x{cfg.block_n} s{cfg.stages} w4+4+1",
-                             "bf16", ("sweep",), partial(compile_d512, cfg, torch.bfloat16), expect_hgmma=True))
+        out.append(Entry("attn_d512_kernel", "sweep, scores-once d512", f"d512 64x{cfg.block_n} s{cfg.stages} w4+4+1",
+                         "bf16", ("sweep",), partial(compile_d512, cfg, torch.bfloat16), expect_hgmma=True))
     return out
 
 

@@ -4,7 +4,12 @@ project's Triton kernels, with per-size caches and CUDA graphs. Nothing patches 
   op table (triton_ops)  conv2d: cuDNN, channels-last, split into row bands past 2^31 elements
                          group_norm: kernels.groupnorm (fused GroupNorm+SiLU, split statistics)
                          upsample2x: infgen_ref.decode.upsample_nearest2x (a broadcast copy)
-                         cross_attention, self_attention: kernels.attention.flash_attention
+                         cross_attention: kernels.attention.flash_attention
+                         self_attention (mid block, head dim 512): kernels.attention_d512's
+                           scores-once Gluon kernel on sm_90 in bf16/fp16 (d512_applies), else
+                           kernels.attention.flash_attention (other GPUs, the interpreter)
+  query scale            softmax scale * log2(e) folded into every to_q the decode uses (weights and
+                         bias, once, at load: fold_query_scale); the kernels run with q_prescaled=True
   per-size caches        mask tokens (kernels.inpe) + first block's queries per (H', W'); CUDA
                          graphs per (B, C, h_l, w_l, H', W') (runtime.cache.SizeCache)
 
@@ -14,7 +19,9 @@ CPU it runs only under TRITON_INTERPRET=1 (Triton's interpreter; tiny shapes onl
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
+import math
 import os
 
 import torch
@@ -78,8 +85,40 @@ def conv2d(x: torch.Tensor, conv: torch.nn.Conv2d, max_elems: int = MAX_CONV_ELE
     return out
 
 
-def triton_ops() -> Ops:
-    """The triton backend's op table. Import kernels only after TRITON_INTERPRET is settled."""
+def query_projections(model: InfGen) -> dict[str, tuple[torch.nn.Linear, int]]:
+    """The decoder's query projections the triton backend pre-scales: module name -> (to_q, the
+    head dim of the attention it feeds): each cross-attention block's (d / num_heads) and the mid
+    block's self-attention (one head: its width)."""
+    dec = model.decoder
+    out = {f"decoder.blocks.{i}.to_q": (b.to_q, b.to_q.out_features // b.num_heads) for i, b in enumerate(dec.blocks)}
+    for i, a in enumerate(dec.mid_block.attentions):
+        out[f"decoder.mid_block.attentions.{i}.to_q"] = (a.to_q, a.to_q.out_features)
+    return out
+
+
+@torch.no_grad()
+def fold_query_scale(copy: InfGen, source: InfGen) -> None:
+    """Pre-scale the queries: each query projection of `copy` (query_projections) gets weight and
+    bias = source's * (1 / sqrt(head dim)) * log2(e), computed in fp32 from `source`'s weights and
+    rounded once to the copy's dtype, so the attention kernels run with q_prescaled=True (no
+    multiply per score). Everything that reads the copy's to_q (the decode, the cached first-block
+    queries q0) then sees pre-scaled queries."""
+    from kernels.attention import LOG2E
+    src = query_projections(source)
+    for name, (lin, head_dim) in query_projections(copy).items():
+        f = LOG2E / math.sqrt(head_dim)
+        ref = src[name][0]
+        lin.weight.copy_(ref.weight.detach().to(lin.weight.device, torch.float32) * f)
+        if lin.bias is not None:
+            lin.bias.copy_(ref.bias.detach().to(lin.bias.device, torch.float32) * f)
+
+
+def triton_ops(q_prescaled: bool = True) -> Ops:
+    """The triton backend's op table. Import kernels only after TRITON_INTERPRET is settled.
+    q_prescaled: the queries reaching the attentions carry scale * log2(e) (fold_query_scale), as
+    in the backend; False gives the plain table (queries as the reference computes them)."""
+    from functools import partial
+
     from kernels.attention import flash_attention
     from kernels.groupnorm import group_norm_silu
 
@@ -87,8 +126,31 @@ def triton_ops() -> Ops:
         x = x.contiguous(memory_format=torch.channels_last)  # (B, C, H, W), a no-op on the decode's path
         return group_norm_silu(x, norm.weight, norm.bias, norm.num_groups, norm.eps, silu)
 
+    cross = partial(flash_attention, q_prescaled=q_prescaled)
     return Ops(conv2d=lambda conv, x: conv2d(x, conv), group_norm=group_norm, upsample2x=upsample_nearest2x,
-               cross_attention=flash_attention, self_attention=flash_attention)
+               cross_attention=cross, self_attention=partial(self_attention, q_prescaled=q_prescaled))
+
+
+def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_prescaled: bool = False) -> torch.Tensor:
+    """The mid block's attention, q, k, v (B, 1, N, C) -> (B, 1, N, C), scale 1/sqrt(C): the
+    scores-once kernel (kernels.attention_d512) where it applies (C = 512, bf16/fp16, an sm_90
+    GPU), else the tl.dot flash kernel (other GPUs, other widths, fp32, the interpreter)."""
+    from kernels.attention import flash_attention
+    d512 = _d512_module()
+    if d512 is not None and d512.d512_applies(q, k, v):
+        return d512.flash_attention_d512(q, k, v, q_prescaled=q_prescaled)
+    return flash_attention(q, k, v, q_prescaled=q_prescaled)
+
+
+@functools.lru_cache(maxsize=1)
+def _d512_module():
+    """kernels.attention_d512, or None on a triton without Gluon's Hopper API (< 3.6): the mid
+    block then runs the tl.dot kernel everywhere."""
+    try:
+        from kernels import attention_d512
+    except ImportError:
+        return None
+    return attention_d512
 
 
 class TritonBackend:
@@ -121,6 +183,7 @@ class TritonBackend:
         self.ops = triton_ops()
         self.device, self.dtype = device, dtype
         self.model = owned_copy(model, device, dtype, channels_last=True)
+        fold_query_scale(self.model, model)  # the kernels then run with q_prescaled=True
         self.cfg = model.config
         self.cuda_graphs = cuda_graphs if device.type == "cuda" else False
 

@@ -1,5 +1,6 @@
 """Backends own their weights; the per-size cache; the engine's backend chain for "auto"."""
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -266,3 +267,96 @@ def test_auto_chain_ends_at_the_first_backend_covering_every_size(tiny_model, mo
     assert eng.backend_name == "tensorrt"
     eng.decode(z, 40, 8)
     assert eng.backend_name == "triton"
+
+
+# ----------------------------------------------------------------------------- auto with TensorRT that cannot build
+@pytest.fixture()
+def chain_with_tensorrt(monkeypatch, tmp_path):
+    """An engine on the CPU whose "auto" chain is the real auto_chain of a CUDA machine with
+    TensorRT and Triton (both probes patched true), and whose TrtBackend runs its real __init__ ->
+    locate -> export.trt.engine_for up to the point of building (the CUDA device guard, the
+    device context, the TensorRT version and the GPU name are stood in; no TensorRT here)."""
+    import contextlib
+    import functools
+
+    import export.trt as trt_mod
+    import runtime.engine as engine_mod
+    import runtime.triton_backend as triton_mod
+    import runtime.trt_backend as trt_backend_mod
+    from runtime.trt_backend import TrtBackend
+
+    monkeypatch.setattr(trt_backend_mod, "tensorrt_available", lambda: True)
+    monkeypatch.setattr(triton_mod, "triton_available", lambda device: True)  # CPU: Triton's interpreter
+    real_chain = engine_mod.auto_chain
+    assert real_chain(torch.device("cuda")) == ["tensorrt", "triton", "torch"]
+    monkeypatch.setattr(engine_mod, "auto_chain", lambda device: real_chain(torch.device("cuda")))
+    real_init = TrtBackend.__init__
+
+    @functools.wraps(real_init)  # keeps TrtBackend's signature: the engine routes its options by it
+    def on_cuda(self, model, device, dtype, **options):
+        real_init(self, model, torch.device("cuda", 0), dtype, **options)
+
+    monkeypatch.setattr(TrtBackend, "__init__", on_cuda)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(trt_mod, "gpu_name", lambda: "NVIDIA H100 80GB HBM3")
+    onnx = tmp_path / "infgen_tensorrt.onnx"
+    onnx.write_bytes(b"stand-in: engine_for only hashes it before the volume check")
+    return trt_mod, {"engine_dir": str(tmp_path / "engines"), "onnx_path": str(onnx)}
+
+
+def _decode_matches_torch(eng, tiny_model):
+    z = torch.randn(1, 4, 3, 4)
+    ref = InfGenEngine(tiny_model, backend="torch", device="cpu")
+    torch.testing.assert_close(eng.decode(z, 24, 32), ref.decode(z, 24, 32), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("failure", ["unbuildable", "missing"])
+def test_auto_falls_back_when_the_tensorrt_engine_cannot_be_built(chain_with_tensorrt, tiny_model, failure,
+                                                                   monkeypatch, caplog):
+    """tensorrt is "available" but its backend cannot be built: a plan whose profile passes 2^31
+    elements (EngineUnbuildable from engine_for's volume check, before any build), or a TensorRT
+    that is missing or too old (TensorRTMissing). auto skips it, says why, and the next backend
+    (triton) is built and decodes; torch, after a backend covering every size, is not built."""
+    from export.plan import make_plan
+    trt_mod, options = chain_with_tensorrt
+    if failure == "unbuildable":
+        monkeypatch.setattr(trt_mod, "import_tensorrt", lambda: type("trt", (), {"__version__": "10.13.0.35"}))
+        options["plan"] = make_plan(256, 4096, batch=8, upscale=tiny_model.config.upscale,
+                                    latent_channels=tiny_model.config.latent_channels)  # square, uncapped boxes
+        expected = "EngineUnbuildable: profile 3"
+    else:
+        def missing():
+            raise trt_mod.TensorRTMissing("TensorRT 10.3 is too old: the Python plugin API needs tensorrt >= 10.9")
+        monkeypatch.setattr(trt_mod, "import_tensorrt", missing)
+        expected = "TensorRTMissing: TensorRT 10.3 is too old"
+    with caplog.at_level("WARNING", logger="runtime.engine"):
+        eng = InfGenEngine(tiny_model, backend="auto", device="cpu", **options)
+    assert list(eng.skipped) == ["tensorrt"] and eng.skipped["tensorrt"].startswith(expected), eng.skipped
+    assert "skipping tensorrt" in caplog.text and expected.split(": ")[1] in caplog.text
+    assert [b.name for b in eng.backends] == ["triton"] and eng.backend_name == "triton"
+    assert not any(Path(options["engine_dir"]).rglob("*")), "nothing was built, cached or timed"
+    _decode_matches_torch(eng, tiny_model)
+    assert eng.backend_name == "triton"
+
+
+def test_sizes_tensorrt_does_not_cover_go_to_the_next_backend(tiny_model):
+    """A TrtBackend (built bare: no TensorRT here) whose plan covers outputs 256..512 at batch 1
+    runs those; a size under min_res, over max_res or a batch over the plan's goes to torch."""
+    from export.plan import make_plan
+    from runtime.trt_backend import TrtBackend
+    trt = object.__new__(TrtBackend)
+    trt.plan = make_plan(256, 512, ((256, 256),), batch=1, upscale=tiny_model.config.upscale,
+                         latent_channels=tiny_model.config.latent_channels)
+    runs = []
+    trt.run = lambda z, Hp, Wp: runs.append((z.shape[0], Hp, Wp)) or torch.zeros(z.shape[0], 3, 8 * Hp, 8 * Wp)
+    eng = InfGenEngine(tiny_model, backend="torch", device="cpu")
+    torch_backend = eng.backend
+    eng.backends = [trt, torch_backend]
+    ref = InfGenEngine(tiny_model, backend="torch", device="cpu")
+    z = torch.randn(1, 4, 3, 4)
+    assert torch.equal(eng.decode(z, 256, 320), torch.zeros(1, 3, 256, 320))
+    assert eng.backend_name == "tensorrt" and runs == [(1, 32, 40)]
+    for latent, h, w in [(z, 64, 64), (z, 256, 600), (torch.randn(2, 4, 3, 4), 256, 256)]:
+        out = eng.decode(latent, h, w)
+        assert eng.backend_name == "torch" and len(runs) == 1, (h, w)
+        torch.testing.assert_close(out, ref.decode(latent, h, w), atol=1e-6, rtol=0)

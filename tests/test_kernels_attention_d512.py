@@ -47,8 +47,10 @@ def runtime_rows(compiled_rows):
 
 
 def test_runtime_config_compiles_fits_and_does_not_spill(runtime_rows):
+    """As the triton backend launches it: queries pre-scaled (q_prescaled)."""
     for r in runtime_rows:
         assert "error" not in r, r.get("error")
+        assert r["q_prescaled"] is True
         assert r["config"] == RUNTIME_CONFIG.__dict__
         assert r["shared_bytes"] <= SHARED_LIMIT and r["fits_shared"], r["shared_bytes"]
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0 and r["stack_bytes"] == 0, r
@@ -137,6 +139,8 @@ def test_bad_inputs_are_named():
         flash_attention_d512(x.double(), x.double(), x.double())
     with pytest.raises(ValueError, match="bfloat16 or float16 only"):
         flash_attention_d512(x.float(), x.float(), x.float())
+    with pytest.raises(ValueError, match="scale must be None when q_prescaled"):
+        flash_attention_d512(x, x, x, scale=0.1, q_prescaled=True)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs a CUDA device"):
             flash_attention_d512(x, x, x)
@@ -225,3 +229,18 @@ def test_cuda_ablations_compute_what_they_keep():
     assert (no_qk.double() - mean_v).abs().max().item() <= ATOL[q.dtype]
     no_pv = flash_attention_d512(q, k, v, out=poisoned(1, 1, 300, q.dtype), config=D512Config(skip_pv=True))
     assert (no_pv == 0).all()
+
+
+@pytest.mark.gpu
+@sm90
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_cuda_q_prescaled_matches_scaled_softmax(dtype):
+    """q * scale * log2(e) with q_prescaled=True (what the triton backend passes) computes
+    softmax(q k^T * scale) v: the Q_PRESCALED variant drops the multiply, not the scale."""
+    from kernels.attention import LN2, LOG2E
+    torch.manual_seed(17)
+    q, k, v = (torch.randn(2, 1, 1031, HEAD_DIM, device="cuda", dtype=dtype) for _ in range(3))
+    scale = 1 / math.sqrt(HEAD_DIM)
+    q_pre = (q.float() * (scale * LOG2E)).to(dtype)
+    out = flash_attention_d512(q_pre, k, v, q_prescaled=True, out=poisoned(2, 1, 1031, dtype))
+    check(out, q_pre, k, v, LN2)  # softmax(q_pre k^T / log2(e)) v = softmax(q k^T * scale) v

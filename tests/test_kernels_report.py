@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """One report run over the default entries (runtime, sweep, option; about a minute on 2 cores)."""
+    """One report run over the default entries (runtime, sweep, plugin; a few minutes on 2 shared cores)."""
     out = tmp_path_factory.mktemp("report")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "kernels.report", "--out", str(out), "--jobs", "2",
@@ -44,16 +44,25 @@ def test_every_runtime_and_plugin_configuration_compiles_fits_and_does_not_spill
 
 
 def test_attention_uses_hgmma_at_every_tile_the_runtime_picks(compiled):
-    """Every head-dim bucket's tile at bf16 and fp16 is in the report and uses wgmma; fp32 on
-    CUDA is not launched (torch SDPA), so it has no runtime row."""
+    """Every head-dim bucket's tile at bf16 and fp16, with the queries pre-scaled as the triton
+    backend launches it, is in the report and uses wgmma; so does the scores-once d512 kernel the
+    backend picks on sm_90 (d512_applies); fp32 on CUDA is not launched (torch SDPA), so it has
+    no runtime row."""
     _, data, _ = compiled
     attn = [r for r in data["rows"] if r["kernel"] == "attn_fwd_kernel" and "runtime" in r["used_by"]]
     for D, (BM, BN, W, S) in CUDA_CONFIGS.items():
         for dt in ("bf16", "fp16"):
-            rows = [r for r in attn if r["dtype"] == dt and r["config"] == f"d{D} {BM}x{BN} w{W} s{S}"]
+            rows = [r for r in attn if r["dtype"] == dt and r["config"] == f"d{D} {BM}x{BN} w{W} s{S} q_prescaled"]
             assert rows and all(r["hgmma"] > 0 and r["mma"] == "HGMMA" for r in rows), (D, dt, rows)
     assert not uses_kernel(torch.float32, torch.device("cuda"))
     assert not [r for r in attn if r["dtype"] == "fp32"]
+    d512 = [r for r in data["rows"] if r["kernel"] == "attn_d512_kernel" and "runtime" in r["used_by"]]
+    for cfg in D512_RUNTIME:
+        for dt in ("bf16", "fp16"):
+            rows = [r for r in d512 if r["dtype"] == dt
+                    and r["config"] == f"d512 64x{cfg.block_n} s{cfg.stages} w4+4+1 q_prescaled"]
+            assert rows and all(r["hgmma"] > 0 and r["mma"] == "HGMMA" and r["spill_stores"] == 0
+                                for r in rows), (cfg, dt, rows)
 
 
 def test_every_dtype_of_groupnorm_and_inpe_is_covered(compiled):
@@ -69,7 +78,7 @@ def test_sweeps_list_only_configurations_that_fit(compiled):
     tl_sweep = [r for r in sweep if r["kernel"] == "attn_fwd_kernel"]
     assert len(tl_sweep) == sum(len(v) for v in SWEEP_CONFIGS.values())
     d512_sweep = [r for r in sweep if r["kernel"] == "attn_d512_kernel"]
-    assert len(d512_sweep) == len([c for c in D512_SWEEP if c not in D512_RUNTIME])
+    assert len(d512_sweep) == len(D512_SWEEP)
     too_big = [(r["config"], r.get("error")) for r in sweep if not (r["ok"] and r["fits"])]
     assert not too_big, too_big
     # the issue's cross-attention tiles are swept

@@ -4,7 +4,8 @@ import torch
 
 from runtime.engine import InfGenEngine
 from runtime.torch_backend import TorchBackend
-from runtime.triton_backend import TritonBackend, conv2d, triton_available, unavailable_reason
+from runtime.triton_backend import (TritonBackend, conv2d, fold_query_scale, query_projections, self_attention,
+                                    triton_available, unavailable_reason)
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CPU = torch.device("cpu")
@@ -92,6 +93,58 @@ def test_banded_conv_equals_conv(k):
         torch.testing.assert_close(got, conv(x), atol=1e-5, rtol=1e-5)
 
 
+def test_query_scale_is_folded_into_every_query_projection_once(decoded, tiny_model):
+    """The backend's to_q (cross blocks: head dim d / heads; mid block: one head of C) computes
+    the source's queries times scale * log2(e); the caller's model is untouched; q0 is pre-scaled."""
+    from kernels.attention import LOG2E
+    be = decoded[0]
+    ours, src = query_projections(be.model), query_projections(tiny_model)
+    assert set(ours) == set(src) and len(ours) == len(tiny_model.decoder.blocks) + 1
+    torch.manual_seed(3)
+    for name, (lin, hd) in ours.items():
+        ref, ref_hd = src[name]
+        assert hd == ref_hd == (lin.out_features // tiny_model.decoder.blocks[0].num_heads if ".blocks." in name
+                                else lin.out_features)
+        x = torch.randn(5, lin.in_features, device=DEV)
+        with torch.no_grad():
+            torch.testing.assert_close(lin(x), ref.to(DEV)(x) * (LOG2E / hd ** 0.5), atol=1e-5, rtol=1e-5)
+        assert ref.weight.device.type == "cpu" and not torch.equal(ref.weight.to(DEV), lin.weight)
+    mask, q0 = be.mask_and_q0(6, 5)
+    b0 = tiny_model.decoder.blocks[0]
+    hd0 = b0.to_q.out_features // b0.num_heads
+    with torch.no_grad():
+        torch.testing.assert_close(q0, b0.to_q(b0.norm_q(mask.cpu())).to(DEV) * (LOG2E / hd0 ** 0.5),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_fold_query_scale_rounds_once_from_the_source(tiny_model):
+    """Folding into a bf16 copy rounds the fp32 product once: equal to (w * f).bfloat16()."""
+    from kernels.attention import LOG2E
+    from runtime.torch_backend import owned_copy
+    copy = owned_copy(tiny_model, CPU, torch.bfloat16)
+    fold_query_scale(copy, tiny_model)
+    lin, hd = query_projections(copy)["decoder.mid_block.attentions.0.to_q"]
+    ref = tiny_model.decoder.mid_block.attentions[0].to_q
+    assert torch.equal(lin.weight, (ref.weight * (LOG2E / hd ** 0.5)).bfloat16())
+    assert torch.equal(lin.bias, (ref.bias * (LOG2E / hd ** 0.5)).bfloat16())
+
+
+def test_self_attention_picks_the_d512_kernel_where_it_applies(monkeypatch):
+    """The mid-block op calls flash_attention_d512 (q_prescaled passed through) when d512_applies
+    says so, else the tl.dot kernel; here the CPU (interpreter) has d512_applies False for real."""
+    from kernels import attention_d512
+    from kernels.attention import LOG2E, attention_ref
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(1, 1, 9, 64, device=DEV) for _ in range(3))
+    assert not attention_d512.d512_applies(q, k, v)
+    got = self_attention(q * (LOG2E / 8.0), k, v, q_prescaled=True)  # the tl.dot kernel
+    torch.testing.assert_close(got, attention_ref(q, k, v), atol=1e-5, rtol=1e-5)
+    calls = []
+    monkeypatch.setattr(attention_d512, "d512_applies", lambda *a: True)
+    monkeypatch.setattr(attention_d512, "flash_attention_d512", lambda *a, **kw: calls.append(kw) or a[0])
+    assert self_attention(q, k, v, q_prescaled=True) is q and calls == [{"q_prescaled": True}]
+
+
 # ----------------------------------------------------------------------------- CUDA
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by scripts/gpu_check.sh)")
 
@@ -116,3 +169,34 @@ def test_cuda_paper_preset_bf16_matches_fp32_and_graph_replay():
     torch.testing.assert_close(again, out, atol=0, rtol=0)
     eager = TritonBackend(model, DEV, torch.bfloat16, cuda_graphs=False).run(z, 64, 48)
     assert rel(eager, out) <= 2 * err_torch + 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="needs an sm_90 GPU (run by scripts/gpu_check.sh)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_cuda_mid_block_attention_uses_d512_kernel_and_matches_sdpa(dtype, monkeypatch):
+    """Paper preset (mid block: one head of 512), the backend's own op table on its pre-scaled
+    to_q: the scores-once kernel is chosen and the mid-block attention equals SDPA on the
+    reference projections (float64) as closely as SDPA in the same dtype does."""
+    from infgen_ref.config import preset
+    from infgen_ref.decode import TORCH_OPS, mid_attention
+    from infgen_ref.model import InfGen
+    from kernels import attention_d512
+    torch.manual_seed(5)
+    model = InfGen(preset("paper")).eval()
+    be = TritonBackend(model, DEV, dtype, cuda_graphs=False)
+    x = torch.randn(2, model.decoder.mid_block.attentions[0].to_q.in_features, 37, 29, device="cuda")
+    calls = []
+    real = attention_d512.flash_attention_d512
+    monkeypatch.setattr(attention_d512, "flash_attention_d512", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    with torch.inference_mode():
+        out = mid_attention(be.ops, be.model.decoder.mid_block.attentions[0],
+                            x.to(dtype).contiguous(memory_format=torch.channels_last)).float()
+        ref = mid_attention(TORCH_OPS, TorchBackend(model, DEV, torch.float64).model.decoder.mid_block.attentions[0],
+                            x.double())
+        same_dtype = mid_attention(TORCH_OPS, TorchBackend(model, DEV, dtype).model.decoder.mid_block.attentions[0],
+                                   x.to(dtype)).double()
+    assert calls == [{"q_prescaled": True}]
+    err, err_sdpa = (out.double() - ref).abs().max().item(), (same_dtype - ref).abs().max().item()
+    assert err <= 2 * err_sdpa + 1e-2, (err, err_sdpa)
