@@ -275,9 +275,7 @@ class InfGen(nn.Module):
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """image: (B, 3, H, W) in [-1, 1] -> scaled latent (posterior mean): (B, C, H/8, W/8), each stride-2 stage rounding down as diffusers does."""
-        if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[1] != self.config.in_channels:
-            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-            raise ValueError(f"image must be a (B, {self.config.in_channels}, H, W) tensor, got {shape}")
+        image = check_image(image, self.config)  # (B, 3, H, W) float in [-1, 1], finite, size in range
         moments = self.quant_conv(self.encoder(image.to(self.dtype)))  # (B, 2C, h, w)
         mean = moments[:, : self.config.latent_channels]
         return mean * self.config.scaling_factor

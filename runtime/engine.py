@@ -19,12 +19,12 @@ import logging
 import threading
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from infgen_ref.config import PRESETS, parse_dtype, preset
-from infgen_ref.model import InfGen, check_latent, check_size, copy_model, token_grid
+from infgen_ref.model import InfGen, check_image, check_latent, check_output, check_size, copy_model, token_grid
 from infgen_ref.weights import load_checkpoint
+from runtime.io import image_to_uint8, save_image
 
 BACKENDS = ("auto", "torch", "triton", "onnxruntime", "tensorrt")
 # Backends whose covers() is true for every request the engine accepts: an "auto" chain ends at
@@ -61,17 +61,6 @@ def resolve_device(device) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
     return dev
-
-
-def as_tensor(latent) -> torch.Tensor:
-    """torch tensor or numpy array -> torch tensor (no copy where possible)."""
-    if isinstance(latent, np.ndarray):
-        if latent.dtype.kind != "f":
-            raise TypeError(f"latent must be a floating array, got numpy dtype {latent.dtype}")
-        return torch.from_numpy(np.ascontiguousarray(latent))
-    if isinstance(latent, torch.Tensor):
-        return latent
-    raise TypeError(f"latent must be a torch.Tensor or numpy array, got {type(latent).__name__}")
 
 
 def make_backend(name: str, model: InfGen, device: torch.device, dtype: torch.dtype, **options):
@@ -188,7 +177,7 @@ class InfGenEngine:
     def check(self, latent, h, w) -> tuple[torch.Tensor, int, int]:
         """Validate a request; returns the latent as float32 (B, C, h_l, w_l) on the device, and (h, w)."""
         h, w = check_size(h, w, self.config)
-        z = check_latent(as_tensor(latent), self.config)
+        z = check_latent(latent, self.config, self.dtype)
         return z.to(device=self.device, dtype=torch.float32), h, w
 
     def backend_for(self, batch: int, Hp: int, Wp: int):
@@ -208,7 +197,7 @@ class InfGenEngine:
         from runtime.anysize import run_planned  # plain, or banded past the memory budget
         img = run_planned(self, backend, z, h, w, Hp, Wp)
         self._last = backend
-        return img[:, :, :h, :w].float().clamp(-1, 1)
+        return check_output(img[:, :, :h, :w].float(), "decode").clamp(-1, 1)
 
     def plan(self, h: int, w: int, batch: int = 1) -> tuple[str, int | None, int]:
         """(mode "plain" | "banded" | "banded-host", band rows (banded), predicted peak device bytes)
@@ -232,32 +221,20 @@ class InfGenEngine:
     def encode(self, image) -> torch.Tensor:
         """image (B, 3, H, W) in [-1, 1] (tensor or array) -> scaled latent, float32, computed in fp32
         on the reference weights (whatever the backend's dtype)."""
-        x = as_tensor(image).to(self.device)
+        x = check_image(image, self.config).to(self.device)
         model = self.encoder_model()
         with torch.inference_mode():
-            return model.encode(x).float()
+            return check_output(model.encode(x).float(), "encode")
 
     # ---------------------------------------------------------------- output helpers
-    @staticmethod
-    def to_uint8(image: torch.Tensor) -> np.ndarray:
-        """(B, 3, h, w) in [-1, 1] -> (B, h, w, 3) uint8 array."""
-        x = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return x.permute(0, 2, 3, 1).cpu().numpy()
+    to_uint8 = staticmethod(image_to_uint8)  # (B, 3, h, w) or (3, h, w) in [-1, 1] -> (B, h, w, 3) uint8
 
     @classmethod
     def to_pil(cls, image: torch.Tensor) -> list:
         from PIL import Image
         return [Image.fromarray(a) for a in cls.to_uint8(image)]
 
-    @classmethod
-    def save(cls, image: torch.Tensor, path: str | Path) -> list[Path]:
-        """Save each image of the batch: path as given for B == 1, else path with _0, _1, ... suffixes."""
-        path = Path(path)
-        if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-            raise ValueError(f"output must end in .png, .jpg or .jpeg, got {str(path)!r}")
-        images = cls.to_pil(image)
-        paths = [path] if len(images) == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}")
-                                                 for i in range(len(images))]
-        for im, p in zip(images, paths):
-            im.save(p, quality=95) if p.suffix.lower() != ".png" else im.save(p)
-        return paths
+    @staticmethod
+    def save(image, path: str | Path) -> list[Path]:
+        """Save (B, 3, h, w) or (3, h, w): path as given for one image, else with _0, _1, ... suffixes."""
+        return save_image(image, path)

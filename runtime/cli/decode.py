@@ -33,16 +33,17 @@ def out_path(out: str | None, default_stem: str, size: tuple[int, int], several:
 
 def run(args) -> int:
     from infgen_ref.model import check_size
-    from runtime.io import load_latent
-    if args.out is not None and Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise ValueError(f"--out must end in .png, .jpg or .jpeg, got {args.out!r}")
+    from runtime.io import IMAGE_SUFFIXES, check_writable, load_latent
+    outs = [out_path(args.out, Path(args.latent).stem, size, len(args.size) > 1, args.format) for size in args.size]
+    for out in outs:  # every output path checked before any work
+        check_writable(out, IMAGE_SUFFIXES, "--out")
     latent = load_latent(args.latent)
     engine = load_engine(args)
     for size in args.size:  # every size checked before the first decode
         check_size(*size, engine.config)
-    for size in args.size:
+    for size, out in zip(args.size, outs):
         image = engine.decode(latent, *size)
-        paths = engine.save(image, out_path(args.out, Path(args.latent).stem, size, len(args.size) > 1, args.format))
+        paths = engine.save(image, out)
         for p in paths:
             print(f"wrote {p} ({size[1]}x{size[0]})")
     return 0

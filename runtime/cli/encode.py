@@ -20,8 +20,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from runtime.io import load_image, save_latent
+    from runtime.io import LATENT_SUFFIXES, check_writable, load_image, save_latent
     out = args.out or f"{Path(args.image).stem}.npy"
+    check_writable(out, LATENT_SUFFIXES, "--out")  # before any work
     image = load_image(args.image)
     engine = load_engine(args)
     latent = engine.encode(image)
