@@ -31,7 +31,7 @@ from .config import PRESETS, InfGenConfig, preset
 from .data import HELD_OUT, training_images
 from .model import InfGen
 from .photos import folder_photos
-from .weights import save_checkpoint
+from .weights import load_checkpoint, save_checkpoint
 
 
 # ----------------------------------------------------------------------------- data
@@ -212,11 +212,14 @@ class Trainer:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(args.seed)
-        cfg = preset(args.preset) if args.config is None else InfGenConfig.from_json(args.config)
-        self.model = InfGen(cfg).to(self.device)
-        with torch.no_grad():  # posterior std starts at e^-5: at the default init (std ~1) the
-            # sampling noise drowns the latent and the decoder learns to ignore whole channels
-            self.model.quant_conv.bias[cfg.latent_channels:] = args.init_logvar
+        if args.init:  # fine-tune: config and weights from a checkpoint directory
+            self.model = load_checkpoint(args.init).train().to(self.device)
+        else:
+            cfg = preset(args.preset) if args.config is None else InfGenConfig.from_json(args.config)
+            self.model = InfGen(cfg).to(self.device)
+            with torch.no_grad():  # posterior std starts at e^-5: at the default init (std ~1) the
+                # sampling noise drowns the latent and the decoder learns to ignore whole channels
+                self.model.quant_conv.bias[cfg.latent_channels:] = args.init_logvar
         self.disc = PatchDiscriminator().to(self.device)
         self.lpips = load_lpips(args.lpips)
         self.step = 0
@@ -318,7 +321,7 @@ class Trainer:
         if a.resume:
             self.resume()
         elif self.opt is None:
-            if a.warm_start_steps:
+            if a.warm_start_steps and not a.init:
                 losses = positional_warm_start(self.model, sampler, a.warm_start_steps, a.warm_start_lr,
                                                a.max_scale, self.device)
                 print(f"positional warm start: cross-entropy {losses[0]:.3f} -> {losses[-1]:.3f} "
@@ -365,6 +368,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m infgen_ref.train", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
     p.add_argument("--config", default=None, help="an InfGenConfig JSON file instead of --preset")
+    p.add_argument("--init", default=None,
+                   help="checkpoint directory to fine-tune from (its config replaces --preset; no warm start)")
     p.add_argument("--out", required=True, help="directory for train_state.pt, model/ and log.jsonl")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--stage1-steps", type=int, default=1500, help="plain-VAE steps (encoder + decoder)")

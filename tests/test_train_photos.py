@@ -96,3 +96,20 @@ def test_licence_lookup():
     assert f.freeform_licence(free, "adwaita-d.webp") == "Creative Commons BY-SA 3.0"
     assert f.freeform_licence(free, "Stones.jpg") == "Creative Commons Attribution 2.0 License"
     assert f.freeform_licence(free, "grid-l.webp").startswith("GPL-2+")
+
+
+def test_init_fine_tunes_from_a_checkpoint(tmp_path, tiny_model):
+    from infgen_ref.train import Trainer
+    from infgen_ref.weights import save_checkpoint
+    import copy
+    model = copy.deepcopy(tiny_model)  # the fixture is shared: change a copy
+    model.config.scaling_factor = 0.77
+    save_checkpoint(model, tmp_path / "ckpt")
+    a = parse_args(["--init", str(tmp_path / "ckpt"), "--out", str(tmp_path / "run"), "--preset", "demo"])
+    t = Trainer(a)
+    assert t.model.config.block_out_channels == model.config.block_out_channels  # not the demo preset's
+    assert t.model.config.scaling_factor == 0.77 and t.model.training
+    ref = model.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in t.model.state_dict().items())  # no logvar re-init either
+    with pytest.raises(FileNotFoundError):
+        Trainer(parse_args(["--init", str(tmp_path / "none"), "--out", str(tmp_path / "run2")]))
