@@ -4,8 +4,9 @@
 
 For each package: `apt-get download` (no root install), `dpkg -x` into a temporary folder, every
 raster image under usr/share/backgrounds/ resized once (antialiased) to at most --max-side pixels
-on the long side and written as `<out>/<package>/<name>.png`. `<out>/manifest.json` lists each
-image with its package, version, original size and licence, read from the package's own
+on the long side and written as `<out>/<package>/<name>.png`. `<out>/manifest.json` (and
+`<out>/DATA.md`, the same as a Markdown table) lists each image with its package, version, original
+size and licence, read from the package's own
 usr/share/doc/<package>/copyright (a machine-readable one stanza by stanza; the free-form one of
 gnome-backgrounds by the image's name, else the package licence). The copyright file is copied to
 `<out>/<package>/copyright`. Needs apt-get and dpkg-deb (Debian/Ubuntu); Pillow reads WebP.
@@ -101,6 +102,15 @@ def fetch_package(pkg: str, out: Path, max_side: int, work: Path) -> list[dict]:
     return rows
 
 
+def data_card(rows: list[dict]) -> str:
+    """Markdown table of the manifest: one line per image with its package and licence."""
+    lines = ["| image | package (version) | source in the package | original size | licence |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {Path(r['file']).name} | {r['package']} ({r['version']}) | {r['source']} | "
+                     f"{r['original_size']} | {r['licence']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="data/photos", help="output folder (git-ignored)")
@@ -121,6 +131,7 @@ def main(argv=None):
             print(f"{pkg}: {len(got)} images")
             rows += got
     (out / "manifest.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / "DATA.md").write_text(data_card(rows))
     print(f"{len(rows)} images in {out}; manifest {out / 'manifest.json'}")
 
 
