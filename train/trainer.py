@@ -28,10 +28,12 @@ from torch import nn
 import torch.nn.functional as F
 
 from infgen_ref.config import PRESETS, InfGenConfig, preset
+from infgen_ref.data import HELD_OUT
 from infgen_ref.decode import TORCH_OPS, decode_grid
 from infgen_ref.model import InfGen
-from infgen_ref.weights import save_checkpoint
+from infgen_ref.weights import load_checkpoint, save_checkpoint
 from train.data import training_images
+from train.photos import folder_photos
 
 
 # ----------------------------------------------------------------------------- data
@@ -41,10 +43,11 @@ class CropSampler:
     input: (B, 3, 8gh, 8gw) in [-1, 1], gh, gw in [grid_min, grid_max] tokens (one size per batch);
     target: (B, 3, 8wh, 8ww), the window (oy, ox, wh, ww) of the full target grid (Th, Tw) =
     round(scale * (gh, gw)). Source crops are resized down to both sizes (antialiased), never up
-    when an image is large enough."""
+    when an image is large enough. Images may be float in [0, 1] or uint8. scales: the target
+    scales to draw from (e.g. (1, 2, 4)); None draws uniformly from [1, max_scale]."""
 
     def __init__(self, photos, generated, batch_size: int, grid_min: int, grid_max: int,
-                 photo_fraction: float = 0.6, seed: int = 0, colour_aug: float = 0.0):
+                 photo_fraction: float = 0.6, seed: int = 0, colour_aug: float = 0.0, scales=None):
         if not photos and not generated:
             raise ValueError("no training images")
         self.photos, self.generated = photos, generated
@@ -52,6 +55,9 @@ class CropSampler:
         self.photo_fraction = photo_fraction if photos and generated else (1.0 if photos else 0.0)
         self.rng = random.Random(seed)
         self.colour_aug = colour_aug
+        if scales is not None and (not scales or any(s < 1 for s in scales)):
+            raise ValueError(f"scales must be a non-empty list of values >= 1, got {scales}")
+        self.scales = scales
 
     def _pick(self):
         pool = self.photos if self.rng.random() < self.photo_fraction else self.generated
@@ -77,6 +83,8 @@ class CropSampler:
         r = self.rng
         gh, gw = r.randint(self.grid_min, self.grid_max), r.randint(self.grid_min, self.grid_max)
         s = r.uniform(1.0, max_scale)
+        if self.scales and max_scale > 1:  # stage 2 (stage 1 passes max_scale 1): the discrete scales
+            s = r.choice([v for v in self.scales if v <= max_scale] or [max_scale])
         Th, Tw = max(gh, round(gh * s)), max(gw, round(gw * s))
         wh, ww = min(Th, window), min(Tw, window)
         oy, ox = r.randint(0, Th - wh), r.randint(0, Tw - ww)
@@ -90,6 +98,8 @@ class CropSampler:
             ch, cw = min(H, round(upscale * Th * z)), min(W, round(upscale * Tw * z))
             y0, x0 = r.randint(0, H - ch), r.randint(0, W - cw)
             crop = img[None, :, y0:y0 + ch, x0:x0 + cw]
+            if crop.dtype == torch.uint8:
+                crop = crop.float() / 255
             if r.random() < 0.5:
                 crop = crop.flip(-1)
             crop = self.recolour(crop)
@@ -203,11 +213,14 @@ class Trainer:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(args.seed)
-        cfg = preset(args.preset) if args.config is None else InfGenConfig.from_json(args.config)
-        self.model = InfGen(cfg).to(self.device)
-        with torch.no_grad():  # posterior std starts at e^-5: at the default init (std ~1) the
-            # sampling noise drowns the latent and the decoder learns to ignore whole channels
-            self.model.quant_conv.bias[cfg.latent_channels:] = args.init_logvar
+        if args.init:  # fine-tune: config and weights from a checkpoint directory
+            self.model = load_checkpoint(args.init).train().to(self.device)
+        else:
+            cfg = preset(args.preset) if args.config is None else InfGenConfig.from_json(args.config)
+            self.model = InfGen(cfg).to(self.device)
+            with torch.no_grad():  # posterior std starts at e^-5: at the default init (std ~1) the
+                # sampling noise drowns the latent and the decoder learns to ignore whole channels
+                self.model.quant_conv.bias[cfg.latent_channels:] = args.init_logvar
         self.disc = PatchDiscriminator().to(self.device)
         self.lpips = load_lpips(args.lpips)
         self.step = 0
@@ -309,7 +322,7 @@ class Trainer:
         if a.resume:
             self.resume()
         elif self.opt is None:
-            if a.warm_start_steps:
+            if a.warm_start_steps and not a.init:
                 losses = positional_warm_start(self.model, sampler, a.warm_start_steps, a.warm_start_lr,
                                                a.max_scale, self.device)
                 print(f"positional warm start: cross-entropy {losses[0]:.3f} -> {losses[-1]:.3f} "
@@ -356,6 +369,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
     p.add_argument("--config", default=None, help="an InfGenConfig JSON file instead of --preset")
+    p.add_argument("--init", default=None,
+                   help="checkpoint directory to fine-tune from (its config replaces --preset; no warm start)")
     p.add_argument("--out", required=True, help="directory for train_state.pt, model/ and log.jsonl")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--stage1-steps", type=int, default=1500, help="plain-VAE steps (encoder + decoder)")
@@ -380,6 +395,13 @@ def parse_args(argv=None):
     p.add_argument("--colour-aug", type=float, default=0.5,
                    help="probability of a random channel order per photo crop; grayscale crops are tinted (0: off)")
     p.add_argument("--num-generated", type=int, default=48, help="procedural training images")
+    p.add_argument("--photo-dir", action="append", default=[],
+                   help="extra folder of training photos (repeatable; scripts/fetch_photos.py makes one)")
+    p.add_argument("--pyramid", default="1,2,4",
+                   help="downscale factors at which --photo-dir images are kept (multi-scale crops)")
+    p.add_argument("--photo-fraction", type=float, default=0.6, help="share of crops taken from photos")
+    p.add_argument("--scales", default=None,
+                   help="stage-2 target scales to draw from, e.g. 1,2,4 (default: uniform in [1, max-scale])")
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -393,6 +415,15 @@ def parse_args(argv=None):
     if a.batch_size < 1 or not 1 <= a.grid_min <= a.grid_max or a.window < 1 or a.max_scale < 1:
         p.error(f"need batch-size >= 1, 1 <= grid-min <= grid-max, window >= 1, max-scale >= 1; got "
                 f"{a.batch_size}, {a.grid_min}, {a.grid_max}, {a.window}, {a.max_scale}")
+    try:
+        a.pyramid = tuple(int(f) for f in a.pyramid.split(","))
+        a.scales = None if a.scales is None else tuple(float(s) for s in a.scales.split(","))
+    except ValueError:
+        p.error(f"--pyramid and --scales take comma-separated numbers, got {a.pyramid!r}, {a.scales!r}")
+    if a.scales is not None and any(not 1 <= s <= a.max_scale for s in a.scales):
+        p.error(f"--scales must lie in [1, max-scale={a.max_scale}], got {a.scales}")
+    if not 0 <= a.photo_fraction <= 1:
+        p.error(f"--photo-fraction must be in [0, 1], got {a.photo_fraction}")
     return a
 
 
@@ -402,11 +433,13 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     random.seed(a.seed)
     photos, generated = training_images(a.num_generated, a.seed)
+    if a.photo_dir:  # held-out stems are never trained on, even if a folder holds them
+        photos = photos + folder_photos(a.photo_dir, a.pyramid, exclude={n.split(".")[0] for n in HELD_OUT})
     print(f"training data: {len(photos)} photos, {len(generated)} generated images; "
           f"LPIPS {'on: ' + a.lpips if a.lpips else 'off (no local weights given with --lpips)'}")
     trainer = Trainer(a)
-    sampler = CropSampler(photos, generated, a.batch_size, a.grid_min, a.grid_max, seed=a.seed,
-                          colour_aug=a.colour_aug)
+    sampler = CropSampler(photos, generated, a.batch_size, a.grid_min, a.grid_max, a.photo_fraction,
+                          seed=a.seed, colour_aug=a.colour_aug, scales=a.scales)
     t0 = time.time()
     trainer.run(sampler)
     print(f"done: {trainer.step} steps in {time.time() - t0:.0f} s; checkpoint {trainer.out / 'model'}")
