@@ -26,6 +26,7 @@ PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
 # Common output sizes (h, w) in pixels to tune for: 1024^2, 1920x1080, 2048^2, 3840x2160, 4096^2.
 DEFAULT_OPT_SIZES = ((1024, 1024), (1080, 1920), (2048, 2048), (2160, 3840), (4096, 4096))
 DEFAULT_MIN_RES = 256
+DEFAULT_MAX_RES = 4096   # engines stop here by default (min with the model's max_size); larger sizes go on
 DEFAULT_BATCH = 1
 # TensorRT's convolution and normalisation layers index with int32: no tensor may hold 2^31 or
 # more elements (TensorRT issues 4123, 4408, 1948). Every profile's largest tensor stays below.
@@ -40,7 +41,7 @@ AOT_MODULE_LEAK = ((11, 1), (11, 2))
 def default_plan(cfg, min_res: int = DEFAULT_MIN_RES, max_res: int | None = None, opt_sizes=DEFAULT_OPT_SIZES,
                  batch: int = DEFAULT_BATCH):
     """The plan every TensorRT engine of a model config is built with unless another is given: outputs
-    min_res..max_res (default the model's max_size), batch 1..batch, boxes capped so the decode's
+    min_res..max_res (default min(DEFAULT_MAX_RES, the model's max_size)), batch 1..batch, boxes capped so the decode's
     largest conv/GroupNorm tensor stays under MAX_TENSOR_ELEMENTS (a meta-device walk of the model)."""
     from export.plan import largest_tensor, make_plan
     lat = (16, 64, 128)
@@ -48,5 +49,5 @@ def default_plan(cfg, min_res: int = DEFAULT_MIN_RES, max_res: int | None = None
     def volume(b, Hp, Wp):
         return largest_tensor(cfg, b, Hp, Wp, lat[2])[0]
 
-    return make_plan(min_res, max_res or cfg.max_size, opt_sizes, batch, cfg.upscale, cfg.latent_channels,
+    return make_plan(min_res, max_res or min(DEFAULT_MAX_RES, cfg.max_size), opt_sizes, batch, cfg.upscale, cfg.latent_channels,
                      lat, volume=volume)

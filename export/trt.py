@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from export.plan import (Plan, cache_key, engine_metadata, largest_tensor, polygraphy_command, trtexec_command,
                          validate_cached)
-from export.spec import (AOT_MODULE_LEAK, DEFAULT_BATCH, DEFAULT_MIN_RES, DEFAULT_OPT_SIZES, MAX_TENSOR_ELEMENTS,
+from export.spec import (AOT_MODULE_LEAK, DEFAULT_BATCH, DEFAULT_MAX_RES, DEFAULT_MIN_RES, DEFAULT_OPT_SIZES, MAX_TENSOR_ELEMENTS,
                          MIN_TENSORRT, PLUGIN_ID, default_plan)
 
 __all__ = ["PLUGIN_ID", "TensorRTMissing", "EngineUnbuildable", "Engine", "engine_for", "plan_for", "check_volume",
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.trt", description="Build TensorRT engines for InfGen.")
     add_model_options(ap, device=False, dtype_default="bf16", preset_default="paper")  # infgen_ref/options.py
     ap.add_argument("--min-res", type=int, default=DEFAULT_MIN_RES, help="smallest output side (pixels)")
-    ap.add_argument("--max-res", type=int, default=None, help="largest output side (pixels; default the model's max)")
+    ap.add_argument("--max-res", type=int, default=None, help="largest output side (pixels; default 4096, or the model's max_size if smaller)")
     ap.add_argument("--opt-sizes", type=parse_sizes, default=DEFAULT_OPT_SIZES,
                     help="WIDTHxHEIGHT sizes to tune for, comma-separated (default: 1024x1024,1920x1080,"
                          "2048x2048,3840x2160,4096x4096)")
@@ -307,7 +307,7 @@ def main(argv=None) -> int:
         cfg, name = checkpoint_config(args.checkpoint), Path(args.checkpoint).name
     else:
         cfg, name = preset(args.preset), args.preset
-    max_res = args.max_res or cfg.max_size
+    max_res = args.max_res or min(DEFAULT_MAX_RES, cfg.max_size)
     if max_res > cfg.max_size:
         ap.error(f"--max-res must be at most the model's max_size {cfg.max_size}, got {max_res}")
     try:

@@ -141,7 +141,8 @@ class InfGenConfig:
     inpe_seed: int = 0                   # B is drawn from this seed at build time, not stored in checkpoints
     scaling_factor: float = 0.13025
     latent_size: int = 64                # the default latent grid (64 for SDXL, 32 for DiT-style)
-    max_size: int = 4096                 # largest output height or width
+    max_size: int = 16384                # largest output height or width (past one GPU's memory the
+                                         # engine decodes in bands: docs/anysize.md)
     # derived
     token_dim: int = field(init=False)
     head_dim: int = field(init=False)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 MODEL_NAME = "infgen"
+DEFAULT_MAX_SIDE = 4096  # default per-request limit: one image of 4096^2 (or the model's max_size if smaller)
 SERVE_EXTRA = 'pip install -e ".[serve]" (in its own venv: nvidia-pytriton needs numpy<2)'
 
 
@@ -114,7 +115,7 @@ class InfGenModel:
     def __init__(self, engine, limits: Limits | None = None):
         self.engine = engine
         self.limits = limits or Limits()
-        self.max_pixels = self.limits.max_pixels or engine.config.max_size ** 2
+        self.max_pixels = self.limits.max_pixels or min(engine.config.max_size, DEFAULT_MAX_SIDE) ** 2
 
     def __call__(self, requests) -> list[dict[str, np.ndarray]]:
         if len(requests) == 1:

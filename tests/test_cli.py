@@ -160,8 +160,8 @@ def test_info_from_checkpoint(ckpt, capsys):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["decode", "{z}", "--size", "5000x64"], "width must be 8..2048, got 5000"),
-    (["decode", "{z}", "--size", "64x0"], "height must be 8..2048, got 0"),
+    (["decode", "{z}", "--size", "9000x64"], "width must be 8..8192, got 9000"),
+    (["decode", "{z}", "--size", "64x0"], "height must be 8..8192, got 0"),
     (["decode", "{z}", "--size", "64", "--device", "mps"], "'mps'"),
     (["decode", "{z}", "--size", "64", "--out", "x.bmp"], "x.bmp"),
     (["decode", "missing.npy", "--size", "64"], "missing.npy"),
@@ -219,7 +219,7 @@ def test_python_dash_m_runtime_in_a_fresh_process(tmp_path):
     r = subprocess.run([sys.executable, "-m", "runtime", "decode", str(z), "--size", "0x8"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1] == "error: width must be 8..2048, got 0"
+    assert r.stderr.strip().splitlines()[-1] == "error: width must be 8..8192, got 0"
 
 
 def test_demo_default_is_the_photo_demo_on_the_shipped_checkpoint(tmp_path, capsys):
@@ -233,3 +233,13 @@ def test_demo_default_is_the_photo_demo_on_the_shipped_checkpoint(tmp_path, caps
     assert (tmp_path / "contact_sheet.png").is_file()
     assert (tmp_path / "infgen_96x64.png").is_file() and (tmp_path / "bicubic_40x24.png").is_file()
     assert "random" not in out + err
+
+
+def test_info_plans_8192_under_a_memory_budget(capsys):
+    """#14: 8192^2 is within the demo checkpoint's max_size, and info prints the plan per backend
+    under --max-memory: the fp32 CPU decode (predicted over 24 GB plain) goes banded."""
+    rc, out, err = run_main(["info", "--size", "8192x8192", "--max-memory", "24GB"], capsys)
+    assert rc == 0, err
+    assert "under a 24.00 GB budget" in out
+    cpu = next(line for line in out.splitlines() if "float32" in line and "(CPU" in line)
+    assert "-> banded" in cpu

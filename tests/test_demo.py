@@ -44,7 +44,7 @@ def test_sizes_must_be_height_width_pairs(tmp_path):
 
 def test_run_demo_rejects_bad_size(tmp_path):
     with pytest.raises(ValueError, match="width must be"):
-        run_demo(tmp_path, sizes=[(64, 4000)])
+        run_demo(tmp_path, sizes=[(64, 9000)])
 
 
 def test_low_precision_outputs_finite_and_close():

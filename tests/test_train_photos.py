@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from infgen_ref.data import generated_image
+from train.data import generated_image
 from train.photos import folder_photos, image_files, load_pyramid
 from train.trainer import CropSampler, parse_args
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from export.spec import DEFAULT_MAX_RES
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -266,8 +268,8 @@ def test_every_profile_of_the_default_plan_fits_tensorrts_limit(paper_plans):
             lat_max = p.shapes["latent"][2]
             n, name = largest_tensor(cfg, lat_max[0], *box, lat_max[2])
             assert lat_max[0] == batch and n == p.elements and n < 2**31, (batch, i, box, n, name)
-        # the plan reaches the model's max size on the long side
-        assert plan.profiles[-1].hi == cfg.max_size // cfg.upscale
+        # the plan reaches the default max resolution (4096, under the model's max_size) on the long side
+        assert plan.profiles[-1].hi == min(DEFAULT_MAX_RES, cfg.max_size) // cfg.upscale
 
 
 def test_landscape_and_portrait_boxes_where_the_square_does_not_fit(paper_plans):

@@ -44,8 +44,8 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch", type=positive_int, default=8,
                    help="images per request and per decode; Triton's max_batch_size (default: %(default)s)")
     g.add_argument("--max-pixels", type=positive_int, default=None,
-                   help="output pixels per request, batch x height x width (default: one image of the "
-                        "model's max_size squared)")
+                   help="output pixels per request, batch x height x width (default: one image of 4096^2, or of "
+                        "the model's max_size squared if smaller)")
     g.add_argument("--max-queue-delay-us", type=nonneg_int, default=2000,
                    help="how long the dynamic batcher holds a request to gather more (default: %(default)s)")
     g.add_argument("--preferred-batch-sizes", type=positive_int, nargs="+", default=(), metavar="N",
