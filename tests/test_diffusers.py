@@ -352,3 +352,15 @@ def test_sdxl_refiner_style_latent_input_never_encodes(sdxl_parts, engine):
     assert images[0].size == (96, 64)
     diff = np.abs(np.asarray(images[0]).astype(int) - engine.to_uint8(engine.decode(latents, 64, 96))[0])
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_docs_demo_snippet_runs_as_written(tmp_path, monkeypatch):
+    """docs/diffusers.md's demo-checkpoint block, executed verbatim: it writes a PNG at 2x the photo."""
+    from pathlib import Path
+    from PIL import Image
+    text = (Path(__file__).parent.parent / "docs" / "diffusers.md").read_text()
+    block = next(b for b in text.split("```python\n")[1:] if "from infgen_ref import DEMO_CHECKPOINT" in b).split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "docs/diffusers.md", "exec"), {})
+    out = tmp_path / "coffee_1152x768.png"
+    assert Image.open(out).size == (1152, 768)
