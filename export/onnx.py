@@ -124,11 +124,19 @@ def sample_inputs(cfg, batch: int = SAMPLE_BATCH, latent=SAMPLE_LATENT, grid=SAM
 
 
 # ----------------------------------------------------------------------------- export
+def check_opset(opset) -> None:
+    """The exporter writes (and its graph rewrites and checks assume) opset OPSET only: any other
+    is refused rather than written as OPSET under another name (ValueError naming it)."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset != OPSET:
+        raise ValueError(f"opset must be {OPSET} (the export spec's; others are not supported), got {opset!r}")
+
+
 def export_onnx(model: InfGen, out: str | Path, dtype="fp32", flavour: str = "onnxruntime",
                 opset: int = OPSET) -> Path:
     """Export model (cast to dtype, on the CPU) to out; returns out. External data (out + '.data')
     is written when the weights pass 2 GB. Validated with onnx.checker and strict shape inference."""
     import onnx
+    check_opset(opset)
     dtype = parse_dtype(dtype)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -320,15 +328,23 @@ def load_model(checkpoint=None, preset_name=None) -> InfGen:
 
 
 def main(argv=None) -> int:
-    from infgen_ref.options import add_model_options
+    """python -m export.onnx: user errors (bad opset, output path, checkpoint) are one `error:` line
+    and exit status 2, found before the export starts."""
+    from infgen_ref.options import add_model_options, guarded
     ap = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n")[0])
     add_model_options(ap, device=False, dtype_default="fp32", preset_default="paper")  # infgen_ref/options.py
     ap.add_argument("--flavour", choices=FLAVOURS, default="onnxruntime")
-    ap.add_argument("--opset", type=int, default=OPSET)
+    ap.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset; only {OPSET} (the spec's) is supported")
     ap.add_argument("--out", default=None, help="output .onnx (default infgen_<preset>_<dtype>[_trt].onnx)")
-    args = ap.parse_args(argv)
+    return guarded(_main, ap.parse_args(argv))
+
+
+def _main(args) -> int:
+    from infgen_ref.options import check_out_file
+    check_opset(args.opset)
     name = Path(args.checkpoint).name if args.checkpoint else args.preset
     out = Path(args.out or f"infgen_{name}_{args.dtype}{'_trt' if args.flavour == 'tensorrt' else ''}.onnx")
+    check_out_file(out, "--out", ".onnx")
     model = load_model(args.checkpoint, None if args.checkpoint else args.preset)
     t0 = time.perf_counter()
     export_onnx(model, out, args.dtype, args.flavour, args.opset)
@@ -336,8 +352,15 @@ def main(argv=None) -> int:
     data = out.with_name(out.name + ".data")
     size = out.stat().st_size + (data.stat().st_size if data.exists() else 0)
     print(f"wrote {out} ({size / 1e6:.1f} MB{', external data ' + data.name if data.exists() else ''}) "
-          f"opset {args.opset}, flavour {args.flavour}, {args.dtype}, in {dt:.1f} s")
+          f"opset {onnx_opset(out)}, flavour {args.flavour}, {args.dtype}, in {dt:.1f} s")
     return 0
+
+
+def onnx_opset(path) -> int:
+    """The default-domain opset a written ONNX file declares."""
+    import onnx
+    proto = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 if __name__ == "__main__":
