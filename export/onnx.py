@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import re
@@ -306,17 +307,53 @@ def model_digest(model: InfGen, dtype, flavour: str, opset: int = OPSET) -> str:
 
 def cached_export(model: InfGen, dtype="fp32", flavour: str = "onnxruntime", cache_dir=None) -> Path:
     """The ONNX file for (weights, config, dtype, flavour), exported on first use into cache_dir
-    (default $INFGEN_CACHE or ~/.cache/infgen) under onnx/<digest>/model.onnx."""
+    (default $INFGEN_CACHE or ~/.cache/infgen) under onnx/<digest>/model.onnx. Every use verifies
+    the file against its sidecar model.onnx.sha256 (written at export time, after the file: no
+    sidecar, no load); a missing or corrupt sidecar or a file whose bytes differ (e.g. another valid
+    ONNX put at the cache's path) is re-exported, never loaded."""
     root = Path(cache_dir or os.environ.get("INFGEN_CACHE") or Path.home() / ".cache" / "infgen")
-    path = root / "onnx" / model_digest(model, dtype, flavour)[:32] / "model.onnx"
-    if not path.is_file():
-        tmp = path.with_name(f"tmp-{os.getpid()}.onnx")
-        export_onnx(model, tmp, dtype, flavour)
-        data = tmp.with_name(tmp.name + ".data")
-        if data.exists():  # the .onnx refers to its data file by name: keep the pair together
-            raise ValueError(f"model too large for the ONNX cache ({data}); export it with python -m export.onnx")
-        tmp.replace(path)
+    digest = model_digest(model, dtype, flavour)
+    path = root / "onnx" / digest[:32] / "model.onnx"
+    if verify_cached(path, digest) is None:
+        return path
+    sidecar = sidecar_path(path)
+    sidecar.unlink(missing_ok=True)
+    tmp = path.with_name(f"tmp-{os.getpid()}.onnx")
+    export_onnx(model, tmp, dtype, flavour)
+    data = tmp.with_name(tmp.name + ".data")
+    if data.exists():  # the .onnx refers to its data file by name: keep the pair together
+        raise ValueError(f"model too large for the ONNX cache ({data}); export it with python -m export.onnx")
+    sha = file_sha256(tmp)
+    tmp.replace(path)
+    side_tmp = sidecar.with_name(f"tmp-{os.getpid()}.sha256")
+    side_tmp.write_text(json.dumps({"key": digest, "sha256": sha}))
+    side_tmp.replace(sidecar)
     return path
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_cached(path: Path, digest: str) -> str | None:
+    """None if the cached ONNX at path may be loaded, else why it must be re-exported."""
+    sidecar = sidecar_path(path)
+    if not path.is_file() or not sidecar.is_file():
+        return "not cached"
+    try:
+        meta = json.loads(sidecar.read_bytes()[:4096].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return f"sidecar unreadable ({type(exc).__name__})"
+    if not isinstance(meta, dict) or meta.get("key") != digest:
+        return "sidecar key mismatch"
+    if meta.get("sha256") != file_sha256(path):
+        return "file does not match its sha256"
+    return None
 
 
 def load_model(checkpoint=None, preset_name=None) -> InfGen:
