@@ -169,7 +169,8 @@ def run_planned(engine, backend, z: torch.Tensor, h: int, w: int, Hp: int, Wp: i
     except (MemoryError, RuntimeError) as exc:
         if not is_oom(exc):
             raise
-        why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        text = str(exc).strip()
+        why = type(exc).__name__ + (": " + text.splitlines()[0][:200] if text else "")
     release_caches(engine)  # outside the except block: the traceback's frames (and tensors) are gone
     raise MemoryBudgetError(f"decode of batch {B} at {w}x{h} ran out of memory ({why}) although the guard "
                             f"planned {mode} in sub-batches of {sub} within the budget {gb(budget_of(engine))}; "
