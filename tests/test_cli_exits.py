@@ -106,3 +106,15 @@ def test_as_a_process_no_traceback(module, argv):
     r = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert [line.startswith("error: ") for line in r.stderr.strip().splitlines()] == [True]
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["demo", "--preset", "tiny", "--out-dir", "{file}"], "is a file"),
+    (["client", "{z}", "--size", "64x64", "--url", "127.0.0.1:1", "--out", "{tmp}/missing/o.png"], "does not exist"),
+    (["loadtest", "--preset", "tiny", "--out", "{tmp}"], "is a directory")])
+def test_output_paths_checked_before_any_work(tmp_path, capsys, argv, match):
+    f = tmp_path / "file"
+    f.write_text("x")
+    np.save(tmp_path / "z.npy", np.zeros((4, 8, 8), np.float32))
+    argv = [a.format(file=f, tmp=tmp_path, z=tmp_path / "z.npy") for a in argv]
+    assert match in one_error_line(capsys, runtime_main(argv))
