@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import re
@@ -124,11 +125,19 @@ def sample_inputs(cfg, batch: int = SAMPLE_BATCH, latent=SAMPLE_LATENT, grid=SAM
 
 
 # ----------------------------------------------------------------------------- export
+def check_opset(opset) -> None:
+    """The exporter writes (and its graph rewrites and checks assume) opset OPSET only: any other
+    is refused rather than written as OPSET under another name (ValueError naming it)."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset != OPSET:
+        raise ValueError(f"opset must be {OPSET} (the export spec's; others are not supported), got {opset!r}")
+
+
 def export_onnx(model: InfGen, out: str | Path, dtype="fp32", flavour: str = "onnxruntime",
                 opset: int = OPSET) -> Path:
     """Export model (cast to dtype, on the CPU) to out; returns out. External data (out + '.data')
     is written when the weights pass 2 GB. Validated with onnx.checker and strict shape inference."""
     import onnx
+    check_opset(opset)
     dtype = parse_dtype(dtype)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -298,17 +307,53 @@ def model_digest(model: InfGen, dtype, flavour: str, opset: int = OPSET) -> str:
 
 def cached_export(model: InfGen, dtype="fp32", flavour: str = "onnxruntime", cache_dir=None) -> Path:
     """The ONNX file for (weights, config, dtype, flavour), exported on first use into cache_dir
-    (default $INFGEN_CACHE or ~/.cache/infgen) under onnx/<digest>/model.onnx."""
+    (default $INFGEN_CACHE or ~/.cache/infgen) under onnx/<digest>/model.onnx. Every use verifies
+    the file against its sidecar model.onnx.sha256 (written at export time, after the file: no
+    sidecar, no load); a missing or corrupt sidecar or a file whose bytes differ (e.g. another valid
+    ONNX put at the cache's path) is re-exported, never loaded."""
     root = Path(cache_dir or os.environ.get("INFGEN_CACHE") or Path.home() / ".cache" / "infgen")
-    path = root / "onnx" / model_digest(model, dtype, flavour)[:32] / "model.onnx"
-    if not path.is_file():
-        tmp = path.with_name(f"tmp-{os.getpid()}.onnx")
-        export_onnx(model, tmp, dtype, flavour)
-        data = tmp.with_name(tmp.name + ".data")
-        if data.exists():  # the .onnx refers to its data file by name: keep the pair together
-            raise ValueError(f"model too large for the ONNX cache ({data}); export it with python -m export.onnx")
-        tmp.replace(path)
+    digest = model_digest(model, dtype, flavour)
+    path = root / "onnx" / digest[:32] / "model.onnx"
+    if verify_cached(path, digest) is None:
+        return path
+    sidecar = sidecar_path(path)
+    sidecar.unlink(missing_ok=True)
+    tmp = path.with_name(f"tmp-{os.getpid()}.onnx")
+    export_onnx(model, tmp, dtype, flavour)
+    data = tmp.with_name(tmp.name + ".data")
+    if data.exists():  # the .onnx refers to its data file by name: keep the pair together
+        raise ValueError(f"model too large for the ONNX cache ({data}); export it with python -m export.onnx")
+    sha = file_sha256(tmp)
+    tmp.replace(path)
+    side_tmp = sidecar.with_name(f"tmp-{os.getpid()}.sha256")
+    side_tmp.write_text(json.dumps({"key": digest, "sha256": sha}))
+    side_tmp.replace(sidecar)
     return path
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_cached(path: Path, digest: str) -> str | None:
+    """None if the cached ONNX at path may be loaded, else why it must be re-exported."""
+    sidecar = sidecar_path(path)
+    if not path.is_file() or not sidecar.is_file():
+        return "not cached"
+    try:
+        meta = json.loads(sidecar.read_bytes()[:4096].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return f"sidecar unreadable ({type(exc).__name__})"
+    if not isinstance(meta, dict) or meta.get("key") != digest:
+        return "sidecar key mismatch"
+    if meta.get("sha256") != file_sha256(path):
+        return "file does not match its sha256"
+    return None
 
 
 def load_model(checkpoint=None, preset_name=None) -> InfGen:
@@ -320,15 +365,23 @@ def load_model(checkpoint=None, preset_name=None) -> InfGen:
 
 
 def main(argv=None) -> int:
-    from infgen_ref.options import add_model_options
+    """python -m export.onnx: user errors (bad opset, output path, checkpoint) are one `error:` line
+    and exit status 2, found before the export starts."""
+    from infgen_ref.options import add_model_options, guarded
     ap = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n")[0])
     add_model_options(ap, device=False, dtype_default="fp32", preset_default="paper")  # infgen_ref/options.py
     ap.add_argument("--flavour", choices=FLAVOURS, default="onnxruntime")
-    ap.add_argument("--opset", type=int, default=OPSET)
+    ap.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset; only {OPSET} (the spec's) is supported")
     ap.add_argument("--out", default=None, help="output .onnx (default infgen_<preset>_<dtype>[_trt].onnx)")
-    args = ap.parse_args(argv)
+    return guarded(_main, ap.parse_args(argv))
+
+
+def _main(args) -> int:
+    from infgen_ref.options import check_out_file
+    check_opset(args.opset)
     name = Path(args.checkpoint).name if args.checkpoint else args.preset
     out = Path(args.out or f"infgen_{name}_{args.dtype}{'_trt' if args.flavour == 'tensorrt' else ''}.onnx")
+    check_out_file(out, "--out", ".onnx")
     model = load_model(args.checkpoint, None if args.checkpoint else args.preset)
     t0 = time.perf_counter()
     export_onnx(model, out, args.dtype, args.flavour, args.opset)
@@ -336,8 +389,15 @@ def main(argv=None) -> int:
     data = out.with_name(out.name + ".data")
     size = out.stat().st_size + (data.stat().st_size if data.exists() else 0)
     print(f"wrote {out} ({size / 1e6:.1f} MB{', external data ' + data.name if data.exists() else ''}) "
-          f"opset {args.opset}, flavour {args.flavour}, {args.dtype}, in {dt:.1f} s")
+          f"opset {onnx_opset(out)}, flavour {args.flavour}, {args.dtype}, in {dt:.1f} s")
     return 0
+
+
+def onnx_opset(path) -> int:
+    """The default-domain opset a written ONNX file declares."""
+    import onnx
+    proto = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 if __name__ == "__main__":

@@ -278,7 +278,6 @@ def parse_sizes(text: str) -> tuple:
 
 
 def main(argv=None) -> int:
-    from infgen_ref.config import preset
     from infgen_ref.options import add_model_options
     ap = argparse.ArgumentParser(prog="python -m export.trt", description="Build TensorRT engines for InfGen.")
     add_model_options(ap, device=False, dtype_default="bf16", preset_default="paper")  # infgen_ref/options.py
@@ -297,9 +296,20 @@ def main(argv=None) -> int:
     ap.add_argument("--plugin-lib", type=Path, default=None,
                     help="libinfgen_trt_plugins.so (CMake build, docs/native.md): print the trtexec line that loads it "
                          "and builds from the TensorRT-flavour ONNX, and the Triton Inference Server line")
-    args = ap.parse_args(argv)
+    from infgen_ref.options import guarded
+    return guarded(_main, ap.parse_args(argv), errors=(TensorRTMissing, EngineUnbuildable))
+
+
+def _main(args) -> int:
+    """The body of main: user errors raise (one `error:` line and exit 2 in main), and the engine
+    directory and checkpoint are checked before any work."""
+    from infgen_ref.config import preset
+    from infgen_ref.options import check_out_dir
+    check_out_dir(args.engine_dir, "--engine-dir")
+    if args.onnx is not None and not Path(args.onnx).is_file():
+        raise FileNotFoundError(f"--onnx: no such file {args.onnx!r}")
     if args.plugin_lib is not None and not args.plugin_lib.is_file():
-        ap.error(f"--plugin-lib: no such file {str(args.plugin_lib)!r}; build it with cmake -S . -B build "
+        raise ValueError(f"--plugin-lib: no such file {str(args.plugin_lib)!r}; build it with cmake -S . -B build "
                  f"-DTensorRT_ROOT=... && cmake --build build (docs/native.md)")
 
     if args.checkpoint:
@@ -309,11 +319,8 @@ def main(argv=None) -> int:
         cfg, name = preset(args.preset), args.preset
     max_res = args.max_res or min(DEFAULT_MAX_RES, cfg.max_size)
     if max_res > cfg.max_size:
-        ap.error(f"--max-res must be at most the model's max_size {cfg.max_size}, got {max_res}")
-    try:
-        plan = default_plan(cfg, args.min_res, max_res, args.opt_sizes, args.batch)
-    except ValueError as exc:
-        ap.error(str(exc))
+        raise ValueError(f"--max-res must be at most the model's max_size {cfg.max_size}, got {max_res}")
+    plan = default_plan(cfg, args.min_res, max_res, args.opt_sizes, args.batch)
     engine_dir = Path(args.engine_dir)
     engine_dir.mkdir(parents=True, exist_ok=True)
     plan_path = engine_dir / "plan.json"
@@ -346,11 +353,7 @@ def main(argv=None) -> int:
                           f"--backend-config=tensorrt,plugins={autoreg}"]))
     if args.dry_run:
         return 0
-    try:
-        import_tensorrt()
-    except TensorRTMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    import_tensorrt()  # TensorRTMissing: one error line, exit 2
     from export.onnx import load_model
     model = load_model(args.checkpoint, None if args.checkpoint else args.preset)
     t0 = time.perf_counter()

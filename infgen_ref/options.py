@@ -74,3 +74,62 @@ def add_model_options(p: argparse.ArgumentParser, *, backends: tuple[str, ...] =
         g.add_argument("--dtype", choices=DTYPE_CHOICES, default=dtype_default,
                        help=dtype_help or ("compute dtype (default: fp32 on the CPU, bf16 on CUDA)"
                                            if dtype_default is None else "default: %(default)s"))
+
+
+# ----------------------------------------------------------------------------- user errors and outputs
+EXIT_USAGE = 2
+USER_ERRORS = (ValueError, TypeError, OSError, ImportError)  # CheckpointError is a ValueError
+
+
+def user_error(exc: BaseException) -> int:
+    """Print one `error: ...` line on stderr for a user error; returns EXIT_USAGE (2)."""
+    import sys
+    msg = str(exc).strip().replace("\n", "; ") or type(exc).__name__
+    print(f"error: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def guarded(run, *args, errors: tuple = ()) -> int:
+    """run(*args), a tool's body: a user error (USER_ERRORS or errors; MemoryError too: a request
+    too large for this machine) becomes one `error:` line and exit status 2, no traceback."""
+    try:
+        return run(*args)
+    except (*USER_ERRORS, MemoryError, *errors) as exc:
+        return user_error(exc)
+
+
+def _writable_dir(d, what: str) -> None:
+    """d exists as a writable directory, or the nearest existing ancestor is one (d will be made)."""
+    import os
+    from pathlib import Path
+    p = Path(d)
+    while not p.exists():
+        if p.is_symlink() or p.parent == p:
+            break
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{what} {str(d)!r}: {str(p)!r} is a file, not a directory")
+    if not os.access(p if p.exists() else ".", os.W_OK):
+        raise ValueError(f"{what} {str(d)!r} is not writable")
+
+
+def check_out_dir(d, what: str = "--out") -> None:
+    """An output directory, checked before any work: a directory, or creatable under one (ValueError)."""
+    _writable_dir(d, what)
+
+
+def check_out_file(f, what: str = "--out", suffix: str | None = None) -> None:
+    """An output file, checked before any work: not a directory, its directory exists and is
+    writable (the tool does not create it), the suffix if given (ValueError naming the path)."""
+    import os
+    from pathlib import Path
+    p = Path(f)
+    if p.is_dir():
+        raise ValueError(f"{what} path {str(p)!r} is a directory; give a file name")
+    if suffix is not None and p.suffix.lower() != suffix:
+        raise ValueError(f"{what} file must end in {suffix}, got {str(p)!r}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"{what} directory {str(parent)!r} does not exist (or is not a directory)")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ValueError(f"{what} path {str(p)!r} is not writable")

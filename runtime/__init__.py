@@ -1,4 +1,5 @@
 """InfGen deployment runtime: `from runtime import InfGenEngine`."""
+from runtime.anysize import MemoryBudgetError
 from runtime.engine import BACKENDS, InfGenEngine
 
-__all__ = ["BACKENDS", "InfGenEngine"]
+__all__ = ["BACKENDS", "InfGenEngine", "MemoryBudgetError"]

@@ -10,12 +10,15 @@ have no banded path).
 from __future__ import annotations
 
 import dataclasses
+import gc
+import math
 
 import torch
 
 from infgen_ref import decode as D
 from infgen_ref.banded import banded_ops
-from infgen_ref.memory import host_threshold, parse_bytes, plan
+from infgen_ref.memory import host_threshold, parse_bytes, plan, predict_peak
+from runtime.cache import SizeCache
 
 MARGIN = 0.10          # of the free memory, left for weights, the allocator's slack and other work
 BANDED_BACKENDS = ("torch", "triton")
@@ -68,14 +71,107 @@ def run_banded(backend, z: torch.Tensor, Hp: int, Wp: int, band_rows: int | None
     return D.decode_grid(ops, model, z, Hp, Wp, mask, q0).to(z.device)
 
 
+class MemoryBudgetError(ValueError):
+    """A decode that does not fit the memory budget: refused before any work (the message names
+    the predicted peak and the budget), or a device OOM that slipped through (caches released)."""
+
+
+def gb(n: float) -> str:
+    """Bytes for a message: '25.77 GB' or '4.56 MB'."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.2f} MB"
+
+
+def budget_of(engine) -> int:
+    """max_memory, or the free device memory (CUDA) / available RAM (CPU) minus MARGIN."""
+    return engine.max_memory if engine.max_memory is not None else int(free_memory(engine.device) * (1 - MARGIN))
+
+
+def largest_fit(fits, n: int) -> int:
+    """The largest b in 1..n with fits(b) (fits monotone: true up to some b), or 0 if none."""
+    if fits(n):
+        return n
+    lo, hi = 0, n  # fits(lo) (or lo == 0), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def guard(engine, backend, h: int, w: int, batch: int):
+    """The memory guard, before any work: (mode, sub-batch, host_over) for a decode of `batch`
+    latents at (h, w), in this order: the whole batch plain; the batch split into plain sub-batches;
+    banded (torch/triton backends, banded not False), whole then split; on CUDA banded with
+    activations in host memory; else MemoryBudgetError naming the predicted peak and the budget.
+    banded=True skips plain. Sub-batches also count the full output they are gathered into."""
+    cfg, dtype, name = engine.config, engine.dtype, backend.name
+    budget = budget_of(engine)
+    bk = "triton" if name == "triton" else "torch"
+    H, W = (cfg.upscale * math.ceil(s / cfg.upscale) for s in (h, w))
+    gathered = batch * 3 * H * W * 4  # the (B, 3, H, W) fp32 result the sub-batches are copied into
+
+    def peak(mode, b, over=None):
+        p = predict_peak(cfg, h, w, b, dtype, bk, mode, engine.band_rows, host_over=over)
+        return p + (gathered if b < batch else 0)
+
+    modes = [] if engine.banded is True and name in BANDED_BACKENDS else ["plain"]
+    if name in BANDED_BACKENDS and engine.banded is not False:
+        modes.append("banded")
+    for mode in modes:
+        b = largest_fit(lambda b: peak(mode, b) <= budget, batch)
+        if b:
+            return mode, b, None
+    if "banded" in modes and engine.device.type == "cuda":
+        def over(b):
+            return host_threshold(cfg, h, w, b, dtype, bk, budget, engine.band_rows)
+        b = largest_fit(lambda b: peak("banded", b, over(b)) <= budget, batch)
+        if b:
+            return "banded-host", b, over(b)
+    best = min(peak(m, 1) for m in modes)
+    hint = "" if "banded" in modes else ", use backend torch or triton with banded='auto'"
+    raise MemoryBudgetError(
+        f"decode of batch {batch} at {w}x{h} refused: predicted peak {gb(peak(modes[0], batch))} "
+        f"(at least {gb(best)} even as sub-batches of 1{', banded' if 'banded' in modes else ''}) "
+        f"exceeds the memory budget {gb(budget)} (max_memory={engine.max_memory!r}); "
+        f"decode a smaller size{hint} "
+        f"or raise max_memory")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """A device or host out-of-memory error (torch.cuda.OutOfMemoryError is a RuntimeError)."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def release_caches(engine) -> None:
+    """Drop every per-size cache of the engine's backends and return cached device memory."""
+    for b in engine.backends:
+        for value in vars(b).values():
+            if isinstance(value, SizeCache):
+                value.clear()
+    gc.collect()
+    if engine.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def run_planned(engine, backend, z: torch.Tensor, h: int, w: int, Hp: int, Wp: int) -> torch.Tensor:
-    """engine.decode's run on the chosen backend, in the plan's mode -> (B, 3, 8H', 8W')."""
-    mode, _, _ = engine_plan(engine, backend, h, w, z.shape[0])
-    if mode == "plain":
-        return backend.run(z, Hp, Wp)
-    over = None
-    if mode == "banded-host":
-        budget = engine.max_memory or int(free_memory(engine.device) * (1 - MARGIN))
-        over = host_threshold(engine.config, h, w, z.shape[0], engine.dtype,
-                              "triton" if backend.name == "triton" else "torch", budget, engine.band_rows)
-    return run_banded(backend, z, Hp, Wp, engine.band_rows, over)
+    """engine.decode's run on the chosen backend, as the memory guard plans it -> (B, 3, 8H', 8W').
+    An OOM that slips through releases the caches and raises MemoryBudgetError (engine usable)."""
+    B = z.shape[0]
+    mode, sub, over = guard(engine, backend, h, w, B)
+    try:
+        parts = []
+        for i in range(0, B, sub):
+            zi = z[i:i + sub]
+            parts.append(backend.run(zi, Hp, Wp) if mode == "plain"
+                         else run_banded(backend, zi, Hp, Wp, engine.band_rows, over))
+        img = parts[0] if len(parts) == 1 else torch.cat(parts)
+        del parts
+        return img
+    except (MemoryError, RuntimeError) as exc:
+        if not is_oom(exc):
+            raise
+        text = str(exc).strip()
+        why = type(exc).__name__ + (": " + text.splitlines()[0][:200] if text else "")
+    release_caches(engine)  # outside the except block: the traceback's frames (and tensors) are gone
+    raise MemoryBudgetError(f"decode of batch {B} at {w}x{h} ran out of memory ({why}) although the guard "
+                            f"planned {mode} in sub-batches of {sub} within the budget {gb(budget_of(engine))}; "
+                            f"caches released, the engine is usable: retry with a smaller max_memory")

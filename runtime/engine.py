@@ -110,7 +110,10 @@ class InfGenEngine:
     covers the request, so "auto" accepts exactly the sizes of "torch"; .backend_name says which
     backend ran the last decode (before any decode: the first of the chain).
     dtype: "fp32" | "fp16" | "bf16"; default fp32 on the CPU, bf16 on CUDA.
-    max_memory, banded, band_rows: the any-size path (runtime/anysize.py, docs/anysize.md).
+    max_memory, banded, band_rows: the any-size path (runtime/anysize.py, docs/anysize.md) and the
+    memory guard: before any work a decode runs whole, in sub-batches, or banded within the budget,
+    else raises MemoryBudgetError (a ValueError); an OOM that slips through releases the per-size
+    caches and raises it too (docs/robustness.md). Thread-safe: one engine may serve several threads.
     backend_options go to the backend's constructor (with "auto": to each backend that takes them)."""
 
     def __init__(self, model="tiny", backend: str = "torch", device="cpu", dtype=None, max_memory=None,

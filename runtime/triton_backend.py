@@ -23,6 +23,7 @@ import functools
 import importlib.util
 import math
 import os
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -171,7 +172,7 @@ class TritonBackend:
         if cuda_graphs is True and device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA device, got {device}")
         self.tokens = SizeCache(cache_size)  # (H', W') -> (mask tokens (1, N, d), first block's queries)
-        self.graphs = SizeCache(cache_size)  # (B, C, h_l, w_l, H', W') -> (graph, in, out, kept tensors)
+        self.graphs = SizeCache(cache_size)  # (B, C, h_l, w_l, H', W') -> (graph, in, out, kept tensors, lock)
         # Imported here: the kernels module decides interpreter vs. compiled when it is imported.
         from kernels import attention, inpe
         if device.type == "cuda" and attention.is_interpreted(attention.attn_fwd_kernel):
@@ -231,15 +232,17 @@ class TritonBackend:
             static_out = self._run_eager(static_in, Hp, Wp)
         # The graph reads the cached mask tokens by address: keep them alive with the graph even
         # if the token cache evicts them.
-        return graph, static_in, static_out, self.mask_and_q0(Hp, Wp)
+        # The lock serialises copy-in, replay and copy-out: threads share the static buffers.
+        return graph, static_in, static_out, self.mask_and_q0(Hp, Wp), threading.Lock()
 
     @torch.inference_mode()
     def run(self, z: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
         """z: scaled latent (B, C, h_l, w_l) float32 -> image (B, 3, 8H', 8W') in the compute dtype."""
         if not self._use_graph(Hp, Wp):
             return self._run_eager(z, Hp, Wp)
-        graph, static_in, static_out, _ = self.graphs.get_or_make((*z.shape, Hp, Wp),
-                                                                  lambda: self._capture(z, Hp, Wp))
-        static_in.copy_(z)
-        graph.replay()
-        return static_out.clone()
+        graph, static_in, static_out, _, lock = self.graphs.get_or_make((*z.shape, Hp, Wp),
+                                                                        lambda: self._capture(z, Hp, Wp))
+        with lock:  # an entry evicted meanwhile stays valid: this call holds its buffers
+            static_in.copy_(z)
+            graph.replay()
+            return static_out.clone()

@@ -15,16 +15,19 @@ def test_auto_bands_past_the_budget_and_matches_plain():
     mode, rows, _ = small.plan(96, 80)
     assert mode == "banded" and rows >= 1
     assert small.plan(1024, 1024)[2] < 0.8 * plain.plan(1024, 1024)[2]
-    a, b = plain.decode(z, 96, 80), small.decode(z, 96, 80)
-    assert b.shape == (1, 3, 96, 80)
-    assert (a - b).abs().max().item() <= 1e-5
+    # 128x128: plain 6.3 MB, banded by 8 rows 5.0 MB (at 96x80 banding saves nothing: the guard refuses)
+    between = InfGenEngine("tiny", max_memory="5.5MB", band_rows=8)
+    assert between.plan(128, 128)[0] == "banded"
+    a, b = plain.decode(z, 128, 128), between.decode(z, 128, 128)
+    assert b.shape == (1, 3, 128, 128)
+    assert (a - b).abs().max().item() <= 1e-4
 
 
 def test_forced_banded_with_band_rows_and_forced_plain():
     z = torch.randn(2, 4, 6, 6)
     eng = InfGenEngine("tiny", banded=True, band_rows=3)
     assert eng.plan(40, 56)[:2] == ("banded", 3)
-    ref = InfGenEngine("tiny", banded=False, max_memory=1).decode(z, 40, 56)
+    ref = InfGenEngine("tiny", banded=False).decode(z, 40, 56)
     assert (eng.decode(z, 40, 56) - ref).abs().max().item() <= 1e-5
 
 
@@ -41,9 +44,14 @@ def test_cli_info_prints_the_plan_and_decode_takes_max_memory(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "triton bfloat16 (CUDA) plain    25.77 GB  banded    17.60 GB  -> banded, 64 rows per band" in out
     np.save(tmp_path / "z.npy", np.random.default_rng(0).standard_normal((4, 8, 8)).astype("float32"))
-    assert main(["decode", str(tmp_path / "z.npy"), "--size", "48x40", "--preset", "tiny", "--max-memory", "1MB",
+    assert main(["decode", str(tmp_path / "z.npy"), "--size", "48x40", "--preset", "tiny", "--max-memory", "5MB",
                  "--band-rows", "5", "--out", str(tmp_path / "o.png")]) == 0
     assert (tmp_path / "o.png").exists()
+    capsys.readouterr()
+    assert main(["decode", str(tmp_path / "z.npy"), "--size", "48x40", "--preset", "tiny", "--max-memory", "1MB",
+                 "--out", str(tmp_path / "p.png")]) == 2  # 4.3 MB predicted, banded or not: refused
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "refused" in errors[0] and "1.00 MB" in errors[0]
     assert main(["decode", str(tmp_path / "z.npy"), "--size", "48x40", "--preset", "tiny",
                  "--max-memory", "24 parsecs"]) == 2
     assert "24 parsecs" in capsys.readouterr().err

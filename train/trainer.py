@@ -428,7 +428,25 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    """python -m train: user errors (bad --out, --config, --lpips, --device) are one `error:` line and
+    exit status 2, checked before training starts."""
+    from infgen_ref.options import check_out_dir, guarded
     a = parse_args(argv)
+
+    def checked(a):
+        try:
+            torch.device(a.device)
+        except RuntimeError as exc:
+            raise ValueError(f"--device must be cpu or cuda[:N], got {a.device!r}") from exc
+        check_out_dir(a.out, "--out")
+        for flag, path in (("--config", a.config), ("--lpips", a.lpips)):
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"{flag}: no such file {path!r}")
+        return train(a)
+    return guarded(checked, a)
+
+
+def train(a) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     random.seed(a.seed)

@@ -49,12 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from infgen_ref.weights import CheckpointError
-    from runtime.cli.options import user_error
+    from infgen_ref.options import guarded
     args = build_parser().parse_args(argv)
     extra = args.module.user_errors() if hasattr(args.module, "user_errors") else ()
-    try:
-        return args.module.run(args)
     # ImportError: a backend's optional package is missing (its message says which).
-    except (CheckpointError, ValueError, TypeError, OSError, ImportError, *extra) as exc:
-        return user_error(exc)
+    return guarded(args.module.run, args, errors=tuple(extra))

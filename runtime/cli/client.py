@@ -57,6 +57,8 @@ def run(args) -> int:
         raise ValueError(f"--server-png writes PNG files: --out must end in .png, got {args.out!r}")
     if not args.timeout > 0:
         raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    from runtime.io import IMAGE_SUFFIXES, check_writable
+    check_writable(args.out or f"{Path(args.latent).stem}.png", IMAGE_SUFFIXES, "--out")  # before any request
     latent = load_latent(args.latent).float().numpy()
     batch = latent.shape[0] if latent.ndim == 4 else 1
     with InfGenClient(args.url, protocol=args.protocol, model_name=args.model_name, timeout_s=args.timeout) as client:

@@ -319,7 +319,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from infgen_ref.options import check_out_dir
     t = time.perf_counter()
+    check_out_dir(args.out_dir, "--out-dir")  # before any work
     spec = model_spec(args)
     if spec in PRESETS:
         if args.held_out or args.fidelity:

@@ -138,6 +138,9 @@ def run(args) -> int:
     import importlib.util
 
     from runtime.serving import SERVE_EXTRA, describe, require_pytriton, start_server
+    if args.out:
+        from infgen_ref.options import check_out_file
+        check_out_file(args.out, "--out")  # before the load test, not after it
     limits = limits_from_args(args)
     if importlib.util.find_spec("locust") is None:
         raise ImportError(f"the load test needs locust: {SERVE_EXTRA}")

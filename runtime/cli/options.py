@@ -9,10 +9,10 @@ from pathlib import Path
 
 from infgen_ref import DEMO_CHECKPOINT
 from infgen_ref import options as _options
+from infgen_ref.options import EXIT_USAGE, guarded, user_error  # noqa: F401 - re-exported
 from infgen_ref.options import SHARED_FLAGS, add_size_option, positive_int, size_type  # noqa: F401 - re-exported
 from runtime.engine import BACKENDS
 
-EXIT_USAGE = 2
 RANDOM_NOTICE = "weights are random: the images are noise (no trained checkpoint was given or bundled)"
 DEFAULT_MODEL_HELP = ("InfGen checkpoint directory (config.json + model.safetensors); default: the bundled demo "
                       "checkpoint if installed, else --preset tiny")
@@ -67,23 +67,12 @@ def load_engine(args):
     return engine
 
 
-def user_error(exc: BaseException) -> int:
-    """Print one `error: ...` line for a user error; returns EXIT_USAGE."""
-    msg = str(exc).strip().replace("\n", "; ") or type(exc).__name__
-    print(f"error: {msg}", file=sys.stderr)
-    return EXIT_USAGE
-
-
 def tool_main(prog: str, doc: str, add_arguments, run, argv=None, errors: tuple = ()) -> int:
     """A tool run on its own (`python -m runtime.cli.serve`, the infgen-serve entry point): parse, run,
-    turn user errors into one line and exit status 2. ImportError: an optional package is missing
-    (its message says which)."""
-    from infgen_ref.weights import CheckpointError
+    turn user errors into one line and exit status 2 (infgen_ref.options.guarded). ImportError: an
+    optional package is missing (its message says which)."""
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (CheckpointError, ValueError, TypeError, OSError, ImportError, *errors) as exc:
-        return user_error(exc)
+    return guarded(run, args, errors=errors)

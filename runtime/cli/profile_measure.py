@@ -135,7 +135,8 @@ def stage_chain(engine, Hp: int, Wp: int, h: int, w: int) -> list[tuple[str, Cal
 
 
 def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+    from runtime.anysize import MemoryBudgetError  # the engine's guard: refused, or an OOM it caught
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError, MemoryBudgetError)):
         return True
     msg = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(

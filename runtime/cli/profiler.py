@@ -50,8 +50,10 @@ def run(args) -> int:
     from infgen_ref.config import PRESETS, dtype_name, parse_dtype
     from runtime.cli import profile_report as report_mod
     from runtime.cli.profile_measure import make_targets, profile
+    from infgen_ref.options import check_out_dir
     from runtime.engine import resolve_device, resolve_model
 
+    check_out_dir(args.out, "--out")  # before any profiling
     device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
     if "auto" in args.baselines:

@@ -1,0 +1,99 @@
+"""The memory guard (docs/robustness.md, memory pressure): batch split -> banded -> refuse, before
+any work; an OOM that slips through releases the caches and leaves the engine usable."""
+import time
+
+import pytest
+import torch
+
+from infgen_ref.config import preset
+from infgen_ref.memory import predict_peak
+from runtime.anysize import MemoryBudgetError
+from runtime.engine import InfGenEngine
+
+CFG = preset("tiny")
+
+
+def spy_runs(engine) -> list:
+    """Record the batch of every backend.run call."""
+    seen, run = [], engine.backend.run
+
+    def spy(z, Hp, Wp):
+        seen.append(z.shape[0])
+        return run(z, Hp, Wp)
+    engine.backend.run = spy
+    return seen
+
+
+def test_impossible_request_fails_fast_then_a_normal_decode_succeeds():
+    eng = InfGenEngine("tiny", max_memory="50MB")
+    seen = spy_runs(eng)
+    z = torch.randn(64, 4, 8, 8)
+    t = time.perf_counter()
+    with pytest.raises(MemoryBudgetError, match=r"predicted peak .* exceeds the memory budget 50\.00 MB") as exc:
+        eng.decode(z, 2048, 2048)
+    assert time.perf_counter() - t < 5  # generous: the guard itself is milliseconds; no decode ran
+    assert isinstance(exc.value, ValueError) and "batch 64 at 2048x2048" in str(exc.value)
+    assert seen == []
+    img = eng.decode(torch.randn(1, 4, 8, 8), 64, 64)
+    assert img.shape == (1, 3, 64, 64) and torch.isfinite(img).all()
+
+
+def test_batch_is_split_into_sub_batches_that_fit_and_matches_the_whole():
+    z = torch.randn(4, 4, 8, 8)
+    ref = InfGenEngine("tiny").decode(z, 96, 80)
+    gathered = 4 * 3 * 96 * 80 * 4
+    budget = predict_peak(CFG, 96, 80, 2) + gathered  # two at a time fit, three do not
+    eng = InfGenEngine("tiny", max_memory=budget)
+    seen = spy_runs(eng)
+    out = eng.decode(z, 96, 80)
+    assert seen == [2, 2]
+    assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_banded_only_when_no_plain_sub_batch_fits():
+    z = torch.randn(2, 4, 8, 8)
+    ref = InfGenEngine("tiny").decode(z, 128, 128)
+    plain1 = predict_peak(CFG, 128, 128, 1)
+    banded1 = predict_peak(CFG, 128, 128, 1, mode="banded", band_rows=8)
+    assert banded1 < plain1
+    eng = InfGenEngine("tiny", max_memory=banded1 + 2 * 3 * 128 * 128 * 4, band_rows=8)
+    seen = spy_runs(eng)
+    out = eng.decode(z, 128, 128)
+    assert seen == []  # no plain run: banded, one latent at a time
+    assert (out - ref).abs().max().item() <= 1e-4  # banded sums in another order
+
+
+def test_banded_false_refuses_instead_of_banding():
+    eng = InfGenEngine("tiny", banded=False, max_memory="1MB")
+    with pytest.raises(MemoryBudgetError, match="batch 1 at 80x96 refused"):
+        eng.decode(torch.randn(1, 4, 8, 8), 96, 80)
+
+
+@pytest.mark.parametrize("oom", [RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), MemoryError()])
+def test_oom_that_slips_through_releases_caches_and_engine_stays_usable(oom):
+    eng = InfGenEngine("tiny")
+    z = torch.randn(1, 4, 8, 8)
+    ref = eng.decode(z, 64, 64)
+    assert len(eng.backend.tokens) == 1
+    run, calls = eng.backend.run, []
+
+    def flaky(z, Hp, Wp):
+        calls.append(1)
+        if len(calls) == 1:
+            raise oom
+        return run(z, Hp, Wp)
+    eng.backend.run = flaky
+    with pytest.raises(MemoryBudgetError, match="ran out of memory .*caches released"):
+        eng.decode(z, 64, 64)
+    assert len(eng.backend.tokens) == 0
+    assert (eng.decode(z, 64, 64) - ref).abs().max().item() == 0
+
+
+def test_other_runtime_errors_pass_through_unchanged():
+    eng = InfGenEngine("tiny")
+
+    def broken(z, Hp, Wp):
+        raise RuntimeError("shape mismatch")
+    eng.backend.run = broken
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        eng.decode(torch.randn(1, 4, 8, 8), 64, 64)
