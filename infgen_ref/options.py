@@ -118,16 +118,18 @@ def check_out_dir(d, what: str = "--out") -> None:
     _writable_dir(d, what)
 
 
-def check_out_file(f, what: str = "--out", suffix: str | None = None) -> None:
-    """An output file, checked before any work: not a directory, its directory exists and is
-    writable (the tool does not create it), the suffix if given (ValueError naming the path)."""
+def check_out_file(f, what: str = "--out", suffix: str | tuple[str, ...] | None = None) -> None:
+    """An output file, checked before any work: not a directory, the suffix (one, or any of
+    several) if given, its directory exists and is writable (the tool does not create it). ValueError
+    naming the path. runtime.io.check_writable is this for the library."""
     import os
     from pathlib import Path
     p = Path(f)
+    suffixes = (suffix,) if isinstance(suffix, str) else suffix
     if p.is_dir():
         raise ValueError(f"{what} path {str(p)!r} is a directory; give a file name")
-    if suffix is not None and p.suffix.lower() != suffix:
-        raise ValueError(f"{what} file must end in {suffix}, got {str(p)!r}")
+    if suffixes is not None and p.suffix.lower() not in suffixes:
+        raise ValueError(f"{what} file must end in {', '.join(suffixes)}, got {str(p)!r}")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise ValueError(f"{what} directory {str(parent)!r} does not exist (or is not a directory)")

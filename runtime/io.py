@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infgen_ref.options import check_out_file
+
 LATENT_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_LATENT_BYTES = 256 * 2 ** 20     # a 4096^2 decode's latent (4 x 512 x 512 fp32) is 4 MiB per image
@@ -46,17 +48,8 @@ def check_writable(path: str | Path, suffixes: tuple[str, ...] | None = None, wh
     an existing writable parent directory, and not itself a directory. ValueError naming it."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{what} path must be a str or Path, got {type(path).__name__}")
-    p = Path(path)
-    if suffixes is not None and p.suffix.lower() not in suffixes:
-        raise ValueError(f"{what} file must end in {', '.join(suffixes)}, got {str(p)!r}")
-    if p.is_dir():
-        raise ValueError(f"{what} path {str(p)!r} is a directory; give a file name")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise ValueError(f"{what} directory {str(parent)!r} does not exist (or is not a directory)")
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise ValueError(f"{what} path {str(p)!r} is not writable")
-    return p
+    check_out_file(path, what, suffixes)
+    return Path(path)
 
 
 def _npy_header(p: Path, max_bytes: int) -> None:
