@@ -90,15 +90,18 @@ def device_info(device: torch.device) -> dict:
         p = torch.cuda.get_device_properties(device)
         return {"type": "cuda", "name": p.name, "capability": f"{p.major}.{p.minor}",
                 "memory_bytes": int(p.total_memory), "cuda": torch.version.cuda}
-    name = platform.processor() or platform.machine()
+    return {"type": "cpu", "name": cpu_name(), "threads": torch.get_num_threads(), "cores": os.cpu_count()}
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
-        pass
-    return {"type": "cpu", "name": name, "threads": torch.get_num_threads(), "cores": os.cpu_count()}
+        pass  # no /proc (not Linux): fall through
+    return platform.processor() or platform.machine()
 
 
 def make_report(rows: list[dict], device: torch.device, model_source: str, cfg, args: dict,
