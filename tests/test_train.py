@@ -137,6 +137,30 @@ def test_checkpoint_and_resume(tmp_path):
     assert [h["step"] for h in hist] == [5, 6]
 
 
+def test_snapshots_every_n_steps(tmp_path):
+    """--snapshot-every N keeps <out>/snapshots/stepNNNNNN/ (the learning curve's checkpoints);
+    the last one holds the final weights."""
+    t, _ = _run(_args(tmp_path, "--stage1-steps", "2", "--stage2-steps", "2", "--snapshot-every", "2"))
+    snaps = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    assert snaps == ["step000002", "step000004"]
+    last, first = load_checkpoint(tmp_path / "snapshots" / snaps[-1]), load_checkpoint(tmp_path / "snapshots" / snaps[0])
+    for k, v in t.model.state_dict().items():
+        assert torch.equal(v, last.state_dict()[k]), k
+    assert any(not torch.equal(v, first.state_dict()[k]) for k, v in t.model.state_dict().items())
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--snapshot-every", "-1"])
+
+
+def test_scaling_factor_goes_through_config_validation(tmp_path):
+    t = Trainer(_args(tmp_path, "--stage1-steps", "1", "--stage2-steps", "0"))
+    t.set_config_scaling(0.5)
+    assert t.model.config.scaling_factor == 0.5
+    for bad in (0.0, float("nan"), 1e9):
+        with pytest.raises(ValueError, match="scaling_factor"):
+            t.set_config_scaling(bad)
+    assert t.model.config.scaling_factor == 0.5
+
+
 def test_lpips_only_from_a_local_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         _run(_args(tmp_path, "--stage1-steps", "1", "--stage2-steps", "0", "--lpips", str(tmp_path / "nope.pt")))

@@ -17,6 +17,7 @@ model.safetensors, loadable with infgen_ref.weights.load_checkpoint).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -250,7 +251,12 @@ class Trainer:
             x, _, _ = sampler.sample(1.0, 10_000)
             ms.append(encode_moments(self.model, x.to(self.device))[0].flatten())
         std = float(torch.cat(ms).std())
-        self.model.config.scaling_factor = round(1.0 / max(std, 1e-6), 5)
+        self.set_config_scaling(round(1.0 / max(std, 1e-6), 5))
+
+    def set_config_scaling(self, value):
+        """Set the model config's scaling_factor through the config's own validation (a bad value,
+        e.g. from an edited train_state.pt, is a ValueError naming it, not a silent NaN decode)."""
+        self.model.config.scaling_factor = dataclasses.replace(self.model.config, scaling_factor=value).scaling_factor
 
     # -- checkpoints
     def save(self):
@@ -262,13 +268,15 @@ class Trainer:
         torch.save(state, tmp)
         tmp.replace(self.out / "train_state.pt")
         save_checkpoint(self.model, self.out / "model")
+        if self.args.snapshot_every and self.step % self.args.snapshot_every == 0:
+            save_checkpoint(self.model, self.out / "snapshots" / f"step{self.step:06d}")
 
     def resume(self):
         path = self.out / "train_state.pt"
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no {path}")
         state = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.config.scaling_factor = state["config"]["scaling_factor"]
+        self.set_config_scaling(state["config"]["scaling_factor"])
         self.model.load_state_dict(state["model"])
         self.disc.load_state_dict(state["disc"])
         self.step = state["step"]
@@ -358,7 +366,8 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(stage=stage, l1=f"{logs['l1']:.4f}", lr=f"{lr:.1e}")
-            if self.step % a.save_every == 0 or self.step == total or self.step == a.stage1_steps:
+            if (self.step % a.save_every == 0 or self.step == total or self.step == a.stage1_steps
+                    or (a.snapshot_every and self.step % a.snapshot_every == 0)):
                 self.save()
         if bar is not None:
             bar.close()
@@ -403,13 +412,15 @@ def parse_args(argv=None):
     p.add_argument("--scales", default=None,
                    help="stage-2 target scales to draw from, e.g. 1,2,4 (default: uniform in [1, max-scale])")
     p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="also keep <out>/snapshots/stepNNNNNN/ every N steps (learning curves; 0: off)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    for name in ("stage1_steps", "stage2_steps"):
+    for name in ("stage1_steps", "stage2_steps", "snapshot_every"):
         if getattr(a, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
     if a.batch_size < 1 or not 1 <= a.grid_min <= a.grid_max or a.window < 1 or a.max_scale < 1:
