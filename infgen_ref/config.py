@@ -265,7 +265,7 @@ PRESETS: dict[str, dict] = {
     "paper": {},
     "tiny": dict(block_out_channels=(16, 32, 32, 64), layers_per_block=1, norm_num_groups=8,
                  num_blocks=2, num_heads=4, inpe_fourier_dim=16, max_size=2048),
-    "demo": dict(block_out_channels=(24, 48, 96, 128), layers_per_block=1, norm_num_groups=4, num_blocks=2,
+    "demo": dict(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=4, num_blocks=2,
                  num_heads=4, inpe_fourier_dim=32, latent_size=16, max_size=8192),
 }
 
