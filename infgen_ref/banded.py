@@ -25,10 +25,16 @@ for its op and its result copied back (infgen_ref/memory.py picks host_over to f
 """
 from __future__ import annotations
 
+import dataclasses
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from infgen_ref.decode import TORCH_OPS, Ops
+
+BAND_BYTES = 64 << 20          # bytes of one band of the widest tensor an op touches (rows not forced)
+MAX_CONV_ELEMS = 2**31 - 1     # the triton backend splits convs whose input or output has more (int32 indexing)
 
 
 # ----------------------------------------------------------------------------- band sources
@@ -139,6 +145,12 @@ def apply_affine(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, bias:
 
 
 # ----------------------------------------------------------------------------- conv
+def conv_split_rows(B: int, Cin: int, Cout: int, W: int, k: int, max_elems: int = MAX_CONV_ELEMS) -> int:
+    """Output rows per band of a k x k conv split so that each band's input (with its 2 * (k//2)
+    halo rows) and output stay under max_elems elements (the triton backend's plain decode)."""
+    return max(1, max_elems // (B * max(Cin, Cout) * W) - 2 * (k // 2))
+
+
 def conv2d_banded(conv: nn.Conv2d, x, band_rows: int, compute: torch.device,
                   store: torch.device, out: torch.Tensor | None = None) -> torch.Tensor:
     """conv(x) band by band. x: tensor or lazy source (B, Cin, H, W) -> (B, Cout, H, W) on `store`.
@@ -164,11 +176,11 @@ def conv2d_banded(conv: nn.Conv2d, x, band_rows: int, compute: torch.device,
 
 
 # ----------------------------------------------------------------------------- the ops table
-def band_rows_for(shape, dtype: torch.dtype, band_bytes: int) -> int:
-    """Rows per band of a (B, C, H, W) activation: at most band_bytes and at most 1/16 of H."""
+def band_rows_for(shape, itemsize: int, band_bytes: int = BAND_BYTES) -> int:
+    """Rows per band of a (B, C, H, W) activation of itemsize-byte elements: at most band_bytes
+    and at most 1/16 of H (infgen_ref/memory.py sizes its bands with this too)."""
     B, C, H, W = shape
-    row = B * C * W * torch.empty((), dtype=dtype).element_size()
-    return max(1, min(int(band_bytes // row), -(-H // 16)))
+    return max(1, min(int(band_bytes // (B * C * W * itemsize)), -(-H // 16)))
 
 
 class BandedOps:
@@ -177,7 +189,7 @@ class BandedOps:
     its rows). compute: the device that runs the bands. host_over (CUDA): conv outputs larger than
     this many bytes are allocated in pinned host memory and read back band by band."""
 
-    def __init__(self, rows: int | None = None, band_bytes: int = 64 << 20,
+    def __init__(self, rows: int | None = None, band_bytes: int = BAND_BYTES,
                  compute: torch.device | str = "cpu", host_over: int | None = None):
         if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
             raise ValueError(f"band_rows must be None or an int >= 1, got {rows!r}")
@@ -192,7 +204,7 @@ class BandedOps:
         if self.rows is not None:
             return self.rows
         B, C, H, W = shape
-        return band_rows_for((B, max(C, cout or 0), H, W), dtype, self.band_bytes)
+        return band_rows_for((B, max(C, cout or 0), H, W), dtype.itemsize, self.band_bytes)
 
     def store_for(self, nbytes: int) -> torch.device:
         """Where an activation of nbytes lives: the compute device, or the host past host_over."""
@@ -202,7 +214,7 @@ class BandedOps:
 
     def conv2d(self, conv: nn.Conv2d, x) -> torch.Tensor:
         B, _, H, W = x.shape
-        nbytes = B * conv.out_channels * H * W * torch.empty((), dtype=x.dtype).element_size()
+        nbytes = B * conv.out_channels * H * W * x.dtype.itemsize
         return conv2d_banded(conv, x, self._rows(x.shape, x.dtype, conv.out_channels), self.compute,
                              self.store_for(nbytes))
 
@@ -216,21 +228,13 @@ class BandedOps:
     def upsample2x(self, x) -> Upsampled:
         return Upsampled(x)
 
-    @staticmethod
-    def cross_attention(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v)
 
-    @staticmethod
-    def self_attention(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v)
-
-
-def banded_ops(rows: int | None = None, band_bytes: int = 64 << 20, compute="cpu", host_over: int | None = None):
-    """The banded decode's ops table (infgen_ref.decode.Ops) over BandedOps."""
-    from infgen_ref.decode import Ops
+def banded_ops(rows: int | None = None, band_bytes: int = BAND_BYTES, compute="cpu",
+               host_over: int | None = None) -> Ops:
+    """The banded decode's ops table: TORCH_OPS with BandedOps' conv, GroupNorm and nearest 2x
+    (the attentions run whole)."""
     b = BandedOps(rows, band_bytes, compute, host_over)
-    return Ops(conv2d=b.conv2d, group_norm=b.group_norm, upsample2x=b.upsample2x,
-               cross_attention=b.cross_attention, self_attention=b.self_attention)
+    return dataclasses.replace(TORCH_OPS, conv2d=b.conv2d, group_norm=b.group_norm, upsample2x=b.upsample2x)
 
 
 # ----------------------------------------------------------------------------- the seam baseline
@@ -238,7 +242,6 @@ def tiled_norm_ops(tiles: int):
     """The ops of the plain decode except that GroupNorm takes its statistics per tile (a tiles x
     tiles grid over every activation), as a tiled decode (diffusers' tiled VAE) does: the baseline
     whose tone shifts banded decode avoids. Everything else (convs, attention) sees the whole image."""
-    from infgen_ref.decode import TORCH_OPS, Ops
     if not isinstance(tiles, int) or isinstance(tiles, bool) or tiles < 1:
         raise ValueError(f"tiles must be an int >= 1, got {tiles!r}")
 
@@ -252,5 +255,4 @@ def tiled_norm_ops(tiles: int):
                     out[:, :, a:b, c:d] = norm(x[:, :, a:b, c:d])  # the tile's own statistics
         return F.silu(out) if silu else out
 
-    return Ops(conv2d=TORCH_OPS.conv2d, group_norm=group_norm, upsample2x=TORCH_OPS.upsample2x,
-               cross_attention=TORCH_OPS.cross_attention, self_attention=TORCH_OPS.self_attention)
+    return dataclasses.replace(TORCH_OPS, group_norm=group_norm)

@@ -109,13 +109,10 @@ def cross_block(ops: Ops, blk, x: Tensor, ctx: Tensor, q: Tensor | None = None) 
     """CrossAttnBlock: x (B, N, d) mask tokens attend to ctx (B, T, d) latent tokens, then an MLP;
     both residual. q: precomputed to_q(norm_q(x)) (B, N, d), or None."""
     B, N, D = x.shape
-    T, nh = ctx.shape[1], blk.num_heads
     if q is None:
         q = blk.to_q(blk.norm_q(x))
     kv = blk.norm_kv(ctx)  # (B, T, d)
-    k = blk.to_k(kv).view(B, T, nh, D // nh).transpose(1, 2)  # (B, h, T, hd)
-    v = blk.to_v(kv).view(B, T, nh, D // nh).transpose(1, 2)
-    o = ops.cross_attention(q.reshape(B, N, nh, D // nh).transpose(1, 2), k, v)  # (B, h, N, hd)
+    o = ops.cross_attention(blk.heads(q), blk.heads(blk.to_k(kv)), blk.heads(blk.to_v(kv)))  # (B, h, N, hd)
     x = x + blk.to_out(o.transpose(1, 2).reshape(B, N, D))  # (B, N, d)
     return x + blk.fc2(F.gelu(blk.fc1(blk.norm_mlp(x))))
 

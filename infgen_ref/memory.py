@@ -22,12 +22,11 @@ import re
 
 import torch
 
+from .banded import MAX_CONV_ELEMS, band_rows_for, conv_split_rows
 from .config import InfGenConfig
 
 MODES = ("plain", "banded")
 BACKENDS = ("torch", "triton")
-BAND_BYTES = 64 << 20          # banded decode: bytes of one band of the widest tensor an op touches
-MAX_CONV_ELEMS = 2**31 - 1     # triton backend, plain: convs past this are split into bands
 
 
 def parse_bytes(text) -> int:
@@ -78,13 +77,9 @@ class _Tally:
         self.free(self.alloc(n, where))
 
 
-def auto_band_rows(B: int, C: int, H: int, W: int, e: int) -> int:
-    """Rows per band when not forced: a band is at most BAND_BYTES and at most 1/16 of the tensor."""
-    return max(1, min(BAND_BYTES // (B * C * W * e), math.ceil(H / 16)))
-
-
 def _band_rows(B: int, C: int, H: int, W: int, e: int, band_rows: int | None) -> int:
-    return band_rows if band_rows is not None else auto_band_rows(B, C, H, W, e)
+    """Rows per band: forced, else as the banded decode sizes them (at most BAND_BYTES, 1/16 of H)."""
+    return band_rows if band_rows is not None else band_rows_for((B, C, H, W), e)
 
 
 def predict_peak(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch.dtype = torch.float32,
@@ -100,7 +95,7 @@ def predict_peak(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if band_rows is not None and (not isinstance(band_rows, int) or isinstance(band_rows, bool) or band_rows < 1):
         raise ValueError(f"band_rows must be None or an int >= 1, got {band_rows!r}")
-    e = torch.empty((), dtype=dtype).element_size()
+    e = dtype.itemsize
     B = batch
     Hp, Wp = math.ceil(h / cfg.upscale), math.ceil(w / cfg.upscale)
     hl, wl = latent_hw or (cfg.latent_size, cfg.latent_size)
@@ -130,7 +125,7 @@ def predict_peak(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch
         if banded:
             t.transient(band(Cin, Cout, H, W, k // 2), where)
         elif backend == "triton" and max(B * Cin * H * W, B * Cout * H * W) > MAX_CONV_ELEMS:
-            rows = max(1, MAX_CONV_ELEMS // (B * max(Cin, Cout) * W) - 2 * (k // 2))
+            rows = conv_split_rows(B, Cin, Cout, W, k)
             t.transient(B * min(H, rows + 2 * (k // 2)) * W * Cout * e, where)  # the band's output (input: a view)
         return y
 
@@ -199,9 +194,9 @@ def plan(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch.dtype =
     plain = predict_peak(cfg, h, w, batch, dtype, backend, "plain")
     if banded is False or (banded == "auto" and (budget is None or plain <= budget)):
         return "plain", None, plain
-    e = torch.empty((), dtype=dtype).element_size()
+    e = dtype.itemsize
     H, W = (cfg.upscale * math.ceil(s / cfg.upscale) for s in (h, w))
-    rows = band_rows if band_rows is not None else auto_band_rows(batch, cfg.block_out_channels[0], H, W, e)
+    rows = _band_rows(batch, cfg.block_out_channels[0], H, W, e, band_rows)
     peak = predict_peak(cfg, h, w, batch, dtype, backend, "banded", band_rows)
     if host_streaming and budget is not None and peak > budget:
         over = host_threshold(cfg, h, w, batch, dtype, backend, budget, band_rows)
@@ -214,7 +209,7 @@ def host_threshold(cfg: InfGenConfig, h: int, w: int, batch: int, dtype: torch.d
     """The largest activation size (bytes) that may stay on the device such that the banded
     decode's device peak fits the budget; larger activations live in host memory. Activations of
     the token grid (the mid block's) always stay on the device."""
-    e = torch.empty((), dtype=dtype).element_size()
+    e = dtype.itemsize
     Hp, Wp = math.ceil(h / cfg.upscale), math.ceil(w / cfg.upscale)
     floor = batch * max(cfg.block_out_channels) * Hp * Wp * e
     sizes = sorted({batch * c * (Hp << k) * (Wp << k) * e for c in cfg.block_out_channels

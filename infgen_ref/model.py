@@ -216,6 +216,7 @@ class CrossAttnBlock(nn.Module):
         self.fc2 = nn.Linear(cfg.mlp_dim, d)
 
     def heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, N, d) -> (B, heads, N, d / heads), a view."""
         B, N, D = t.shape
         return t.view(B, N, self.num_heads, D // self.num_heads).transpose(1, 2)  # (B, h, N, hd)
 

@@ -22,6 +22,7 @@ Rank 0 gathers the image. `decode_distributed` is the API; the process group mus
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pickle
 import sys
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infgen_ref.banded import apply_affine, band_stats, norm_affine
+from infgen_ref.decode import TORCH_OPS, Ops
 
 
 def split_rows(n: int, world: int) -> list[tuple[int, int]]:
@@ -124,23 +126,15 @@ def group_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool) -> torch.Tensor:
     return (F.silu(y) if silu else y).to(x.dtype)
 
 
-def upsample2x(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=2.0, mode="nearest")
-
-
-def cross_attention(q, k, v):
-    return F.scaled_dot_product_attention(q, k, v)
-
-
 def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q, k, v: this rank's tokens (B, 1, n_r, C); attends to every rank's keys."""
     return F.scaled_dot_product_attention(q, all_gather_rows(k, 2), all_gather_rows(v, 2))
 
 
-def sharded_ops():
-    from infgen_ref.decode import Ops
-    return Ops(conv2d=conv2d, group_norm=group_norm, upsample2x=upsample2x,
-               cross_attention=cross_attention, self_attention=self_attention)
+def sharded_ops() -> Ops:
+    """TORCH_OPS with the sharded conv, GroupNorm and self-attention (nearest 2x and the
+    cross-attention are local: the plain ops)."""
+    return dataclasses.replace(TORCH_OPS, conv2d=conv2d, group_norm=group_norm, self_attention=self_attention)
 
 
 # ----------------------------------------------------------------------------- decode
@@ -157,7 +151,7 @@ def decode_distributed(model, z: torch.Tensor, h: int, w: int) -> torch.Tensor |
     r0, r1 = split_rows(Hp, world)[rank]
     dec = model.decoder
     mask = dec.mask_tokens(Hp, Wp)[:, r0 * Wp: r1 * Wp]  # (1, rows*W', d): this rank's query rows
-    q0 = dec.blocks[0].to_q(dec.blocks[0].norm_q(mask)) if len(dec.blocks) else None
+    mask, q0 = D.mask_and_q0(model, Hp, Wp, mask)
     ops = sharded_ops()
     # tokens: the latent's convs run on the whole (replicated) latent, so this stage takes the plain
     # ops; its cross-attention is split by query rows through the mask slice.

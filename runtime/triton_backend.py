@@ -26,14 +26,13 @@ import os
 import threading
 
 import torch
-import torch.nn.functional as F
 
+from infgen_ref.banded import MAX_CONV_ELEMS, conv2d_banded, conv_split_rows
 from infgen_ref.decode import Ops, mask_and_q0, stage_fns, upsample_nearest2x
 from infgen_ref.model import InfGen
 from runtime.cache import SizeCache
 from runtime.torch_backend import owned_copy
 
-MAX_CONV_ELEMS = 2**31 - 1       # split convs whose input or output has more elements (int32 indexing)
 GRAPH_AUTO_MAX_PIXELS = 2048 * 2048
 
 
@@ -71,19 +70,11 @@ def conv2d(x: torch.Tensor, conv: torch.nn.Conv2d, max_elems: int = MAX_CONV_ELE
         return conv(x)
     if conv.stride != (1, 1) or conv.padding != (k // 2, conv.kernel_size[1] // 2) or conv.groups != 1:
         raise ValueError(f"banded conv needs stride 1, 'same' padding and groups 1, got {conv}")
-    halo = k // 2
-    rows = max(1, max_elems // (B * max(Cin, Cout) * W) - 2 * halo)
     out = torch.empty((B, Cout, H, W), device=x.device, dtype=x.dtype,
                       memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
                       else torch.contiguous_format)
-    for r0 in range(0, H, rows):
-        r1 = min(H, r0 + rows)
-        a, b = max(0, r0 - halo), min(H, r1 + halo)
-        # a view of the band and its halo, zero-padded by the conv itself: no F.pad copy; the rows
-        # computed against the padding at inner band edges are dropped (docs/anysize.md)
-        y = F.conv2d(x[:, :, a:b], conv.weight, conv.bias, padding=conv.padding)  # (B, Cout, b - a, W)
-        out[:, :, r0:r1] = y[:, :, r0 - a: r1 - a]
-    return out
+    # bands of views with their halo, zero-padded by the conv itself (infgen_ref.banded, docs/anysize.md)
+    return conv2d_banded(conv, x, conv_split_rows(B, Cin, Cout, W, k, max_elems), x.device, x.device, out)
 
 
 def query_projections(model: InfGen) -> dict[str, tuple[torch.nn.Linear, int]]:
