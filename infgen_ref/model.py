@@ -315,7 +315,7 @@ class InfGen(nn.Module):
 
 
 def copy_model(model: InfGen, device=None, dtype: torch.dtype | None = None, channels_last: bool = False) -> InfGen:
-    """A new InfGen (eval) owning a copy of model's weights on `device` in `dtype` (floating
+    """A new InfGen (eval, no gradients: an inference copy) owning a copy of model's weights on `device` in `dtype` (floating
     tensors only; None keeps each). Built on the meta device and filled with load_state_dict(...,
     assign=True), so no random init runs and no second copy is made; `model` is never touched.
     channels_last: 4-D weights (convs) in channels-last layout."""
@@ -333,4 +333,4 @@ def copy_model(model: InfGen, device=None, dtype: torch.dtype | None = None, cha
         for m in new.modules():
             if isinstance(m, INPE):
                 m.fourier_matrix(device)
-    return new.eval()
+    return new.eval().requires_grad_(False)

@@ -218,7 +218,7 @@ class InfGenEngine:
                 if all(p.dtype == torch.float32 and p.device == self.device for p in ps) and not self.model.training:
                     self._encoder = self.model
                 else:
-                    self._encoder = copy_model(self.model, self.device, torch.float32).requires_grad_(False)
+                    self._encoder = copy_model(self.model, self.device, torch.float32)
             return self._encoder
 
     def encode(self, image) -> torch.Tensor:

@@ -10,14 +10,6 @@ from infgen_ref.model import InfGen, copy_model
 from runtime.cache import SizeCache
 
 
-def owned_copy(model: InfGen, device: torch.device, dtype: torch.dtype, channels_last: bool = False) -> InfGen:
-    """The backend's own weights: model copied to (device, dtype), eval, no gradients. The
-    caller's module is never touched."""
-    m = copy_model(model, device, dtype, channels_last=channels_last)
-    m.requires_grad_(False)
-    return m
-
-
 class TorchBackend:
     """options: cache_size (token grids kept in the mask-token cache, >= 1)."""
 
@@ -26,7 +18,7 @@ class TorchBackend:
     def __init__(self, model: InfGen, device: torch.device, dtype: torch.dtype, cache_size: int = 8):
         self.tokens = SizeCache(cache_size)  # (H', W') -> (mask tokens (1, N, d), blocks[0] queries)
         self.device, self.dtype = torch.device(device), dtype
-        self.model = owned_copy(model, self.device, dtype)
+        self.model = copy_model(model, self.device, dtype)  # eval, no gradients; the caller's untouched
 
     def covers(self, batch: int, Hp: int, Wp: int) -> bool:
         """Every size the engine accepts."""

@@ -29,9 +29,8 @@ import torch
 
 from infgen_ref.banded import MAX_CONV_ELEMS, conv2d_banded, conv_split_rows
 from infgen_ref.decode import Ops, mask_and_q0, stage_fns, upsample_nearest2x
-from infgen_ref.model import InfGen
+from infgen_ref.model import InfGen, copy_model
 from runtime.cache import SizeCache
-from runtime.torch_backend import owned_copy
 
 GRAPH_AUTO_MAX_PIXELS = 2048 * 2048
 
@@ -174,7 +173,7 @@ class TritonBackend:
         self.k_inpe = inpe
         self.ops = triton_ops()
         self.device, self.dtype = device, dtype
-        self.model = owned_copy(model, device, dtype, channels_last=True)
+        self.model = copy_model(model, device, dtype, channels_last=True)
         fold_query_scale(self.model, model)  # the kernels then run with q_prescaled=True
         self.cfg = model.config
         self.cuda_graphs = cuda_graphs if device.type == "cuda" else False

@@ -120,8 +120,8 @@ def test_query_scale_is_folded_into_every_query_projection_once(decoded, tiny_mo
 def test_fold_query_scale_rounds_once_from_the_source(tiny_model):
     """Folding into a bf16 copy rounds the fp32 product once: equal to (w * f).bfloat16()."""
     from kernels.attention import LOG2E
-    from runtime.torch_backend import owned_copy
-    copy = owned_copy(tiny_model, CPU, torch.bfloat16)
+    from infgen_ref.model import copy_model
+    copy = copy_model(tiny_model, CPU, torch.bfloat16)
     fold_query_scale(copy, tiny_model)
     lin, hd = query_projections(copy)["decoder.mid_block.attentions.0.to_q"]
     ref = tiny_model.decoder.mid_block.attentions[0].to_q
