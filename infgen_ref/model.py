@@ -54,13 +54,18 @@ def latent_abs_max(cfg: InfGenConfig, dtype: torch.dtype | None = None) -> float
     return unscaled * abs(cfg.scaling_factor)
 
 
+def native_array(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous array in the machine's byte order (torch.from_numpy takes no other)."""
+    return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("="), copy=False))
+
+
 def _from_numpy(a: np.ndarray, what: str) -> torch.Tensor:
     """A numpy array in any byte order and layout -> torch tensor (float kinds only)."""
     if a.dtype.kind != "f":
         raise TypeError(f"{what} must be a floating array, got numpy dtype {a.dtype}")
     if a.dtype.itemsize > 8:  # long double: no torch dtype
         a = a.astype(np.float64)
-    return torch.from_numpy(np.ascontiguousarray(a.astype(a.dtype.newbyteorder("="), copy=False)))
+    return torch.from_numpy(native_array(a))
 
 
 def _as_tensor(x, what: str) -> torch.Tensor:

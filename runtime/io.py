@@ -17,17 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infgen_ref.model import native_array
 from infgen_ref.options import check_out_file
 
 LATENT_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_LATENT_BYTES = 256 * 2 ** 20     # a 4096^2 decode's latent (4 x 512 x 512 fp32) is 4 MiB per image
 MAX_IMAGE_PIXELS = 2 ** 26           # 8192 x 8192; also the limit for PIL's decompression-bomb check
-
-
-def _native(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous array in the machine's byte order (torch takes no other)."""
-    return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("="), copy=False))
 
 
 def _existing(path: str | Path, suffixes: tuple[str, ...], what: str) -> Path:
@@ -139,7 +135,7 @@ def load_latent(path: str | Path, max_bytes: int = MAX_LATENT_BYTES) -> torch.Te
             raise ValueError(f"{str(p)!r} is not a readable .npy file: {exc}") from exc
         if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiub":
             raise ValueError(f"{str(p)!r} must hold a numeric array, got dtype {getattr(arr, 'dtype', type(arr))}")
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        return torch.from_numpy(native_array(arr))  # a .npy may be big-endian
     if suffix in (".pt", ".pth"):
         _zip_size(p, max_bytes)
         try:
@@ -168,7 +164,7 @@ def save_latent(latent, path: str | Path) -> Path:
     p = check_writable(path, LATENT_SUFFIXES, "latent output")
     suffix = p.suffix.lower()
     if isinstance(latent, np.ndarray):
-        latent = _native(latent)
+        latent = native_array(latent)
     t = torch.as_tensor(latent).detach().cpu().contiguous()
     if suffix == ".npy":
         np.save(p, t.numpy())
@@ -208,7 +204,7 @@ def image_to_uint8(image) -> np.ndarray:
     """(B, 3, h, w) or (3, h, w) float image in [-1, 1] (tensor or array; clamped) -> (B, h, w, 3) uint8.
 
     Non-finite values are a ValueError: they would be written as black pixels."""
-    x = torch.from_numpy(_native(image)) if isinstance(image, np.ndarray) else image
+    x = torch.from_numpy(native_array(image)) if isinstance(image, np.ndarray) else image
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"image must be a torch.Tensor or numpy array, got {type(image).__name__}")
     if not x.is_floating_point():

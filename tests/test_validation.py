@@ -364,6 +364,8 @@ def test_latent_file_limits(tmp_path):
             rio.load_latent(tmp_path / name, max_bytes=100)
     rio.save_latent(z.numpy().astype(">f4"), tmp_path / "be.npy")
     assert torch.equal(rio.load_latent(tmp_path / "be.npy").float(), z)
+    np.save(tmp_path / "written_be.npy", z.numpy().astype(">f4"))  # a big-endian file from elsewhere
+    assert torch.equal(rio.load_latent(tmp_path / "written_be.npy"), z)
     (tmp_path / "dir.npy").mkdir()
     with pytest.raises(ValueError, match="is a directory"):
         rio.load_latent(tmp_path / "dir.npy")
