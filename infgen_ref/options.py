@@ -98,8 +98,9 @@ def guarded(run, *args, errors: tuple = ()) -> int:
         return user_error(exc)
 
 
-def _writable_dir(d, what: str) -> None:
-    """d exists as a writable directory, or the nearest existing ancestor is one (d will be made)."""
+def check_out_dir(d, what: str = "--out") -> None:
+    """An output directory, checked before any work: d is a writable directory, or the nearest
+    existing ancestor is one (d will be made). ValueError naming it."""
     import os
     from pathlib import Path
     p = Path(d)
@@ -111,11 +112,6 @@ def _writable_dir(d, what: str) -> None:
         raise ValueError(f"{what} {str(d)!r}: {str(p)!r} is a file, not a directory")
     if not os.access(p if p.exists() else ".", os.W_OK):
         raise ValueError(f"{what} {str(d)!r} is not writable")
-
-
-def check_out_dir(d, what: str = "--out") -> None:
-    """An output directory, checked before any work: a directory, or creatable under one (ValueError)."""
-    _writable_dir(d, what)
 
 
 def check_out_file(f, what: str = "--out", suffix: str | tuple[str, ...] | None = None) -> None:

@@ -48,13 +48,16 @@ def free_memory(device: torch.device) -> int:
 
 def engine_plan(engine, backend, h: int, w: int, batch: int = 1):
     """(mode, band rows, predicted peak bytes) for a decode on one of the engine's backends."""
-    name = backend.name
-    banded = engine.banded if name in BANDED_BACKENDS else False
-    budget = engine.max_memory
-    if budget is None and banded == "auto":
-        budget = int(free_memory(engine.device) * (1 - MARGIN))
-    return plan(engine.config, h, w, batch, engine.dtype, "triton" if name == "triton" else "torch",
-                budget, banded, engine.band_rows, host_streaming=engine.device.type == "cuda")
+    banded = engine.banded if backend.name in BANDED_BACKENDS else False
+    budget = budget_of(engine) if banded == "auto" else engine.max_memory
+    return plan(engine.config, h, w, batch, engine.dtype, memory_backend(backend), budget, banded,
+                engine.band_rows, host_streaming=engine.device.type == "cuda")
+
+
+def memory_backend(backend) -> str:
+    """The memory model's name for a backend's plain decode: 'triton' (fused GroupNorm, split
+    convs) or 'torch' (every other)."""
+    return "triton" if backend.name == "triton" else "torch"
 
 
 @torch.inference_mode()
@@ -105,7 +108,7 @@ def guard(engine, backend, h: int, w: int, batch: int):
     banded=True skips plain. Sub-batches also count the full output they are gathered into."""
     cfg, dtype, name = engine.config, engine.dtype, backend.name
     budget = budget_of(engine)
-    bk = "triton" if name == "triton" else "torch"
+    bk = memory_backend(backend)
     H, W = (cfg.upscale * math.ceil(s / cfg.upscale) for s in (h, w))
     gathered = batch * 3 * H * W * 4  # the (B, 3, H, W) fp32 result the sub-batches are copied into
 
@@ -136,9 +139,16 @@ def guard(engine, backend, h: int, w: int, batch: int):
         f"or raise max_memory")
 
 
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
+
+
 def is_oom(exc: BaseException) -> bool:
-    """A device or host out-of-memory error (torch.cuda.OutOfMemoryError is a RuntimeError)."""
-    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+    """A device or host out-of-memory error: MemoryError, or a RuntimeError whose message says so
+    (torch.cuda.OutOfMemoryError is one; on the CPU torch's allocator says "can't allocate memory")."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(s in msg for s in OOM_MESSAGES)
 
 
 def release_caches(engine) -> None:

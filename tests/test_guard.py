@@ -69,7 +69,9 @@ def test_banded_false_refuses_instead_of_banding():
         eng.decode(torch.randn(1, 4, 8, 8), 96, 80)
 
 
-@pytest.mark.parametrize("oom", [RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), MemoryError()])
+@pytest.mark.parametrize("oom", [RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), MemoryError(),
+                                 RuntimeError("[enforce fail at alloc_cpu.cpp:119] DefaultCPUAllocator: "
+                                              "can't allocate memory: you tried to allocate 8589934592 bytes")])
 def test_oom_that_slips_through_releases_caches_and_engine_stays_usable(oom):
     eng = InfGenEngine("tiny")
     z = torch.randn(1, 4, 8, 8)

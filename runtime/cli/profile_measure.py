@@ -135,12 +135,10 @@ def stage_chain(engine, Hp: int, Wp: int, h: int, w: int) -> list[tuple[str, Cal
 
 
 def is_oom(exc: BaseException) -> bool:
-    from runtime.anysize import MemoryBudgetError  # the engine's guard: refused, or an OOM it caught
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError, MemoryBudgetError)):
-        return True
-    msg = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        s in msg for s in ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate"))
+    """An out-of-memory failure (runtime.anysize.is_oom), or the engine's guard refusing or
+    catching one (MemoryBudgetError)."""
+    from runtime.anysize import MemoryBudgetError, is_oom as oom
+    return isinstance(exc, MemoryBudgetError) or oom(exc)
 
 
 def free_memory(device: torch.device) -> None:
