@@ -173,6 +173,13 @@ def stage_fns(ops: Ops, model, Hp: int, Wp: int, mask: Tensor | None = None,
             (STAGES[2], lambda x: up_blocks(ops, model, x))]
 
 
+def run_stages(stages, x: Tensor) -> Tensor:
+    """Compose [(stage name, fn)] (stage_fns, a backend's stages) in order on x."""
+    for _, fn in stages:
+        x = fn(x)
+    return x
+
+
 def decode_grid(ops: Ops, model, z: Tensor, Hp: int, Wp: int,
                 mask: Tensor | None = None, q0: Tensor | None = None) -> Tensor:
     """Scaled latent (B, C, h, w) -> uncropped image (B, 3, 8*rows, 8W') in the model's dtype."""

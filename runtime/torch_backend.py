@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from infgen_ref.decode import TORCH_OPS, mask_and_q0, stage_fns
+from infgen_ref.decode import TORCH_OPS, mask_and_q0, run_stages, stage_fns
 from infgen_ref.model import InfGen, copy_model
 from runtime.cache import SizeCache
 
@@ -40,7 +40,4 @@ class TorchBackend:
     @torch.inference_mode()
     def run(self, z: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
         """z: scaled latent (B, C, h_l, w_l) float32 -> image (B, 3, 8H', 8W') in the backend's dtype."""
-        x = z
-        for _, fn in self.stages(Hp, Wp):
-            x = fn(x)
-        return x
+        return run_stages(self.stages(Hp, Wp), z)

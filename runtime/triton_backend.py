@@ -28,7 +28,7 @@ import threading
 import torch
 
 from infgen_ref.banded import MAX_CONV_ELEMS, conv2d_banded, conv_split_rows
-from infgen_ref.decode import Ops, mask_and_q0, stage_fns, upsample_nearest2x
+from infgen_ref.decode import Ops, mask_and_q0, run_stages, stage_fns, upsample_nearest2x
 from infgen_ref.model import InfGen, copy_model
 from runtime.cache import SizeCache
 
@@ -200,10 +200,7 @@ class TritonBackend:
                 (n2, lambda x: up(x).contiguous())]
 
     def _run_eager(self, z: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
-        x = z
-        for _, fn in self.stages(Hp, Wp):
-            x = fn(x)
-        return x
+        return run_stages(self.stages(Hp, Wp), z)
 
     def _use_graph(self, Hp: int, Wp: int) -> bool:
         if self.cuda_graphs == "auto":
