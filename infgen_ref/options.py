@@ -16,6 +16,9 @@ backend names come in as an argument, never from an import of runtime/.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
 
 from infgen_ref.config import DTYPES, PRESETS, parse_size
 
@@ -83,7 +86,6 @@ USER_ERRORS = (ValueError, TypeError, OSError, ImportError)  # CheckpointError i
 
 def user_error(exc: BaseException) -> int:
     """Print one `error: ...` line on stderr for a user error; returns EXIT_USAGE (2)."""
-    import sys
     msg = str(exc).strip().replace("\n", "; ") or type(exc).__name__
     print(f"error: {msg}", file=sys.stderr)
     return EXIT_USAGE
@@ -101,8 +103,6 @@ def guarded(run, *args, errors: tuple = ()) -> int:
 def check_out_dir(d, what: str = "--out") -> None:
     """An output directory, checked before any work: d is a writable directory, or the nearest
     existing ancestor is one (d will be made). ValueError naming it."""
-    import os
-    from pathlib import Path
     p = Path(d)
     while not p.exists():
         if p.is_symlink() or p.parent == p:
@@ -118,8 +118,6 @@ def check_out_file(f, what: str = "--out", suffix: str | tuple[str, ...] | None 
     """An output file, checked before any work: not a directory, the suffix (one, or any of
     several) if given, its directory exists and is writable (the tool does not create it). ValueError
     naming the path. runtime.io.check_writable is this for the library."""
-    import os
-    from pathlib import Path
     p = Path(f)
     suffixes = (suffix,) if isinstance(suffix, str) else suffix
     if p.is_dir():

@@ -1,8 +1,11 @@
 """The engine's any-size path: the memory budget, the plan (plain or banded) and the banded run.
 
 InfGenEngine(..., max_memory=None | bytes | "24GB", banded="auto" | True | False, band_rows=None)
-asks `engine_plan` before each decode: banded when the memory model (infgen_ref/memory.py) predicts
-that the plain decode's peak exceeds the budget, or when forced. The banded run is
+runs each decode through the memory guard (`guard`, in `run_planned`): whole batch plain, plain
+sub-batches, banded, banded with activations in host memory (CUDA), else MemoryBudgetError before
+any work, each judged by the memory model (infgen_ref/memory.py) against the budget.
+`engine_plan` (engine.plan) is memory.plan's answer for one request: plain, or banded when the
+plain peak exceeds the budget or when forced; it does not split batches or refuse. The banded run is
 infgen_ref.decode over infgen_ref.banded's ops, on the backend's own weights and with the
 backend's attention ops (torch and triton backends; onnxruntime and TensorRT run whole graphs and
 have no banded path).

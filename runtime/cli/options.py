@@ -9,7 +9,7 @@ from pathlib import Path
 
 from infgen_ref import DEMO_CHECKPOINT
 from infgen_ref import options as _options
-from infgen_ref.options import EXIT_USAGE, guarded, user_error  # noqa: F401 - re-exported
+from infgen_ref.options import guarded
 from infgen_ref.options import SHARED_FLAGS, add_size_option, positive_int, size_type  # noqa: F401 - re-exported
 from runtime.engine import BACKENDS
 
