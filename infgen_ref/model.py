@@ -320,10 +320,10 @@ class InfGen(nn.Module):
 
 
 def copy_model(model: InfGen, device=None, dtype: torch.dtype | None = None, channels_last: bool = False) -> InfGen:
-    """A new InfGen (eval, no gradients: an inference copy) owning a copy of model's weights on `device` in `dtype` (floating
-    tensors only; None keeps each). Built on the meta device and filled with load_state_dict(...,
-    assign=True), so no random init runs and no second copy is made; `model` is never touched.
-    channels_last: 4-D weights (convs) in channels-last layout."""
+    """A new InfGen (eval, no gradients: an inference copy) owning a copy of model's weights on
+    `device` in `dtype` (floating tensors only; None keeps each). Built on the meta device and filled
+    with load_state_dict(..., assign=True), so no random init runs and no second copy is made;
+    `model` is never touched. channels_last: 4-D weights (convs) in channels-last layout."""
     if not isinstance(model, InfGen):
         raise TypeError(f"model must be an InfGen, got {type(model).__name__}")
     with torch.device("meta"):

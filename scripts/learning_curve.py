@@ -1,7 +1,7 @@
 """Learning curve of a training run: every snapshot of `python -m train --snapshot-every N` scored on
 the held-out photos (runtime.cli.demo.held_out_table), plus the training L1 from log.jsonl.
 
-    python scripts/learning_curve.py out/demo7 --png docs/train_curve.png --json out/demo7/curve.json
+    python scripts/learning_curve.py out/demo7 --png docs/demo_learning_curve.png --json out/demo7/curve.json
 
 Prints a markdown table (step | per photo and scale: PSNR dB / SSIM, and native + bicubic at 2x and
 4x) and, with --png, plots held-out PSNR and training L1 against the step. The held-out photos only

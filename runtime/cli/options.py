@@ -10,7 +10,7 @@ from pathlib import Path
 from infgen_ref import DEMO_CHECKPOINT
 from infgen_ref import options as _options
 from infgen_ref.options import guarded
-from infgen_ref.options import SHARED_FLAGS, add_size_option, positive_int, size_type  # noqa: F401 - re-exported
+from infgen_ref.options import add_size_option, positive_int, size_type  # noqa: F401 - add_size_option, size_type re-exported
 from runtime.engine import BACKENDS
 
 RANDOM_NOTICE = "weights are random: the images are noise (no trained checkpoint was given or bundled)"
