@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _rss() -> int:
@@ -52,15 +51,15 @@ def _reset_maxrss() -> None:
 
 
 def _model(preset_name: str, dtype):
-    from infgen_ref.config import parse_dtype
-    from runtime.engine import resolve_model
+    from infgen.ref.config import parse_dtype
+    from infgen.runtime.engine import resolve_model
     return resolve_model(preset_name).to(dtype=parse_dtype(dtype))
 
 
 def _decode(model, z, h, w, mode, band_rows):
-    from infgen_ref import decode as D
-    from infgen_ref.banded import banded_ops
-    from infgen_ref.model import token_grid
+    from infgen.ref import decode as D
+    from infgen.ref.banded import banded_ops
+    from infgen.ref.model import token_grid
     Hp, Wp = token_grid(h, w, model.config)
     ops = D.TORCH_OPS if mode == "plain" else banded_ops(band_rows)
     with torch.inference_mode():
@@ -82,7 +81,7 @@ def child(mode: str, preset_name: str, h: int, w: int, dtype: str, band_rows: in
 
 def _dist_worker(preset_name, h, w, dtype):
     import torch.distributed as dist
-    from runtime.distributed import decode_distributed
+    from infgen.runtime.distributed import decode_distributed
     model = _model(preset_name, dtype)
     z = torch.randn(1, model.config.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
     decode_distributed(model, z, 64, 64)
@@ -99,7 +98,7 @@ def _dist_worker(preset_name, h, w, dtype):
 def run_child(mode: str, preset_name: str, h: int, w: int, dtype: str = "fp32", band_rows: int | None = None,
               threads: int = 1, ranks: int = 2, timeout: float = 600) -> dict:
     """One measurement in a fresh process (see the module docstring)."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     args = [sys.executable, str(Path(__file__).resolve()), "child", mode, preset_name, str(h), str(w), dtype,
             str(band_rows or 0), str(threads), str(ranks)]
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -112,7 +111,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         mode, preset_name, h, w, dtype, rows, threads, ranks = sys.argv[2:10]
         if mode == "distributed":
-            from runtime.distributed import launch
+            from infgen.runtime.distributed import launch
             res = launch(_dist_worker, int(ranks), preset_name, int(h), int(w), dtype, timeout=600)
             out = {"seconds": res[0]["seconds"], "peak_bytes": sum(r["peak_bytes"] for r in res)}
         else:
@@ -128,8 +127,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     args = p.parse_args()
-    from infgen_ref.config import parse_dtype, parse_size, preset
-    from infgen_ref.memory import predict_peak
+    from infgen.ref.config import parse_dtype, parse_size, preset
+    from infgen.ref.memory import predict_peak
     cfg = preset(args.preset)
     rows = []
     for s in args.sizes:

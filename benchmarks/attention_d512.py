@@ -4,9 +4,9 @@ kernel and PyTorch SDPA, measured in one run, with ablations. Writes JSON after 
   python3 benchmarks/attention_d512.py --out d512.json [--tokens 16384 65536 262144] [--no-sdpa-above N]
 
 One head of 512 over N tokens (the mid block's self-attention; N = H'W', 262,144 at 4096^2),
-batch 1, bf16. Per N: `d512` (kernels.attention_d512, RUNTIME_CONFIG), every SWEEP_CONFIGS entry,
+batch 1, bf16. Per N: `d512` (infgen.kernels.attention_d512, RUNTIME_CONFIG), every SWEEP_CONFIGS entry,
 the ablations `no_pv` (P V removed) and `no_qk` (Q K^T removed; both wrong outputs, timed for the
-split of the time), `tl_dot` (kernels.attention.flash_attention, its CUDA tile) and `sdpa`
+split of the time), `tl_dot` (infgen.kernels.attention.flash_attention, its CUDA tile) and `sdpa`
 (F.scaled_dot_product_attention, which at head dim 512 runs its memory-efficient kernel). Rates
 are 4 N^2 512 FLOP / median time for every variant, ablations included (so they read as "the rate
 if the removed product were free"). Timing: triton.testing.do_bench (CUDA events), median and
@@ -26,10 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.attention import attention_flops, flash_attention  # noqa: E402
-from kernels.attention_d512 import (ABLATIONS, RUNTIME_CONFIG, SWEEP_CONFIGS, d512_unsupported_reason,  # noqa: E402
+from infgen.kernels.attention import attention_flops, flash_attention  # noqa: E402
+from infgen.kernels.attention_d512 import (ABLATIONS, RUNTIME_CONFIG, SWEEP_CONFIGS, d512_unsupported_reason,  # noqa: E402
                                     flash_attention_d512)
 
 QUANTILES = [0.5, 0.1, 0.9]

@@ -27,14 +27,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.attention import SWEEP_CONFIGS, attention_flops, flash_attention, pick_config  # noqa: E402
-from kernels.groupnorm import group_norm_bytes, group_norm_silu  # noqa: E402
-from kernels.inpe import inpe_embed, inpe_flops  # noqa: E402
+from infgen.kernels.attention import SWEEP_CONFIGS, attention_flops, flash_attention, pick_config  # noqa: E402
+from infgen.kernels.groupnorm import group_norm_bytes, group_norm_silu  # noqa: E402
+from infgen.kernels.inpe import inpe_embed, inpe_flops  # noqa: E402
 
 QUANTILES = [0.5, 0.1, 0.9]
-SWEEP = SWEEP_CONFIGS  # (BLOCK_M, BLOCK_N, warps, stages, kv_tma) by head dim; kernels.report checks each fits
+SWEEP = SWEEP_CONFIGS  # (BLOCK_M, BLOCK_N, warps, stages, kv_tma) by head dim; infgen.kernels.report checks each fits
 
 
 DEV = "cuda"
@@ -136,7 +135,7 @@ def groupnorm_case(C, H, W, dt) -> dict:
 
 
 def inpe_case(h, w, D, F_, dt) -> dict:
-    from infgen_ref.inpe import INPE
+    from infgen.ref.inpe import INPE
     m = INPE(D, F_, 1.0, 1).to(DEV, dt)
     args = (m.B, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias)
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """ONNX export of the InfGen decode: one graph for every output size.
 
-    python -m export.onnx --preset tiny --out infgen_tiny.onnx
-    python -m export.onnx --checkpoint ckpt/ --dtype bf16 --flavour tensorrt --out infgen_trt.onnx
+    python -m infgen.export.onnx --preset tiny --out infgen_tiny.onnx
+    python -m infgen.export.onnx --checkpoint ckpt/ --dtype bf16 --flavour tensorrt --out infgen_trt.onnx
 
 The spec, in one place (STYLE rule 9):
 
@@ -13,7 +13,7 @@ The spec, in one place (STYLE rule 9):
     opset    OPSET (22), default ONNX domain only, plus "infgen" in the TensorRT flavour
 
 Two flavours of the same function:
-Both are infgen_ref.decode.decode_grid over an op table (export_ops):
+Both are infgen.ref.decode.decode_grid over an op table (export_ops):
 - "onnxruntime": the reference ops (TORCH_OPS). Standard ops only:
   attention is MatMul/Softmax/MatMul, GroupNorm is Reshape + InstanceNormalization + affine
   Mul/Add, nearest 2x is Resize(nearest, asymmetric, floor).
@@ -41,12 +41,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.spec import DYNAMIC_DIMS, FLAVOURS, INPUTS, OPSET, OUTPUTS, PLUGIN_VERSION  # the spec
-from export.spec import PLUGIN_NAME as PLUGIN_OP
-from export.spec import PLUGIN_NAMESPACE as PLUGIN_DOMAIN
-from infgen_ref.config import PRESETS, dtype_name, parse_dtype, preset
-from infgen_ref.decode import TORCH_OPS, Ops, decode_grid, upsample_nearest2x
-from infgen_ref.model import InfGen, copy_model
+from infgen.export.spec import DYNAMIC_DIMS, FLAVOURS, INPUTS, OPSET, OUTPUTS, PLUGIN_VERSION  # the spec
+from infgen.export.spec import PLUGIN_NAME as PLUGIN_OP
+from infgen.export.spec import PLUGIN_NAMESPACE as PLUGIN_DOMAIN
+from infgen.ref.config import PRESETS, dtype_name, parse_dtype, preset
+from infgen.ref.decode import TORCH_OPS, Ops, decode_grid, upsample_nearest2x
+from infgen.ref.model import InfGen, copy_model
 
 # Sample shapes traced by torch.export: every dynamic size >= 2 (0 and 1 get specialised).
 SAMPLE_BATCH, SAMPLE_LATENT, SAMPLE_GRID = 2, (4, 6), (3, 5)
@@ -107,7 +107,7 @@ def export_ops(flavour: str) -> Ops:
 
 class ExportDecode(nn.Module):
     """(latent (B, C, h_l, w_l) float32, grid (H', W')) -> image (B, 3, 8H', 8W') float32:
-    infgen_ref.decode.decode_grid over the flavour's op table."""
+    infgen.ref.decode.decode_grid over the flavour's op table."""
 
     def __init__(self, model: InfGen, flavour: str):
         super().__init__()
@@ -322,7 +322,7 @@ def cached_export(model: InfGen, dtype="fp32", flavour: str = "onnxruntime", cac
     export_onnx(model, tmp, dtype, flavour)
     data = tmp.with_name(tmp.name + ".data")
     if data.exists():  # the .onnx refers to its data file by name: keep the pair together
-        raise ValueError(f"model too large for the ONNX cache ({data}); export it with python -m export.onnx")
+        raise ValueError(f"model too large for the ONNX cache ({data}); export it with python -m infgen.export.onnx")
     sha = file_sha256(tmp)
     tmp.replace(path)
     side_tmp = sidecar.with_name(f"tmp-{os.getpid()}.sha256")
@@ -357,7 +357,7 @@ def verify_cached(path: Path, digest: str) -> str | None:
 
 
 def load_model(checkpoint=None, preset_name=None) -> InfGen:
-    from infgen_ref.weights import load_checkpoint
+    from infgen.ref.weights import load_checkpoint
     if checkpoint is not None:
         return load_checkpoint(checkpoint)
     torch.manual_seed(0)
@@ -365,10 +365,10 @@ def load_model(checkpoint=None, preset_name=None) -> InfGen:
 
 
 def main(argv=None) -> int:
-    """python -m export.onnx: user errors (bad opset, output path, checkpoint) are one `error:` line
+    """python -m infgen.export.onnx: user errors (bad opset, output path, checkpoint) are one `error:` line
     and exit status 2, found before the export starts."""
-    from infgen_ref.options import add_model_options, guarded
-    ap = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n")[0])
+    from infgen.ref.options import add_model_options, guarded
+    ap = argparse.ArgumentParser(prog="python -m infgen.export.onnx", description=__doc__.split("\n")[0])
     add_model_options(ap, device=False, dtype_default="fp32", preset_default="paper")  # infgen_ref/options.py
     ap.add_argument("--flavour", choices=FLAVOURS, default="onnxruntime")
     ap.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset; only {OPSET} (the spec's) is supported")
@@ -377,7 +377,7 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    from infgen_ref.options import check_out_file
+    from infgen.ref.options import check_out_file
     check_opset(args.opset)
     name = Path(args.checkpoint).name if args.checkpoint else args.preset
     out = Path(args.out or f"infgen_{name}_{args.dtype}{'_trt' if args.flavour == 'tensorrt' else ''}.onnx")

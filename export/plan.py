@@ -23,7 +23,7 @@ import math
 import shlex
 from dataclasses import asdict, dataclass, field
 
-from export.spec import DEFAULT_OPT_SIZES, MAX_TENSOR_ELEMENTS
+from infgen.export.spec import DEFAULT_OPT_SIZES, MAX_TENSOR_ELEMENTS
 
 __all__ = ["DEFAULT_OPT_SIZES", "Plan", "Profile", "make_plan", "pick_profile", "covers", "bind_shapes",
            "largest_tensor", "cache_key", "validate_cached", "trtexec_command", "polygraphy_command"]
@@ -80,9 +80,9 @@ def _meta_decode(config_json: str):
     and GroupNorm recording the largest input/output numel into the returned dict."""
     import torch
 
-    from export.onnx import ExportDecode
-    from infgen_ref.config import InfGenConfig
-    from infgen_ref.model import InfGen
+    from infgen.export.onnx import ExportDecode
+    from infgen.ref.config import InfGenConfig
+    from infgen.ref.model import InfGen
     with torch.device("meta"):
         model = InfGen(InfGenConfig.from_json(config_json)).eval()
     sizes: dict = {}

@@ -43,7 +43,7 @@ def default_plan(cfg, min_res: int = DEFAULT_MIN_RES, max_res: int | None = None
     """The plan every TensorRT engine of a model config is built with unless another is given: outputs
     min_res..max_res (default min(DEFAULT_MAX_RES, the model's max_size)), batch 1..batch, boxes capped so the decode's
     largest conv/GroupNorm tensor stays under MAX_TENSOR_ELEMENTS (a meta-device walk of the model)."""
-    from export.plan import largest_tensor, make_plan
+    from infgen.export.plan import largest_tensor, make_plan
     lat = (16, 64, 128)
 
     def volume(b, Hp, Wp):

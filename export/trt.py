@@ -1,7 +1,7 @@
 """TensorRT engines for the InfGen decode: plan, build, cache, plugin.
 
-    python -m export.trt --max-res 4096                 # build what the runtime serves
-    python -m export.trt --max-res 4096 --dry-run       # plan only (no TensorRT needed)
+    python -m infgen.export.trt --max-res 4096                 # build what the runtime serves
+    python -m infgen.export.trt --max-res 4096 --dry-run       # plan only (no TensorRT needed)
 
 Lifecycle: plan (export/plan.py: volume-capped optimisation profiles over the token grid) ->
 ONNX, TensorRT flavour (export/onnx.py; the mid-block attention is the node
@@ -24,12 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-from infgen_ref.config import parse_size
+from infgen.ref.config import parse_size
 from dataclasses import dataclass
 
-from export.plan import (Plan, cache_key, engine_metadata, largest_tensor, polygraphy_command, trtexec_command,
+from infgen.export.plan import (Plan, cache_key, engine_metadata, largest_tensor, polygraphy_command, trtexec_command,
                          validate_cached)
-from export.spec import (AOT_MODULE_LEAK, DEFAULT_BATCH, DEFAULT_MAX_RES, DEFAULT_MIN_RES, DEFAULT_OPT_SIZES, MAX_TENSOR_ELEMENTS,
+from infgen.export.spec import (AOT_MODULE_LEAK, DEFAULT_BATCH, DEFAULT_MAX_RES, DEFAULT_MIN_RES, DEFAULT_OPT_SIZES, MAX_TENSOR_ELEMENTS,
                          MIN_TENSORRT, PLUGIN_ID, default_plan)
 
 __all__ = ["PLUGIN_ID", "TensorRTMissing", "EngineUnbuildable", "Engine", "engine_for", "plan_for", "check_volume",
@@ -114,7 +114,7 @@ def file_sha256(path: str | Path) -> str:
 def register_plugin(allow_tf32: bool = False) -> None:
     """Register infgen::FlashAttention (export/trt_plugin.py) with TensorRT's plugin registry."""
     import_tensorrt()
-    from export.trt_plugin import register
+    from infgen.export.trt_plugin import register
     register(allow_tf32=allow_tf32)
 
 
@@ -196,8 +196,8 @@ def timing_cache_path(engine_dir: str | Path, trt_version: str, gpu: str) -> Pat
 # ----------------------------------------------------------------------------- one entry point
 def plan_for(cfg, engine_dir: str | Path, plan=None) -> tuple[Plan, str]:
     """(plan, where it came from): plan as given (a Plan, or a plan.json path), else the plan.json
-    that `python -m export.trt` wrote into engine_dir (so the runtime loads what the CLI built),
-    else export.spec.default_plan(cfg). An unreadable plan.json falls back to the default, saying why."""
+    that `python -m infgen.export.trt` wrote into engine_dir (so the runtime loads what the CLI built),
+    else infgen.export.spec.default_plan(cfg). An unreadable plan.json falls back to the default, saying why."""
     if isinstance(plan, Plan):
         return plan, "given"
     path = Path(plan) if plan is not None else Path(engine_dir) / "plan.json"
@@ -243,17 +243,17 @@ def engine_for(model, dtype, plan=None, engine_dir: str | Path = "engines", *, o
                gpu: str | None = None, build=None) -> Engine:
     """The engine for (model, dtype, plan) in engine_dir, built first if missing, corrupt or
     mismatched. model: an InfGen. plan: see plan_for. onnx_path: TensorRT-flavour ONNX (default
-    export.onnx.cached_export into cache_dir). trt_version, gpu: default the installed TensorRT
+    infgen.export.onnx.cached_export into cache_dir). trt_version, gpu: default the installed TensorRT
     and the current CUDA device. build(onnx_path, plan, timing_cache, allow_tf32=...) -> bytes:
     default build_engine. Raises EngineUnbuildable before building a plan TensorRT cannot build."""
-    from infgen_ref.config import dtype_name, parse_dtype
+    from infgen.ref.config import dtype_name, parse_dtype
     dtype = dtype_name(parse_dtype(dtype))
     plan, _ = plan_for(model.config, engine_dir, plan)
     if trt_version is None:
         trt_version = import_tensorrt().__version__
     gpu = gpu if gpu is not None else gpu_name()
     if onnx_path is None:
-        from export.onnx import cached_export
+        from infgen.export.onnx import cached_export
         onnx_path = cached_export(model, dtype, "tensorrt", cache_dir)
     onnx_path = Path(onnx_path)
     key = cache_key(file_sha256(onnx_path), trt_version, gpu, dtype, plan, allow_tf32)
@@ -278,8 +278,8 @@ def parse_sizes(text: str) -> tuple:
 
 
 def main(argv=None) -> int:
-    from infgen_ref.options import add_model_options
-    ap = argparse.ArgumentParser(prog="python -m export.trt", description="Build TensorRT engines for InfGen.")
+    from infgen.ref.options import add_model_options
+    ap = argparse.ArgumentParser(prog="python -m infgen.export.trt", description="Build TensorRT engines for InfGen.")
     add_model_options(ap, device=False, dtype_default="bf16", preset_default="paper")  # infgen_ref/options.py
     ap.add_argument("--min-res", type=int, default=DEFAULT_MIN_RES, help="smallest output side (pixels)")
     ap.add_argument("--max-res", type=int, default=None, help="largest output side (pixels; default 4096, or the model's max_size if smaller)")
@@ -296,15 +296,15 @@ def main(argv=None) -> int:
     ap.add_argument("--plugin-lib", type=Path, default=None,
                     help="libinfgen_trt_plugins.so (CMake build, docs/native.md): print the trtexec line that loads it "
                          "and builds from the TensorRT-flavour ONNX, and the Triton Inference Server line")
-    from infgen_ref.options import guarded
+    from infgen.ref.options import guarded
     return guarded(_main, ap.parse_args(argv), errors=(TensorRTMissing, EngineUnbuildable))
 
 
 def _main(args) -> int:
     """The body of main: user errors raise (one `error:` line and exit 2 in main), and the engine
     directory and checkpoint are checked before any work."""
-    from infgen_ref.config import preset
-    from infgen_ref.options import check_out_dir
+    from infgen.ref.config import preset
+    from infgen.ref.options import check_out_dir
     check_out_dir(args.engine_dir, "--engine-dir")
     if args.onnx is not None and not Path(args.onnx).is_file():
         raise FileNotFoundError(f"--onnx: no such file {args.onnx!r}")
@@ -313,7 +313,7 @@ def _main(args) -> int:
                  f"-DTensorRT_ROOT=... && cmake --build build (docs/native.md)")
 
     if args.checkpoint:
-        from infgen_ref.weights import checkpoint_config
+        from infgen.ref.weights import checkpoint_config
         cfg, name = checkpoint_config(args.checkpoint), Path(args.checkpoint).name
     else:
         cfg, name = preset(args.preset), args.preset
@@ -336,7 +336,7 @@ def _main(args) -> int:
               f"largest tensor {p.elements}")
     engine_out = engine_dir / f"infgen_{name}_{args.dtype}.engine"
     cache_file = str(engine_dir / "timing.cache")
-    print("# equivalent commands (standard-op ONNX from `python -m export.onnx`: trtexec and polygraphy "
+    print("# equivalent commands (standard-op ONNX from `python -m infgen.export.onnx`: trtexec and polygraphy "
           "cannot load the Python plugin)")
     print(trtexec_command(plan, str(std_onnx), str(engine_out), cache_file))
     print(polygraphy_command(plan, str(std_onnx), str(engine_out), cache_file))
@@ -345,7 +345,7 @@ def _main(args) -> int:
         autoreg = lib.with_name(lib.name.replace("libinfgen_trt_plugins", "libinfgen_trt_plugins_autoreg"))
         print("# with the native plugin library, trtexec builds the TensorRT-flavour ONNX (infgen::FlashAttention nodes):")
         src = ["--checkpoint", args.checkpoint] if args.checkpoint else ["--preset", args.preset]
-        print(shlex.join(["python", "-m", "export.onnx", *src, "--dtype", args.dtype, "--flavour", "tensorrt",
+        print(shlex.join(["python", "-m", "infgen.export.onnx", *src, "--dtype", args.dtype, "--flavour", "tensorrt",
                           "--out", str(onnx_path)]))
         print(trtexec_command(plan, str(onnx_path), str(engine_out), cache_file, str(lib)))
         print("# serve: copy the engine to native/triton_repo/infgen_trt/1/model.plan, then")
@@ -354,7 +354,7 @@ def _main(args) -> int:
     if args.dry_run:
         return 0
     import_tensorrt()  # TensorRTMissing: one error line, exit 2
-    from export.onnx import load_model
+    from infgen.export.onnx import load_model
     model = load_model(args.checkpoint, None if args.checkpoint else args.preset)
     t0 = time.perf_counter()
     engine = engine_for(model, args.dtype, plan, engine_dir, onnx_path=args.onnx, cache_dir=args.cache_dir,

@@ -23,8 +23,8 @@ import typing
 import triton
 import triton.language as tl
 
-from export.spec import PLUGIN_ID
-from kernels.attention import LOG2E, MAX_HEAD_DIM, attn_fwd_kernel, pick_config
+from infgen.export.spec import PLUGIN_ID
+from infgen.kernels.attention import LOG2E, MAX_HEAD_DIM, attn_fwd_kernel, pick_config
 
 
 @triton.jit

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from infgen_ref.decode import TORCH_OPS, Ops
+from infgen.ref.decode import TORCH_OPS, Ops
 
 BAND_BYTES = 64 << 20          # bytes of one band of the widest tensor an op touches (rows not forced)
 MAX_CONV_ELEMS = 2**31 - 1     # the triton backend splits convs whose input or output has more (int32 indexing)

@@ -1,7 +1,7 @@
 """SDXL VAE building blocks, named exactly like diffusers' so SDXL VAE state dicts load by key.
 
-The forwards the encoder uses (resnet, mid-block attention) are infgen_ref.decode's functions over
-the reference ops; the decoder-only blocks have no forward (infgen_ref.decode runs them)."""
+The forwards the encoder uses (resnet, mid-block attention) are infgen.ref.decode's functions over
+the reference ops; the decoder-only blocks have no forward (infgen.ref.decode runs them)."""
 from __future__ import annotations
 
 import torch
@@ -62,7 +62,7 @@ class Upsample2D(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    # No forward: infgen_ref.decode.upsample.
+    # No forward: infgen.ref.decode.upsample.
 
 
 class Downsample2D(nn.Module):
@@ -83,7 +83,7 @@ class UpDecoderBlock2D(nn.Module):
             [ResnetBlock2D(cin if i == 0 else cout, cout, groups, eps) for i in range(num_layers)])
         self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if upsample else None
 
-    # No forward: infgen_ref.decode.up_blocks runs the decoder's blocks over an ops table.
+    # No forward: infgen.ref.decode.up_blocks runs the decoder's blocks over an ops table.
 
 
 class DownEncoderBlock2D(nn.Module):

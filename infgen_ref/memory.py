@@ -13,7 +13,7 @@ Per op, plain (the ops of one whole-tensor call) vs banded (infgen_ref/banded.py
 | conv | output | output; > 2^31 elements: + one band's output (the input band is a view) | output + one band in and out |
 | nearest 2x | output (4x input) | output (4x input) | nothing: read by the conv per band |
 
-`python -m runtime info --size WxH` prints the plan; docs/anysize.md has the 4096^2 accounting.
+`python -m infgen.runtime info --size WxH` prints the plan; docs/anysize.md has the 4096^2 accounting.
 """
 from __future__ import annotations
 

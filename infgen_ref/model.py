@@ -204,7 +204,7 @@ class Encoder(nn.Module):
 
 class CrossAttnBlock(nn.Module):
     """Pre-norm block: mask tokens attend to latent tokens, then an MLP. Both residual
-    (infgen_ref.decode.cross_block)."""
+    (infgen.ref.decode.cross_block)."""
 
     def __init__(self, cfg: InfGenConfig):
         super().__init__()
@@ -225,7 +225,7 @@ class CrossAttnBlock(nn.Module):
         B, N, D = t.shape
         return t.view(B, N, self.num_heads, D // self.num_heads).transpose(1, 2)  # (B, h, N, hd)
 
-    # No forward: infgen_ref.decode.cross_block runs the block over an ops table.
+    # No forward: infgen.ref.decode.cross_block runs the block over an ops table.
 
 
 class InfGenDecoder(nn.Module):
@@ -259,7 +259,7 @@ class InfGenDecoder(nn.Module):
         """Unscaled latent after post_quant_conv (B, C, h, w) -> latent tokens (B, h*w, d)."""
         return decoding.latent_tokens(decoding.TORCH_OPS, self, z)
 
-    # No forward: the decode is infgen_ref.decode.decode_grid over the whole InfGen (it starts at
+    # No forward: the decode is infgen.ref.decode.decode_grid over the whole InfGen (it starts at
     # post_quant_conv), with the reference ops as InfGen.decode_grid or a backend's ops table.
 
 

@@ -8,9 +8,9 @@
     --device cpu|cuda[:N]
     --dtype fp32|fp16|bf16     choices: config.DTYPES
 
-Used by `python -m runtime {decode,encode,info,demo,profile,serve,client,loadtest}` (through
-runtime/cli/options.py, which supplies the backend names), `python -m export.onnx` and
-`python -m export.trt`. This module sits below the runtime so that export/ can use it too: the
+Used by `python -m infgen.runtime {decode,encode,info,demo,profile,serve,client,loadtest}` (through
+runtime/cli/options.py, which supplies the backend names), `python -m infgen.export.onnx` and
+`python -m infgen.export.trt`. This module sits below the runtime so that export/ can use it too: the
 backend names come in as an argument, never from an import of runtime/.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from infgen_ref.config import DTYPES, PRESETS, parse_size
+from infgen.ref.config import DTYPES, PRESETS, parse_size
 
 SHARED_FLAGS = ("--size", "--preset", "--checkpoint", "--backend", "--device", "--dtype")
 DTYPE_CHOICES = tuple(sorted(DTYPES))
@@ -117,7 +117,7 @@ def check_out_dir(d, what: str = "--out") -> None:
 def check_out_file(f, what: str = "--out", suffix: str | tuple[str, ...] | None = None) -> None:
     """An output file, checked before any work: not a directory, the suffix (one, or any of
     several) if given, its directory exists and is writable (the tool does not create it). ValueError
-    naming the path. runtime.io.check_writable is this for the library."""
+    naming the path. infgen.runtime.io.check_writable is this for the library."""
     p = Path(f)
     suffixes = (suffix,) if isinstance(suffix, str) else suffix
     if p.is_dir():

@@ -19,8 +19,8 @@ use. Keys past N (the ragged last tile) score -inf; TMA zero-fills rows past the
 (batch, head) slice, so no other batch's rows enter. One launch per (batch, head): the mid block
 has one head and batch 1-4.
 
-It cannot run in Triton's interpreter: `kernels.attention.flash_attention` stays the tested
-fallback, and `kernels.attention.attention_ref` is the reference for both. `d512_unsupported_reason`
+It cannot run in Triton's interpreter: `infgen.kernels.attention.flash_attention` stays the tested
+fallback, and `infgen.kernels.attention.attention_ref` is the reference for both. `d512_unsupported_reason`
 says when this one applies; `compile_d512` compiles a configuration for a target without a GPU
 (the sm_90a compile report); `static_checks` / `score_work` read what the compile produced.
 docs/attention_d512.md has the design, the compile numbers and what has not run yet.
@@ -39,7 +39,7 @@ try:  # Gluon's Hopper API: triton >= 3.6 (the GPU image's version) and 3.9 (che
     from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 except ImportError as exc:  # pragma: no cover - older triton
-    raise ImportError("kernels.attention_d512 needs Gluon's Hopper API: pip install 'triton>=3.6'") from exc
+    raise ImportError("infgen.kernels.attention_d512 needs Gluon's Hopper API: pip install 'triton>=3.6'") from exc
 
 from .common import check_float, is_interpreted
 
@@ -296,7 +296,7 @@ def _constexprs(config: D512Config, dtype: torch.dtype, q_prescaled: bool = Fals
 # ----------------------------------------------------------------------------- launcher
 GLUON_INTERPRETED = ("triton was imported with TRITON_INTERPRET=1, which turns its standard library (the "
                      "reductions gl.max / gl.sum call) into interpreter functions that Gluon cannot compile; run "
-                     "without it (python -m kernels.attention_d512 compiles in a fresh process)")
+                     "without it (python -m infgen.kernels.attention_d512 compiles in a fresh process)")
 
 
 def gluon_interpreted() -> bool:
@@ -308,7 +308,7 @@ def gluon_interpreted() -> bool:
 
 def d512_unsupported_reason(q, k, v) -> str | None:
     """None when flash_attention_d512 runs these inputs, else why not (the backend's dispatch test;
-    kernels.attention.flash_attention takes the rest). Probes the device only when asked."""
+    infgen.kernels.attention.flash_attention takes the rest). Probes the device only when asked."""
     if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
         return "q, k, v must be torch tensors"
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
@@ -338,7 +338,7 @@ def _check(q, k, v):
             raise ValueError(f"{n} must have unit stride in its last (head) dim, got strides {t.stride()}")
     B, H, M, D = q.shape
     if D != HEAD_DIM:
-        raise ValueError(f"head dim must be {HEAD_DIM} for this kernel, got {D}; use kernels.attention.flash_attention")
+        raise ValueError(f"head dim must be {HEAD_DIM} for this kernel, got {D}; use infgen.kernels.attention.flash_attention")
     if k.shape[:2] != (B, H) or k.shape[3] != D:
         raise ValueError(f"k must be (B={B}, H={H}, N, D={D}) to match q {tuple(q.shape)}, got {tuple(k.shape)}")
     if v.shape != k.shape:
@@ -365,11 +365,11 @@ def flash_attention_d512(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
 
     q: (B, H, M, 512); k, v: (B, H, N, 512), bf16 or fp16, any strides with a unit last stride.
     scale defaults to 1/sqrt(512). Returns (B, H, M, 512): a view of a (B, M, H, 512) buffer, like
-    kernels.attention.flash_attention, or `out` when given (same shape and dtype, unit last stride).
+    infgen.kernels.attention.flash_attention, or `out` when given (same shape and dtype, unit last stride).
     config: a D512Config to override RUNTIME_CONFIG (benchmarks and ablations).
     q_prescaled: q already holds q * scale * log2(e) (the triton backend folds the factor into the
     query projection), so no score is multiplied; `scale` must then be None. As in
-    kernels.attention.flash_attention."""
+    infgen.kernels.attention.flash_attention."""
     if q_prescaled and scale is not None:
         raise ValueError(f"scale must be None when q_prescaled (q already carries the scale), got {scale!r}")
     _check(q, k, v)
@@ -511,13 +511,13 @@ def static_checks(config: D512Config = RUNTIME_CONFIG, dtype: torch.dtype = torc
 
 # ----------------------------------------------------------------------------- command line
 def main(argv=None) -> int:
-    """python -m kernels.attention_d512 [--configs runtime sweep ablations] [--dtypes bf16 fp16] [--json]
+    """python -m infgen.kernels.attention_d512 [--configs runtime sweep ablations] [--dtypes bf16 fp16] [--json]
     Compiles each configuration for sm_90a (no GPU needed) and prints its static checks. The runtime
     set is compiled as the triton backend launches it (q_prescaled); the others with unscaled queries."""
     import argparse
     import json
 
-    p = argparse.ArgumentParser(prog="python -m kernels.attention_d512", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m infgen.kernels.attention_d512", description=main.__doc__)
     p.add_argument("--configs", nargs="+", choices=["runtime", "sweep", "ablations"], default=["runtime"])
     p.add_argument("--dtypes", nargs="+", choices=["bf16", "fp16"], default=["bf16", "fp16"])
     p.add_argument("--json", action="store_true", help="one JSON list on stdout instead of a table")

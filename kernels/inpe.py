@@ -3,7 +3,7 @@
 For an (H, W) grid, token t sits at row t // W, column t % W, normalised to ((i + 0.5) / H,
 (j + 0.5) / W); the point goes onto the unit sphere (latitude, longitude each spanning
 (-pi/2, pi/2)) and is lifted to [cos(2 pi p B), sin(2 pi p B)] with the fixed (3, F) Gaussian B:
-infgen_ref.inpe's own functions, in fp32. The kernel runs fc2(gelu(fc1(features))) (+ an
+infgen.ref.inpe's own functions, in fp32. The kernel runs fc2(gelu(fc1(features))) (+ an
 optional vector, the mask token) in the weights' dtype with fp32 accumulation, BLOCK_H hidden
 units at a time, so the hidden layer never leaves the chip. (The features used to be computed
 in the kernel too; libdevice's sinf/cosf bring a slow path with a local array and spills on
@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from infgen_ref.inpe import fourier_features, grid_coords, sphere
+from infgen.ref.inpe import fourier_features, grid_coords, sphere
 
 from .attention import mma
 from .common import Launch, check_device, check_float, is_interpreted, next_pow2
@@ -121,7 +121,7 @@ def inpe_launch(out, feat, w1, b1, w2, b2, add, gpu: bool) -> Launch:
     BLOCK_D = max(16, next_pow2(D))
     if not gpu:  # interpreter: few, large programs
         BLOCK_T, BLOCK_H, warps = 64, min(BLOCK_D, 64), 1
-    else:        # CUDA: kernels.report shows these compile without spills (fp32 dots are FMA, hence smaller)
+    else:        # CUDA: infgen.kernels.report shows these compile without spills (fp32 dots are FMA, hence smaller)
         BLOCK_T, BLOCK_H, warps = 16, min(BLOCK_D, 16 if w1.dtype == torch.float32 else 32), 4
     return Launch(inpe_kernel, (triton.cdiv(T, BLOCK_T),),
                   dict(OUT=out, FEAT=feat, W1=w1, B1=b1, W2=w2, B2=b2, ADD=b2 if add is None else add,
@@ -133,14 +133,14 @@ def inpe_launch(out, feat, w1, b1, w2, b2, add, gpu: bool) -> Launch:
 
 
 def inpe_module(h: int, w: int, module, add: torch.Tensor | None = None) -> torch.Tensor:
-    """inpe_embed with the weights of an infgen_ref.inpe.INPE module: (h*w, D)."""
+    """inpe_embed with the weights of an infgen.ref.inpe.INPE module: (h*w, D)."""
     return inpe_embed(h, w, module.B, module.fc1.weight, module.fc1.bias, module.fc2.weight,
                       module.fc2.bias, add)
 
 
 def inpe_embed_ref(h: int, w: int, B: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor,
                    fc2_weight: torch.Tensor, fc2_bias: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-    """Plain PyTorch, as infgen_ref.inpe.INPE computes it: features in fp32 (float64 when the
+    """Plain PyTorch, as infgen.ref.inpe.INPE computes it: features in fp32 (float64 when the
     weights are float64), the MLP in the weights' dtype. (h*w, D)."""
     dt = fc1_weight.dtype
     fdt = torch.float64 if dt == torch.float64 else torch.float32

@@ -1,11 +1,11 @@
 """The sm_90a compile report: every kernel configuration the runtime, the benchmark sweeps and the
 launch options can run, compiled for Hopper (H100) on a machine without a GPU.
 
-  python -m kernels.report [--out DIR] [--jobs N] [--used-by runtime] [--check]
-  python -m kernels.report --compare A/compile_report.json B/compile_report.json   # side by side
+  python -m infgen.kernels.report [--out DIR] [--jobs N] [--used-by runtime] [--check]
+  python -m infgen.kernels.report --compare A/compile_report.json B/compile_report.json   # side by side
 
 Each entry is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`
-from the same `Launch` the launcher would run (kernels.common.Launch), built on meta tensors shaped
+from the same `Launch` the launcher would run (infgen.kernels.common.Launch), built on meta tensors shaped
 like the real call sites, with the signature and `tt.divisibility` 16 attributes Triton's JIT
 gives those arguments (`jit_signature`). The cubin is read back with the `cuobjdump` inside the
 triton wheel, and ptxas -v's log (each entry is compiled afresh, not from Triton's cache, to get
@@ -242,7 +242,7 @@ def _tile(cfg) -> str:
 
 
 def attention_call(site: str, dt: torch.dtype, D: int) -> tuple:
-    """q, k, v, out as the triton backend passes them (infgen_ref.decode over runtime/triton_backend.py's
+    """q, k, v, out as the triton backend passes them (infgen.ref.decode over runtime/triton_backend.py's
     ops), on meta tensors. cross: q, k, v head-split views of (1, M, H*D) / (1, T, H*D) projections;
     self: contiguous (1, 1, M, D) projections, one head; plugin: contiguous (1, M, D) tensors, one
     head (export/trt.py's layout)."""
@@ -518,7 +518,7 @@ def compare(reports: list[dict], used_by=("runtime", "plugin")) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kernels.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m infgen.kernels.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="compile_report", help="directory for compile_report.json and .md")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles (default: CPU count)")
     p.add_argument("--used-by", choices=USED_BY, action="append",

@@ -1,7 +1,7 @@
 """Ahead-of-time kernels for libinfgen_kernels: the project's Triton kernels compiled for sm_90a
 on a machine without a GPU, written out as one C file with the cubins embedded.
 
-    python -m native.aot --out build/native_gen [--jobs 2]
+    python -m infgen.native.aot --out build/native_gen [--jobs 2]
 
 CMake runs this (CMakeLists.txt, target infgen_kernels_gen). It writes, under --out:
     infgen_kernels_table.c   the kernel table: one infgen_kernel_info per variant, cubins as byte arrays
@@ -23,7 +23,7 @@ global_scratch_size or profile_scratch_size > 0 fails the build, and the kernel'
 is read from its PTX `.entry` so the C launcher passes exactly that many (nulls for the extras).
 
 A kernel change touches this file only where the kernel's arguments change: the tiles come from
-kernels.attention.pick_config, and a new constexpr with a default takes its default.
+infgen.kernels.attention.pick_config, and a new constexpr with a default takes its default.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ SHARED_LIMIT = 232_448          # bytes of shared memory an sm_90 block may use
 # (432 B, 48 B for rows16; triton 3.6: 48 B, rows16 none); the one-kernel INPE at
 # D=512 (fc1's (F, D) weight tile in registers: 952 B at w8; its sin/cos also use 32 B of local
 # memory). Since #10: attention d512 at 64x16 w8 s3 for ragged M, N (120 B; the rows16 variant,
-# the shape kernels.report checks, has none); the MLP-only INPE has none.
+# the shape infgen.kernels.report checks, has none); the MLP-only INPE has none.
 KNOWN_SPILLS = {("attention", 512, (64, 32), 0), ("attention", 512, (64, 32), 1), ("inpe", 512, (16, 64), 0),
                 ("inpe", 512, (16, 64), 1), ("attention", 512, (64, 16), 0)}
 
@@ -76,8 +76,8 @@ def attention_variant(dim: int, dtype: str, rows16: bool) -> Variant:
     them (most token grids: 64 x 64 latents, 1024^2 and 1920x1080 outputs); the launcher takes this
     variant when M and N allow it, else the general one."""
     import torch
-    from kernels.attention import pick_config
-    from kernels.common import next_pow2
+    from infgen.kernels.attention import pick_config
+    from infgen.kernels.common import next_pow2
     bm, bn, warps, stages = pick_config(dim, torch.device("cuda"))
     consts = dict(HEAD_DIM=dim, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=max(16, next_pow2(dim)),
                   DOT_PRECISION="tf32", DOT_FP32=False)
@@ -91,9 +91,9 @@ def inpe_variant(dim: int, fourier_dim: int, dtype: str, has_add: bool) -> Varia
       Tile: 16 tokens, 64 output columns per fc2 step, 8 warps (its launcher's 4 warps spill three
       times as much and compile for 25 s);
     - "inpe_mlp" (since #10): the MLP over given Fourier features (FEAT); tile and warps from
-      kernels.inpe.inpe_launch, the runtime's launch, built on meta tensors."""
-    from kernels import inpe
-    from kernels.common import next_pow2
+      infgen.kernels.inpe.inpe_launch, the runtime's launch, built on meta tensors."""
+    from infgen.kernels import inpe
+    from infgen.kernels.common import next_pow2
     suffix = f"d{dim}_f{fourier_dim}_{dtype}" + ("_add" if has_add else "")
     if "FEAT" not in inspect.signature(inpe.inpe_kernel.fn).parameters:
         consts = dict(HAS_ADD=has_add, BLOCK_T=16, BLOCK_F=max(16, next_pow2(fourier_dim)),
@@ -122,15 +122,15 @@ def variants() -> list[Variant]:
 # the listed ints multiples of 16 (the C launcher checks both before launching).
 ATTN_STRIDES = tuple(f"stride_{t}{a}" for t in "qkvo" for a in ("b", "h", "m" if t in "qo" else "n"))
 SIGNATURES = {  # kind: (module, kernel, {argument: type}, arguments hinted divisible by 16)
-    "attention": ("kernels.attention", "attn_fwd_kernel",
+    "attention": ("infgen.kernels.attention", "attn_fwd_kernel",
                   {"Q": "*{dt}", "K": "*{dt}", "V": "*{dt}", "O": "*{dt}", **{s: "i32" for s in ATTN_STRIDES},
                    "H": "i32", "M": "i32", "N": "i32", "qk_scale": "fp32"},
                   ("Q", "K", "V", "O", *ATTN_STRIDES)),
-    "inpe": ("kernels.inpe", "inpe_kernel",
+    "inpe": ("infgen.kernels.inpe", "inpe_kernel",
              {"OUT": "*{dt}", "FB": "*fp32", "W1": "*{dt}", "B1": "*{dt}", "W2": "*{dt}", "B2": "*{dt}",
               "ADD": "*{dt}", "T": "i32", "GH": "i32", "GW": "i32", "F": "i32", "D": "i32"},
              ("OUT", "FB", "W1", "B1", "W2", "B2", "ADD")),
-    "inpe_mlp": ("kernels.inpe", "inpe_kernel",
+    "inpe_mlp": ("infgen.kernels.inpe", "inpe_kernel",
                  {"OUT": "*{dt}", "FEAT": "*{dt}", "W1": "*{dt}", "B1": "*{dt}", "W2": "*{dt}", "B2": "*{dt}",
                   "ADD": "*{dt}", "T": "i32", "F2": "i32", "D": "i32"},
                  ("OUT", "FEAT", "W1", "B1", "W2", "B2", "ADD")),
@@ -270,7 +270,7 @@ def c_table(results: list[dict], build_info: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m native.aot", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m infgen.native.aot", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, help="directory for the generated C file, manifest and PTX")
     ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compiles")
     ap.add_argument("--list", action="store_true", help="print the variants and exit")

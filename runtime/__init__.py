@@ -1,5 +1,5 @@
 """InfGen deployment runtime: `from runtime import InfGenEngine`."""
-from runtime.anysize import MemoryBudgetError
-from runtime.engine import BACKENDS, InfGenEngine
+from infgen.runtime.anysize import MemoryBudgetError
+from infgen.runtime.engine import BACKENDS, InfGenEngine
 
 __all__ = ["BACKENDS", "InfGenEngine", "MemoryBudgetError"]

@@ -1,6 +1,6 @@
-"""`python -m runtime COMMAND ...`: see runtime/cli/__init__.py."""
+"""`python -m infgen.runtime COMMAND ...`: see runtime/cli/__init__.py."""
 import sys
 
-from runtime.cli import main
+from infgen.runtime.cli import main
 
 sys.exit(main())

@@ -6,7 +6,7 @@ sub-batches, banded, banded with activations in host memory (CUDA), else MemoryB
 any work, each judged by the memory model (infgen_ref/memory.py) against the budget.
 `engine_plan` (engine.plan) is memory.plan's answer for one request: plain, or banded when the
 plain peak exceeds the budget or when forced; it does not split batches or refuse. The banded run is
-infgen_ref.decode over infgen_ref.banded's ops, on the backend's own weights and with the
+infgen.ref.decode over infgen.ref.banded's ops, on the backend's own weights and with the
 backend's attention ops (torch and triton backends; onnxruntime and TensorRT run whole graphs and
 have no banded path).
 """
@@ -18,10 +18,10 @@ import math
 
 import torch
 
-from infgen_ref import decode as D
-from infgen_ref.banded import banded_ops
-from infgen_ref.memory import host_threshold, parse_bytes, plan, predict_peak
-from runtime.cache import SizeCache
+from infgen.ref import decode as D
+from infgen.ref.banded import banded_ops
+from infgen.ref.memory import host_threshold, parse_bytes, plan, predict_peak
+from infgen.runtime.cache import SizeCache
 
 MARGIN = 0.10          # of the free memory, left for weights, the allocator's slack and other work
 BANDED_BACKENDS = ("torch", "triton")

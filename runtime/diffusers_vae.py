@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import torch
 
-from infgen_ref.model import check_size
+from infgen.ref.model import check_size
 
 
 @functools.cache

@@ -1,6 +1,6 @@
 """Row-sharded decode across ranks on torch.distributed (NCCL on CUDA, gloo on the CPU).
 
-    torchrun --nproc-per-node N -m runtime.distributed z.npy --size 2048x1024 --out out.png
+    torchrun --nproc-per-node N -m infgen.runtime.distributed z.npy --size 2048x1024 --out out.png
 
 Rank r owns a contiguous run of token-grid rows (`split_rows`: sizes differ by at most one, so odd
 splits are fine) and keeps it through the whole decode: every activation is (B, C, rows_r * s, W)
@@ -32,8 +32,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from infgen_ref.banded import apply_affine, band_stats, norm_affine
-from infgen_ref.decode import TORCH_OPS, Ops
+from infgen.ref.banded import apply_affine, band_stats, norm_affine
+from infgen.ref.decode import TORCH_OPS, Ops
 
 
 def split_rows(n: int, world: int) -> list[tuple[int, int]]:
@@ -142,8 +142,8 @@ def sharded_ops() -> Ops:
 def decode_distributed(model, z: torch.Tensor, h: int, w: int) -> torch.Tensor | None:
     """Scaled latent (B, C, h_l, w_l), the same on every rank -> image (B, 3, h, w) on rank 0, None
     elsewhere. The model (same weights on every rank) decides dtype; z and the model on one device."""
-    from infgen_ref import decode as D
-    from infgen_ref.model import check_latent, check_size, token_grid
+    from infgen.ref import decode as D
+    from infgen.ref.model import check_latent, check_size, token_grid
     h, w = check_size(h, w, model.config)
     z = check_latent(z, model.config)
     Hp, Wp = token_grid(h, w, model.config)
@@ -214,7 +214,7 @@ def launch(fn, world: int, *args, timeout: float = 120.0) -> list:
 
 def main(argv=None) -> int:
     """torchrun entry point: every rank loads the model and the latent, rank 0 writes the image."""
-    p = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m runtime.distributed",
+    p = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m infgen.runtime.distributed",
                                 description="Row-sharded InfGen decode over torch.distributed ranks.")
     p.add_argument("latent")
     p.add_argument("--size", required=True, help="WIDTHxHEIGHT")
@@ -222,10 +222,10 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="preset name or checkpoint directory (default: demo checkpoint)")
     p.add_argument("--dtype", default=None, help="fp32 | fp16 | bf16 (default fp32 on CPU, bf16 on CUDA)")
     args = p.parse_args(argv)
-    from infgen_ref.config import parse_dtype, parse_size
-    from runtime.cli.options import default_model
-    from runtime.engine import InfGenEngine, resolve_model
-    from runtime.io import load_latent
+    from infgen.ref.config import parse_dtype, parse_size
+    from infgen.runtime.cli.options import default_model
+    from infgen.runtime.engine import InfGenEngine, resolve_model
+    from infgen.runtime.io import load_latent
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
     try:

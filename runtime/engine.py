@@ -10,7 +10,7 @@ A backend (runtime/<name>_backend.py) owns its copy of the weights and exposes
                              device -> the uncropped image (B, 3, upscale*H', upscale*W')
   covers(batch, Hp, Wp)      whether run accepts that request (TensorRT: its plan's profiles)
   stages(Hp, Wp)             [(stage name, fn)] composing to run (torch, triton; the profiler's)
-The torch and triton backends are infgen_ref.decode over their op tables.
+The torch and triton backends are infgen.ref.decode over their op tables.
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from infgen_ref.config import PRESETS, parse_dtype, preset
-from infgen_ref.model import InfGen, check_image, check_latent, check_output, check_size, copy_model, token_grid
-from infgen_ref.weights import load_checkpoint
-from runtime.io import image_to_uint8, save_image
+from infgen.ref.config import PRESETS, parse_dtype, preset
+from infgen.ref.model import InfGen, check_image, check_latent, check_output, check_size, copy_model, token_grid
+from infgen.ref.weights import load_checkpoint
+from infgen.runtime.io import image_to_uint8, save_image
 
 BACKENDS = ("auto", "torch", "triton", "onnxruntime", "tensorrt")
 # Backends whose covers() is true for every request the engine accepts: an "auto" chain ends at
@@ -72,16 +72,16 @@ def make_backend(name: str, model: InfGen, device: torch.device, dtype: torch.dt
 def backend_class(name: str):
     """The class of a backend name (imports its module)."""
     if name == "torch":
-        from runtime.torch_backend import TorchBackend
+        from infgen.runtime.torch_backend import TorchBackend
         return TorchBackend
     if name == "triton":
-        from runtime.triton_backend import TritonBackend
+        from infgen.runtime.triton_backend import TritonBackend
         return TritonBackend
     if name == "onnxruntime":
-        from runtime.ort_backend import OrtBackend
+        from infgen.runtime.ort_backend import OrtBackend
         return OrtBackend
     if name == "tensorrt":
-        from runtime.trt_backend import TrtBackend
+        from infgen.runtime.trt_backend import TrtBackend
         return TrtBackend
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
 
@@ -91,10 +91,10 @@ def auto_chain(device: torch.device) -> list[str]:
     (it covers every size the engine accepts; built only if no earlier backend in COVERS_ALL builds)."""
     names = []
     if device.type == "cuda":
-        from runtime.trt_backend import tensorrt_available
+        from infgen.runtime.trt_backend import tensorrt_available
         if tensorrt_available():
             names.append("tensorrt")
-        from runtime.triton_backend import triton_available
+        from infgen.runtime.triton_backend import triton_available
         if triton_available(device):
             names.append("triton")
     return names + ["torch"]
@@ -133,7 +133,7 @@ class InfGenEngine:
         self._last = self.backends[0]
         self._encoder: InfGen | None = None
         self._lock = threading.Lock()
-        from runtime.anysize import check_options
+        from infgen.runtime.anysize import check_options
         self.max_memory, self.banded, self.band_rows = check_options(max_memory, banded, band_rows,
                                                                      [b.name for b in self.backends])
 
@@ -197,7 +197,7 @@ class InfGenEngine:
         z, h, w = self.check(latent, h, w)
         Hp, Wp = token_grid(h, w, self.config)
         backend = self.backend_for(z.shape[0], Hp, Wp)
-        from runtime.anysize import run_planned  # plain, or banded past the memory budget
+        from infgen.runtime.anysize import run_planned  # plain, or banded past the memory budget
         img = run_planned(self, backend, z, h, w, Hp, Wp)
         self._last = backend
         return check_output(img[:, :, :h, :w].float(), "decode").clamp(-1, 1)
@@ -205,7 +205,7 @@ class InfGenEngine:
     def plan(self, h: int, w: int, batch: int = 1) -> tuple[str, int | None, int]:
         """(mode "plain" | "banded" | "banded-host", band rows (banded), predicted peak device bytes)
         of a decode on the backend that would run it."""
-        from runtime.anysize import engine_plan
+        from infgen.runtime.anysize import engine_plan
         h, w = check_size(h, w, self.config)
         return engine_plan(self, self.backend_for(batch, *token_grid(h, w, self.config)), h, w, batch)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infgen_ref.model import InfGen
+from infgen.ref.model import InfGen
 
 _SESSIONS: dict[tuple, object] = {}
 _LOCK = threading.Lock()
@@ -64,7 +64,7 @@ class OrtBackend:
         self.device = device
         providers = providers_for(device)
         if onnx_path is None:
-            from export.onnx import cached_export
+            from infgen.export.onnx import cached_export
             onnx_path = cached_export(model, dtype, "onnxruntime", cache_dir)
         elif not Path(onnx_path).is_file():
             raise FileNotFoundError(f"onnx_path {str(onnx_path)!r} does not exist")
@@ -73,7 +73,7 @@ class OrtBackend:
         names = [i.name for i in self.session.get_inputs()]
         if names != ["latent", "grid"]:
             raise ValueError(f"{self.onnx_path} has inputs {names}; expected ['latent', 'grid'] "
-                             "(export it with python -m export.onnx)")
+                             "(export it with python -m infgen.export.onnx)")
 
     def covers(self, batch: int, Hp: int, Wp: int) -> bool:
         """Every size the engine accepts (the graph's dims are all dynamic)."""

@@ -1,13 +1,13 @@
-"""backend="torch": the decode (infgen_ref.decode) over the reference ops (TORCH_OPS), on the
+"""backend="torch": the decode (infgen.ref.decode) over the reference ops (TORCH_OPS), on the
 backend's own copy of the weights in the chosen dtype, with the mask tokens and first-block
 queries cached per token grid. Runs everywhere; the baseline every other backend is held to."""
 from __future__ import annotations
 
 import torch
 
-from infgen_ref.decode import TORCH_OPS, mask_and_q0, run_stages, stage_fns
-from infgen_ref.model import InfGen, copy_model
-from runtime.cache import SizeCache
+from infgen.ref.decode import TORCH_OPS, mask_and_q0, run_stages, stage_fns
+from infgen.ref.model import InfGen, copy_model
+from infgen.runtime.cache import SizeCache
 
 
 class TorchBackend:
@@ -32,7 +32,7 @@ class TorchBackend:
         return self.tokens.get_or_make((Hp, Wp), make)
 
     def stages(self, Hp: int, Wp: int) -> list[tuple[str, object]]:
-        """The decode as [(stage name, fn)] (infgen_ref.decode.STAGES); composed in order on the
+        """The decode as [(stage name, fn)] (infgen.ref.decode.STAGES); composed in order on the
         scaled latent z they equal run(z, Hp, Wp). Used by the profiler."""
         mask, q0 = self.mask_and_q0(Hp, Wp)
         return stage_fns(TORCH_OPS, self.model, Hp, Wp, mask, q0)

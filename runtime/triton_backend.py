@@ -1,17 +1,17 @@
-"""backend="triton": infgen_ref.decode over an op table of cuDNN channels-last convs and the
+"""backend="triton": infgen.ref.decode over an op table of cuDNN channels-last convs and the
 project's Triton kernels, with per-size caches and CUDA graphs. Nothing patches a module's forward.
 
   op table (triton_ops)  conv2d: cuDNN, channels-last, split into row bands past 2^31 elements
-                         group_norm: kernels.groupnorm (fused GroupNorm+SiLU, split statistics)
-                         upsample2x: infgen_ref.decode.upsample_nearest2x (a broadcast copy)
-                         cross_attention: kernels.attention.flash_attention
-                         self_attention (mid block, head dim 512): kernels.attention_d512's
+                         group_norm: infgen.kernels.groupnorm (fused GroupNorm+SiLU, split statistics)
+                         upsample2x: infgen.ref.decode.upsample_nearest2x (a broadcast copy)
+                         cross_attention: infgen.kernels.attention.flash_attention
+                         self_attention (mid block, head dim 512): infgen.kernels.attention_d512's
                            scores-once Gluon kernel on sm_90 in bf16/fp16 (d512_applies), else
-                           kernels.attention.flash_attention (other GPUs, the interpreter)
+                           infgen.kernels.attention.flash_attention (other GPUs, the interpreter)
   query scale            softmax scale * log2(e) folded into every to_q the decode uses (weights and
                          bias, once, at load: fold_query_scale); the kernels run with q_prescaled=True
-  per-size caches        mask tokens (kernels.inpe) + first block's queries per (H', W'); CUDA
-                         graphs per (B, C, h_l, w_l, H', W') (runtime.cache.SizeCache)
+  per-size caches        mask tokens (infgen.kernels.inpe) + first block's queries per (H', W'); CUDA
+                         graphs per (B, C, h_l, w_l, H', W') (infgen.runtime.cache.SizeCache)
 
 On CUDA, repeated (B, h_l, w_l, H', W') replay a captured CUDA graph (cuda_graphs="auto" captures
 up to 2048^2 outputs; at 4096^2 a graph's private memory pool would double peak memory). On the
@@ -27,10 +27,10 @@ import threading
 
 import torch
 
-from infgen_ref.banded import MAX_CONV_ELEMS, conv2d_banded, conv_split_rows
-from infgen_ref.decode import Ops, mask_and_q0, run_stages, stage_fns, upsample_nearest2x
-from infgen_ref.model import InfGen, copy_model
-from runtime.cache import SizeCache
+from infgen.ref.banded import MAX_CONV_ELEMS, conv2d_banded, conv_split_rows
+from infgen.ref.decode import Ops, mask_and_q0, run_stages, stage_fns, upsample_nearest2x
+from infgen.ref.model import InfGen, copy_model
+from infgen.runtime.cache import SizeCache
 
 GRAPH_AUTO_MAX_PIXELS = 2048 * 2048
 
@@ -72,7 +72,7 @@ def conv2d(x: torch.Tensor, conv: torch.nn.Conv2d, max_elems: int = MAX_CONV_ELE
     out = torch.empty((B, Cout, H, W), device=x.device, dtype=x.dtype,
                       memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
                       else torch.contiguous_format)
-    # bands of views with their halo, zero-padded by the conv itself (infgen_ref.banded, docs/anysize.md)
+    # bands of views with their halo, zero-padded by the conv itself (infgen.ref.banded, docs/anysize.md)
     return conv2d_banded(conv, x, conv_split_rows(B, Cin, Cout, W, k, max_elems), x.device, x.device, out)
 
 
@@ -94,7 +94,7 @@ def fold_query_scale(copy: InfGen, source: InfGen) -> None:
     rounded once to the copy's dtype, so the attention kernels run with q_prescaled=True (no
     multiply per score). Everything that reads the copy's to_q (the decode, the cached first-block
     queries q0) then sees pre-scaled queries."""
-    from kernels.attention import LOG2E
+    from infgen.kernels.attention import LOG2E
     src = query_projections(source)
     for name, (lin, head_dim) in query_projections(copy).items():
         f = LOG2E / math.sqrt(head_dim)
@@ -110,8 +110,8 @@ def triton_ops(q_prescaled: bool = True) -> Ops:
     in the backend; False gives the plain table (queries as the reference computes them)."""
     from functools import partial
 
-    from kernels.attention import flash_attention
-    from kernels.groupnorm import group_norm_silu
+    from infgen.kernels.attention import flash_attention
+    from infgen.kernels.groupnorm import group_norm_silu
 
     def group_norm(norm: torch.nn.GroupNorm, x: torch.Tensor, silu: bool) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # (B, C, H, W), a no-op on the decode's path
@@ -124,9 +124,9 @@ def triton_ops(q_prescaled: bool = True) -> Ops:
 
 def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_prescaled: bool = False) -> torch.Tensor:
     """The mid block's attention, q, k, v (B, 1, N, C) -> (B, 1, N, C), scale 1/sqrt(C): the
-    scores-once kernel (kernels.attention_d512) where it applies (C = 512, bf16/fp16, an sm_90
+    scores-once kernel (infgen.kernels.attention_d512) where it applies (C = 512, bf16/fp16, an sm_90
     GPU), else the tl.dot flash kernel (other GPUs, other widths, fp32, the interpreter)."""
-    from kernels.attention import flash_attention
+    from infgen.kernels.attention import flash_attention
     d512 = _d512_module()
     if d512 is not None and d512.d512_applies(q, k, v):
         return d512.flash_attention_d512(q, k, v, q_prescaled=q_prescaled)
@@ -135,10 +135,10 @@ def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_prescale
 
 @functools.lru_cache(maxsize=1)
 def _d512_module():
-    """kernels.attention_d512, or None on a triton without Gluon's Hopper API (< 3.6): the mid
+    """infgen.kernels.attention_d512, or None on a triton without Gluon's Hopper API (< 3.6): the mid
     block then runs the tl.dot kernel everywhere."""
     try:
-        from kernels import attention_d512
+        from infgen.kernels import attention_d512
     except ImportError:
         return None
     return attention_d512
@@ -164,12 +164,12 @@ class TritonBackend:
         self.tokens = SizeCache(cache_size)  # (H', W') -> (mask tokens (1, N, d), first block's queries)
         self.graphs = SizeCache(cache_size)  # (B, C, h_l, w_l, H', W') -> (graph, in, out, kept tensors, lock)
         # Imported here: the kernels module decides interpreter vs. compiled when it is imported.
-        from kernels import attention, inpe
+        from infgen.kernels import attention, inpe
         if device.type == "cuda" and attention.is_interpreted(attention.attn_fwd_kernel):
             raise ValueError("kernels were imported with TRITON_INTERPRET=1; restart without it for CUDA")
         if device.type == "cpu" and not attention.is_interpreted(attention.attn_fwd_kernel):
             raise ValueError("kernels were imported before TRITON_INTERPRET=1 was set; set it before "
-                             "importing kernels or runtime.triton_backend, or use backend='torch'")
+                             "importing kernels or infgen.runtime.triton_backend, or use backend='torch'")
         self.k_inpe = inpe
         self.ops = triton_ops()
         self.device, self.dtype = device, dtype

@@ -1,5 +1,5 @@
-"""TensorRT backend: a multi-profile engine from export.trt.engine_for, the same entry point as
-`python -m export.trt`, so the engine the CLI built into engine_dir is the one loaded here.
+"""TensorRT backend: a multi-profile engine from infgen.export.trt.engine_for, the same entry point as
+`python -m infgen.export.trt`, so the engine the CLI built into engine_dir is the one loaded here.
 
 Lifecycle: engine_for (load the cached engine, or build it; a plan TensorRT cannot build raises
 EngineUnbuildable before any build, and backend="auto" moves on to the next backend) ->
@@ -23,9 +23,9 @@ from collections import OrderedDict
 
 import torch
 
-from export.plan import bind_shapes, covers
-from export.spec import DEFAULT_BATCH, DEFAULT_MIN_RES
-from infgen_ref.model import InfGen
+from infgen.export.plan import bind_shapes, covers
+from infgen.export.spec import DEFAULT_BATCH, DEFAULT_MIN_RES
+from infgen.ref.model import InfGen
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 @functools.lru_cache(maxsize=1)
 def tensorrt_available() -> bool:
     """True if tensorrt >= 10.9 imports and a CUDA device is present (probed once, on first call)."""
-    from export.trt import TensorRTMissing, import_tensorrt
+    from infgen.export.trt import TensorRTMissing, import_tensorrt
     try:
         import_tensorrt()
     except TensorRTMissing:
@@ -49,7 +49,7 @@ def context_key(profile: int, shapes: dict, per_shape: bool):
 
 class TrtBackend:
     """Options: engine_dir (default "engines"), plan (a Plan or a plan.json path; default: the
-    plan.json the CLI wrote into engine_dir, else export.spec.default_plan), min_res, max_res,
+    plan.json the CLI wrote into engine_dir, else infgen.export.spec.default_plan), min_res, max_res,
     batch (a default plan with these instead), onnx_path (TensorRT-flavour ONNX; default exported
     into cache_dir), rebuild, allow_tf32 (fp32 engines may use tf32), leak_contexts (LRU size of
     per-shape contexts on TensorRT 11.1-11.2)."""
@@ -62,7 +62,7 @@ class TrtBackend:
                  leak_contexts: int = 8):
         if device.type != "cuda":
             raise ValueError(f"the tensorrt backend needs a CUDA device, got {device}")
-        from export.trt import aot_module_leak, import_tensorrt
+        from infgen.export.trt import aot_module_leak, import_tensorrt
         self.trt = trt = import_tensorrt()
         self.device = device
         with torch.cuda.device(device):
@@ -92,9 +92,9 @@ class TrtBackend:
     @staticmethod
     def locate(model: InfGen, dtype, engine_dir="engines", plan=None, min_res=None, max_res=None, batch=None,
                **options):
-        """export.trt.engine_for with this backend's defaults (the Engine: bytes, path, key, plan)."""
-        from export.spec import default_plan
-        from export.trt import engine_for
+        """infgen.export.trt.engine_for with this backend's defaults (the Engine: bytes, path, key, plan)."""
+        from infgen.export.spec import default_plan
+        from infgen.export.trt import engine_for
         if plan is None and (min_res, max_res, batch) != (None, None, None):
             plan = default_plan(model.config, min_res or DEFAULT_MIN_RES, max_res, batch=batch or DEFAULT_BATCH)
         return engine_for(model, dtype, plan, engine_dir, **options)

@@ -9,20 +9,17 @@ largest per-tile mean shift (tone shift) of both against the plain decode.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infgen_ref import decode as D  # noqa: E402
-from infgen_ref.banded import banded_ops, tiled_norm_ops  # noqa: E402
-from infgen_ref.model import token_grid  # noqa: E402
-from infgen_ref import DEMO_CHECKPOINT  # noqa: E402
-from runtime.engine import InfGenEngine, resolve_model  # noqa: E402
+from infgen.ref import decode as D  # noqa: E402
+from infgen.ref.banded import banded_ops, tiled_norm_ops  # noqa: E402
+from infgen.ref.model import token_grid  # noqa: E402
+from infgen.ref import DEMO_CHECKPOINT  # noqa: E402
+from infgen.runtime.engine import InfGenEngine, resolve_model  # noqa: E402
 
 
 def tone_shift(img: torch.Tensor, ref: torch.Tensor, tiles: int) -> float:

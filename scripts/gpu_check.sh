@@ -6,7 +6,7 @@
 #   by hand:      OUT=/tmp/gpu_out bash scripts/gpu_check.sh
 #
 # Writes under $OUT: env.txt (versions, nvidia-smi, one status line per step), compile_report/
-# (kernels.report on this machine's triton), tests.log + tests/*.xml (JUnit, one per test file),
+# (infgen.kernels.report on this machine's triton), tests.log + tests/*.xml (JUnit, one per test file),
 # native.log (CMake build + ctest of native/, its GPU test included), kernels.json + kernels.log,
 # d512.json + d512.log (the scores-once head-dim-512 kernel), decode.log + decode/<size>/ (one
 # profiler run per size). STEPS selects steps (default "env report tests native kernels d512
@@ -25,6 +25,16 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET            # compiled kernels on CUDA, never the interpreter
 cd "$(dirname "$0")/.."
+# The GPU image reaches no registry and its copy of the repository is not installed: where
+# `infgen` does not import, expose the folders as its subpackages through links, the mapping
+# pip install -e makes from pyproject.toml's package-dir.
+if ! python3 -c "import infgen.runtime" 2>/dev/null; then
+  shim="$(mktemp -d)"; mkdir -p "$shim/infgen"
+  for pair in ref:infgen_ref kernels:kernels export:export runtime:runtime train:train native:native; do
+    ln -s "$PWD/${pair#*:}" "$shim/infgen/${pair%%:*}"
+  done
+  export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+fi
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 status() { echo "== $1: rc=$2 ($(date +%T), ${SECONDS}s)" | tee -a "$OUT/env.txt"; }
 # run NAME LIMIT CMD...: CMD under `timeout -k 5` with min(LIMIT, budget left - 10) seconds;
@@ -49,7 +59,7 @@ fi
 
 if has report; then
   # sm_90a compile report on this machine's triton (the GPU image's); compiles only, no GPU use.
-  run "compile report" 60 python3 -m kernels.report --jobs "$(nproc)" --out "$OUT/compile_report" \
+  run "compile report" 60 python3 -m infgen.kernels.report --jobs "$(nproc)" --out "$OUT/compile_report" \
       > "$OUT/compile_report.log" 2>&1
   grep -A 12 "^## Check" "$OUT/compile_report/compile_report.md" 2>/dev/null
 fi
@@ -103,7 +113,7 @@ if has decode; then
   # row loses only 4K. The profiler needs neither tqdm nor matplotlib (the GPU image has neither).
   for size in 1024x1024 2048x2048 4096x4096; do
     run "decode $size" $([ "$size" = 4096x4096 ] && echo 90 || echo 50) \
-      python3 -m runtime profile --preset paper --device cuda --size "$size" --backend torch triton --dtype bf16 \
+      python3 -m infgen.runtime profile --preset paper --device cuda --size "$size" --backend torch triton --dtype bf16 \
         --baselines none --warmup 2 --iters 5 --no-progress --out "$OUT/decode/$size" >> "$OUT/decode.log" 2>&1
   done
   tail -n 12 "$OUT/decode.log"

@@ -1,5 +1,5 @@
-"""Learning curve of a training run: every snapshot of `python -m train --snapshot-every N` scored on
-the held-out photos (runtime.cli.demo.held_out_table), plus the training L1 from log.jsonl.
+"""Learning curve of a training run: every snapshot of `python -m infgen.train --snapshot-every N` scored on
+the held-out photos (infgen.runtime.cli.demo.held_out_table), plus the training L1 from log.jsonl.
 
     python scripts/learning_curve.py out/demo7 --png docs/demo_learning_curve.png --json out/demo7/curve.json
 
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def snapshots(run: Path) -> list[tuple[int, Path]]:
@@ -43,7 +41,7 @@ def training_l1(run: Path, every: int) -> list[tuple[int, float]]:
 
 
 def curve(run: Path, device: str = "cpu") -> list[dict]:
-    from runtime.cli.demo import held_out_table
+    from infgen.runtime.cli.demo import held_out_table
     return [{"step": step, "rows": held_out_table(str(d), device=device)} for step, d in snapshots(run)]
 
 

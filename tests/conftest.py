@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from infgen_ref.config import preset
-from infgen_ref.model import InfGen
+from infgen.ref.config import preset
+from infgen.ref.model import InfGen
 
 # Without CUDA, the Triton kernels run in Triton's interpreter on CPU tensors. TRITON_INTERPRET is
 # read when @triton.jit decorates, so it must be set before any test imports `kernels`.

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from infgen_ref.config import preset
-from infgen_ref.decode import STAGES
-from infgen_ref.model import InfGen
-from runtime.cache import SizeCache
-from runtime.engine import InfGenEngine, auto_chain
-from runtime.torch_backend import TorchBackend
+from infgen.ref.config import preset
+from infgen.ref.decode import STAGES
+from infgen.ref.model import InfGen
+from infgen.runtime.cache import SizeCache
+from infgen.runtime.engine import InfGenEngine, auto_chain
+from infgen.runtime.torch_backend import TorchBackend
 
 CPU = torch.device("cpu")
 
@@ -207,7 +207,7 @@ def test_auto_on_cpu_is_torch_and_accepts_the_torch_sizes(tiny_model):
 def test_auto_passes_each_backend_only_its_options(tiny_model, monkeypatch):
     """With a chain of torch and a backend that fails to build, options go where they are taken and
     the failing backend is skipped with its reason; an option no backend takes is a TypeError."""
-    import runtime.engine as engine_mod
+    import infgen.runtime.engine as engine_mod
 
     class Broken:
         name = "broken"
@@ -227,8 +227,8 @@ def test_auto_passes_each_backend_only_its_options(tiny_model, monkeypatch):
 
 def test_tensorrt_covers_is_its_plans_profiles():
     """TrtBackend.covers on a plan (TensorRT itself cannot run here: the object is built bare)."""
-    from export.plan import make_plan
-    from runtime.trt_backend import TrtBackend
+    from infgen.export.plan import make_plan
+    from infgen.runtime.trt_backend import TrtBackend
     be = object.__new__(TrtBackend)
     be.plan = make_plan(256, 1024, batch=2, upscale=8, latent_channels=4)
     assert be.covers(1, 32, 32) and be.covers(2, 128, 40)
@@ -239,7 +239,7 @@ def test_tensorrt_covers_is_its_plans_profiles():
 
 def test_auto_chain_ends_at_the_first_backend_covering_every_size(tiny_model, monkeypatch):
     """tensorrt (partial coverage) then triton (covers all): torch is not built, no third weight copy."""
-    import runtime.engine as engine_mod
+    import infgen.runtime.engine as engine_mod
     built = []
 
     def fake(name, covers_all):
@@ -274,16 +274,16 @@ def test_auto_chain_ends_at_the_first_backend_covering_every_size(tiny_model, mo
 def chain_with_tensorrt(monkeypatch, tmp_path):
     """An engine on the CPU whose "auto" chain is the real auto_chain of a CUDA machine with
     TensorRT and Triton (both probes patched true), and whose TrtBackend runs its real __init__ ->
-    locate -> export.trt.engine_for up to the point of building (the CUDA device guard, the
+    locate -> infgen.export.trt.engine_for up to the point of building (the CUDA device guard, the
     device context, the TensorRT version and the GPU name are stood in; no TensorRT here)."""
     import contextlib
     import functools
 
-    import export.trt as trt_mod
-    import runtime.engine as engine_mod
-    import runtime.triton_backend as triton_mod
-    import runtime.trt_backend as trt_backend_mod
-    from runtime.trt_backend import TrtBackend
+    import infgen.export.trt as trt_mod
+    import infgen.runtime.engine as engine_mod
+    import infgen.runtime.triton_backend as triton_mod
+    import infgen.runtime.trt_backend as trt_backend_mod
+    from infgen.runtime.trt_backend import TrtBackend
 
     monkeypatch.setattr(trt_backend_mod, "tensorrt_available", lambda: True)
     monkeypatch.setattr(triton_mod, "triton_available", lambda device: True)  # CPU: Triton's interpreter
@@ -317,7 +317,7 @@ def test_auto_falls_back_when_the_tensorrt_engine_cannot_be_built(chain_with_ten
     elements (EngineUnbuildable from engine_for's volume check, before any build), or a TensorRT
     that is missing or too old (TensorRTMissing). auto skips it, says why, and the next backend
     (triton) is built and decodes; torch, after a backend covering every size, is not built."""
-    from export.plan import make_plan
+    from infgen.export.plan import make_plan
     trt_mod, options = chain_with_tensorrt
     if failure == "unbuildable":
         monkeypatch.setattr(trt_mod, "import_tensorrt", lambda: type("trt", (), {"__version__": "10.13.0.35"}))
@@ -329,7 +329,7 @@ def test_auto_falls_back_when_the_tensorrt_engine_cannot_be_built(chain_with_ten
             raise trt_mod.TensorRTMissing("TensorRT 10.3 is too old: the Python plugin API needs tensorrt >= 10.9")
         monkeypatch.setattr(trt_mod, "import_tensorrt", missing)
         expected = "TensorRTMissing: TensorRT 10.3 is too old"
-    with caplog.at_level("WARNING", logger="runtime.engine"):
+    with caplog.at_level("WARNING", logger="infgen.runtime.engine"):
         eng = InfGenEngine(tiny_model, backend="auto", device="cpu", **options)
     assert list(eng.skipped) == ["tensorrt"] and eng.skipped["tensorrt"].startswith(expected), eng.skipped
     assert "skipping tensorrt" in caplog.text and expected.split(": ")[1] in caplog.text
@@ -342,8 +342,8 @@ def test_auto_falls_back_when_the_tensorrt_engine_cannot_be_built(chain_with_ten
 def test_sizes_tensorrt_does_not_cover_go_to_the_next_backend(tiny_model):
     """A TrtBackend (built bare: no TensorRT here) whose plan covers outputs 256..512 at batch 1
     runs those; a size under min_res, over max_res or a batch over the plan's goes to torch."""
-    from export.plan import make_plan
-    from runtime.trt_backend import TrtBackend
+    from infgen.export.plan import make_plan
+    from infgen.runtime.trt_backend import TrtBackend
     trt = object.__new__(TrtBackend)
     trt.plan = make_plan(256, 512, ((256, 256),), batch=1, upscale=tiny_model.config.upscale,
                          latent_channels=tiny_model.config.latent_channels)

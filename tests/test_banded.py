@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infgen_ref.banded import (BandedOps, Normed, Upsampled, band_starts, conv2d_banded, group_stats,
+from infgen.ref.banded import (BandedOps, Normed, Upsampled, band_starts, conv2d_banded, group_stats,
                                norm_affine)
 
 CPU = torch.device("cpu")
@@ -68,9 +68,9 @@ def test_banded_ops_reject_bad_band_rows():
 
 
 # ----------------------------------------------------------------------------- the whole decode
-from infgen_ref import decode as D  # noqa: E402
-from infgen_ref.banded import banded_ops, tiled_norm_ops  # noqa: E402
-from infgen_ref.model import token_grid  # noqa: E402
+from infgen.ref import decode as D  # noqa: E402
+from infgen.ref.banded import banded_ops, tiled_norm_ops  # noqa: E402
+from infgen.ref.model import token_grid  # noqa: E402
 
 
 def _decode(model, ops, z, h, w):
@@ -114,8 +114,8 @@ def test_per_tile_group_norm_shifts_tone_and_banded_does_not():
     """Demo checkpoint, the bundled photo's latent, 4 x 4 tiles: per-tile GroupNorm statistics
     (a tiled decode) shift the tiles' mean tone; whole-image statistics in bands do not."""
     from PIL import Image
-    from infgen_ref import DEMO_CHECKPOINT
-    from runtime.engine import resolve_model
+    from infgen.ref import DEMO_CHECKPOINT
+    from infgen.runtime.engine import resolve_model
     model = resolve_model(str(DEMO_CHECKPOINT))
     im = torch.tensor(np.asarray(Image.open(DEMO_CHECKPOINT / "coffee.jpg").convert("RGB").resize((96, 96))))
     x = im.permute(2, 0, 1)[None].float() / 127.5 - 1
@@ -157,7 +157,7 @@ def test_cuda_banded_host_resident_equals_plain(tiny_model):
 def test_cuda_4k_banded_peak_under_24gb_as_predicted():
     """Paper preset, bf16, 4096^2 through the engine with a 24 GB budget: the plan is banded, and
     the measured peak (max_memory_allocated growth) is under 24 GB and within 20% of predicted."""
-    from runtime.engine import InfGenEngine
+    from infgen.runtime.engine import InfGenEngine
     eng = InfGenEngine("paper", device="cuda", dtype="bf16", max_memory="24GB")
     mode, rows, predicted = eng.plan(4096, 4096)
     assert mode == "banded", (mode, rows, predicted)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from export.onnx import cached_export, file_sha256, sidecar_path, verify_cached
-from runtime.engine import InfGenEngine
+from infgen.export.onnx import cached_export, file_sha256, sidecar_path, verify_cached
+from infgen.runtime.engine import InfGenEngine
 
 
 def foreign_onnx(path) -> None:

@@ -1,4 +1,4 @@
-"""`python -m runtime`: every subcommand, end to end, in process (main(argv)) and as a real process."""
+"""`python -m infgen.runtime`: every subcommand, end to end, in process (main(argv)) and as a real process."""
 import os
 import re
 import subprocess
@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from infgen_ref.weights import save_checkpoint
-from runtime.cli import demo as demo_mod
-from runtime.cli import main, options, parse_size
-from runtime.io import load_image, load_latent, save_latent
+from infgen.ref.weights import save_checkpoint
+from infgen.runtime.cli import demo as demo_mod
+from infgen.runtime.cli import main, options, parse_size
+from infgen.runtime.io import load_image, load_latent, save_latent
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_every_subcommand_has_help(cmd, capsys):
         main([cmd, "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"usage: python -m runtime {cmd}")
+    assert out.startswith(f"usage: python -m infgen.runtime {cmd}")
     assert ("--checkpoint" in out) == (cmd != "client")  # the client decodes with the server's model
 
 
@@ -211,12 +211,12 @@ def test_demo_uses_bundled_checkpoint(tiny_model, tmp_path, monkeypatch):
 def test_python_dash_m_runtime_in_a_fresh_process(tmp_path):
     """The real entry point, with cwd = the repository root, as a user runs it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "runtime", "demo", "--preset", "tiny", "--out-dir", str(tmp_path),
+    r = subprocess.run([sys.executable, "-m", "infgen.runtime", "demo", "--preset", "tiny", "--out-dir", str(tmp_path),
                         "--size", "32x24"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "weights are random" in r.stdout and (tmp_path / "decoded_32x24.png").is_file()
     z = save_latent(torch.randn(4, 4, 4), tmp_path / "z.npy")
-    r = subprocess.run([sys.executable, "-m", "runtime", "decode", str(z), "--size", "0x8"],
+    r = subprocess.run([sys.executable, "-m", "infgen.runtime", "decode", str(z), "--size", "0x8"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == "error: width must be 8..8192, got 0"

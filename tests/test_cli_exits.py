@@ -6,10 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from export import onnx as export_onnx
-from export import trt as export_trt
-from runtime.cli import main as runtime_main
-from train import trainer
+from infgen.export import onnx as export_onnx
+from infgen.export import trt as export_trt
+from infgen.runtime.cli import main as runtime_main
+from infgen.train import trainer
 
 MISSING = "/nonexistent/infgen-checkpoint"
 
@@ -36,7 +36,7 @@ def test_runtime_commands_missing_checkpoint(tmp_path, capsys, argv):
 def test_profile_out_being_a_file_fails_before_profiling(tmp_path, capsys, monkeypatch):
     out = tmp_path / "taken"
     out.write_text("x")
-    import runtime.cli.profile_measure as pm
+    import infgen.runtime.cli.profile_measure as pm
 
     def never(*a, **k):
         raise AssertionError("profiled before checking --out")
@@ -69,7 +69,7 @@ def test_export_onnx_user_errors(tmp_path, capsys, monkeypatch, extra, match):
 
 
 def test_export_onnx_library_refuses_other_opsets(tmp_path):
-    from runtime.engine import resolve_model
+    from infgen.runtime.engine import resolve_model
     with pytest.raises(ValueError, match="opset must be 22.*got 5"):
         export_onnx.export_onnx(resolve_model("tiny"), tmp_path / "m.onnx", opset=5)
     assert not (tmp_path / "m.onnx").exists()
@@ -100,7 +100,7 @@ def test_train_user_errors(tmp_path, capsys, monkeypatch, extra, match):
     assert match in one_error_line(capsys, trainer.main(argv))
 
 
-@pytest.mark.parametrize("module,argv", [("export.onnx", ["--preset", "tiny", "--opset", "5"]),
+@pytest.mark.parametrize("module,argv", [("infgen.export.onnx", ["--preset", "tiny", "--opset", "5"]),
                                          ("train", ["--out", "/dev/null/x"])])
 def test_as_a_process_no_traceback(module, argv):
     r = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=120)

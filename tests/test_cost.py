@@ -4,10 +4,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from infgen_ref.config import preset
-from infgen_ref.cost import H100_BF16_FLOPS, STAGES, decode_flops, floor_seconds
-from infgen_ref.model import InfGen, token_grid
-from runtime.torch_backend import TorchBackend
+from infgen.ref.config import preset
+from infgen.ref.cost import H100_BF16_FLOPS, STAGES, decode_flops, floor_seconds
+from infgen.ref.model import InfGen, token_grid
+from infgen.runtime.torch_backend import TorchBackend
 
 # DESIGN.md, "Cost model": output side -> TFLOP (total, up-block convs, cross-attention blocks,
 # VAE-decoder part) and the H100 floor in ms (the table rounds it to two or three digits).

@@ -1,4 +1,4 @@
-"""infgen_ref.decode: the decode written once over an op table; imports point one way."""
+"""infgen.ref.decode: the decode written once over an op table; imports point one way."""
 import ast
 import dataclasses
 from pathlib import Path
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infgen_ref.decode import (STAGES, TORCH_OPS, Ops, decode_grid, mask_and_q0, stage_fns, tokens,
+from infgen.ref.decode import (STAGES, TORCH_OPS, Ops, decode_grid, mask_and_q0, stage_fns, tokens,
                                upsample_nearest2x)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +46,8 @@ def test_every_conv_and_norm_of_the_decode_goes_through_the_ops_once(tiny_model)
 
 def test_an_op_table_changes_the_decode():
     """The functions really run the table's ops: a conv2d that returns zeros zeroes the image."""
-    from infgen_ref.config import preset
-    from infgen_ref.model import InfGen
+    from infgen.ref.config import preset
+    from infgen.ref.model import InfGen
     torch.manual_seed(0)
     m = InfGen(preset("tiny")).eval()
     zero = dataclasses.replace(TORCH_OPS, conv2d=lambda conv, x: torch.zeros_like(conv(x)))
@@ -118,10 +118,19 @@ def imported_packages(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            names |= {folder_of(a.name) for a in node.names}
         elif isinstance(node, ast.ImportFrom):
-            names.add(path.parent.name if node.level else (node.module or "").split(".")[0])
+            names.add(path.parent.name if node.level else folder_of(node.module or ""))
     return names
+
+
+def folder_of(module: str) -> str:
+    """The repository folder (or third-party top-level name) a module lives in: infgen.ref.x -> infgen_ref,
+    infgen.runtime.cli -> runtime, os.path -> os."""
+    parts = module.split(".")
+    if parts[0] == "infgen" and len(parts) > 1:
+        return {"ref": "infgen_ref"}.get(parts[1], parts[1])
+    return parts[0]
 
 
 @pytest.mark.parametrize("i", range(len(LAYERS)))
@@ -138,5 +147,6 @@ def test_import_checker_sees_imports_inside_functions(tmp_path):
     """The checker is not blind to lazy imports (the ones most likely to go the wrong way)."""
     f = tmp_path / "pkg" / "m.py"
     f.parent.mkdir()
-    f.write_text("import os\ndef g():\n    from runtime.engine import InfGenEngine\n    from . import x\n")
-    assert imported_packages(f) == {"os", "runtime", "pkg"}
+    f.write_text("import os\ndef g():\n    from infgen.runtime.engine import InfGenEngine\n    from . import x\n"
+                 "    import infgen.ref.model\n")
+    assert imported_packages(f) == {"os", "runtime", "pkg", "infgen_ref"}

@@ -1,4 +1,4 @@
-"""`python -m runtime demo` (runtime/cli/demo.py) on the shipped demo checkpoint: pictures written,
+"""`python -m infgen.runtime demo` (runtime/cli/demo.py) on the shipped demo checkpoint: pictures written,
 metrics finite, dtypes finite; its --held-out and --fidelity options."""
 import json
 import math
@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from infgen_ref.weights import load_checkpoint
-from runtime.cli import main
-from runtime.cli.demo import DEMO_PHOTO, fidelity, held_out_table, run_demo
-from runtime.cli.options import DEMO_CHECKPOINT as DEMO_DIR
+from infgen.ref.weights import load_checkpoint
+from infgen.runtime.cli import main
+from infgen.runtime.cli.demo import DEMO_PHOTO, fidelity, held_out_table, run_demo
+from infgen.runtime.cli.options import DEMO_CHECKPOINT as DEMO_DIR
 
 
 def test_shipped_demo_assets():
@@ -71,9 +71,9 @@ def test_held_out_table_rows():
 
 
 def test_cli_held_out_and_fidelity(tmp_path, capsys, monkeypatch):
-    """`python -m runtime demo --held-out --fidelity`: both tables after the demo table, sizes passed as (h, w).
+    """`python -m infgen.runtime demo --held-out --fidelity`: both tables after the demo table, sizes passed as (h, w).
     The two table functions are stood in for here (they are tested above); this checks the wiring."""
-    import runtime.cli.demo as demo_mod
+    import infgen.runtime.cli.demo as demo_mod
     calls = {}
 
     def fake_held_out(ckpt, device):

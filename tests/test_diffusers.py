@@ -18,9 +18,9 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_outputs import AutoencoderKLOutput  # noqa: E402
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline  # noqa: E402
 
-from infgen_ref import DEMO_CHECKPOINT  # noqa: E402
-from runtime.diffusers_vae import InfGenVAE, diffusers_api  # noqa: E402
-from runtime.engine import InfGenEngine  # noqa: E402
+from infgen.ref import DEMO_CHECKPOINT  # noqa: E402
+from infgen.runtime.diffusers_vae import InfGenVAE, diffusers_api  # noqa: E402
+from infgen.runtime.engine import InfGenEngine  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_pipeline_sees_the_adapter_as_a_component(dit_pipe, engine):
     vae = InfGenVAE(engine)
     dit_pipe.vae = vae
     assert dit_pipe.components["vae"] is vae
-    assert dit_pipe.config.vae == ("runtime.diffusers_vae", "InfGenVAE")
+    assert dit_pipe.config.vae == ("infgen.runtime.diffusers_vae", "InfGenVAE")
     assert dit_pipe.device == torch.device("cpu")
     assert dit_pipe.to("cpu") is dit_pipe  # pipe.to reaches vae.to(device, dtype) and passes
 
@@ -263,7 +263,7 @@ def test_bad_latent_and_engine(engine):
 
 
 def test_runtime_does_not_import_diffusers():
-    code = "import sys, runtime, runtime.diffusers_vae; assert 'diffusers' not in sys.modules, 'imported'"
+    code = "import sys, runtime, infgen.runtime.diffusers_vae; assert 'diffusers' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -359,7 +359,7 @@ def test_docs_demo_snippet_runs_as_written(tmp_path, monkeypatch):
     from pathlib import Path
     from PIL import Image
     text = (Path(__file__).parent.parent / "docs" / "diffusers.md").read_text()
-    block = next(b for b in text.split("```python\n")[1:] if "from infgen_ref import DEMO_CHECKPOINT" in b).split("```")[0]
+    block = next(b for b in text.split("```python\n")[1:] if "from infgen.ref import DEMO_CHECKPOINT" in b).split("```")[0]
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "docs/diffusers.md", "exec"), {})
     out = tmp_path / "coffee_1152x768.png"

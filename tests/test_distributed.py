@@ -6,7 +6,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from runtime import distributed as D
+from infgen.runtime import distributed as D
 
 
 def _shard(x, world, rank, scale=1):
@@ -58,16 +58,16 @@ def test_sharded_ops_equal_single_process(world, H):
 
 
 def _decode_worker(h, w, z):
-    from runtime.engine import resolve_model
+    from infgen.runtime.engine import resolve_model
     return D.decode_distributed(resolve_model("tiny"), z, h, w)
 
 
 @pytest.mark.parametrize("world,h,w", [(2, 72, 40), (3, 56, 33)])
 def test_distributed_decode_equals_single_process(world, h, w):
     """Odd row splits (9 rows over 2 ranks, 7 over 3), batch 2: rank 0's image == the plain decode."""
-    from infgen_ref import decode as Dec
-    from infgen_ref.model import token_grid
-    from runtime.engine import resolve_model
+    from infgen.ref import decode as Dec
+    from infgen.ref.model import token_grid
+    from infgen.runtime.engine import resolve_model
     torch.manual_seed(world)
     z = torch.randn(2, 4, 5, 6)
     res = D.launch(_decode_worker, world, h, w, z, timeout=180)
@@ -80,7 +80,7 @@ def test_distributed_decode_equals_single_process(world, h, w):
 
 
 def test_torchrun_entry_point_writes_the_plain_decode(tmp_path):
-    """torchrun --nproc-per-node 2 -m runtime.distributed: rank 0 writes the same PNG as the engine."""
+    """torchrun --nproc-per-node 2 -m infgen.runtime.distributed: rank 0 writes the same PNG as the engine."""
     import os
     import subprocess
     import sys
@@ -88,10 +88,10 @@ def test_torchrun_entry_point_writes_the_plain_decode(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from runtime.engine import InfGenEngine
+    from infgen.runtime.engine import InfGenEngine
     z = np.random.default_rng(3).standard_normal((4, 8, 8)).astype("float32")
     np.save(tmp_path / "z.npy", z)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "runtime.distributed",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "infgen.runtime.distributed",
            str(tmp_path / "z.npy"), "--size", "40x56", "--model", "tiny", "--out", str(tmp_path / "d.png")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from infgen_ref.weights import CheckpointError, save_checkpoint
-from runtime.engine import InfGenEngine
+from infgen.ref.weights import CheckpointError, save_checkpoint
+from infgen.runtime.engine import InfGenEngine
 
 from conftest import rel_err
 

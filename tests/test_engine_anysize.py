@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.engine import InfGenEngine
+from infgen.runtime.engine import InfGenEngine
 
 
 def test_auto_bands_past_the_budget_and_matches_plain():
@@ -39,7 +39,7 @@ def test_bad_options_name_the_value(kw, match):
 
 
 def test_cli_info_prints_the_plan_and_decode_takes_max_memory(tmp_path, capsys):
-    from runtime.cli import main
+    from infgen.runtime.cli import main
     assert main(["info", "--preset", "paper", "--size", "4096x4096", "--max-memory", "24GB"]) == 0
     out = capsys.readouterr().out
     assert "triton bfloat16 (CUDA) plain    25.77 GB  banded    17.60 GB  -> banded, 64 rows per band" in out

@@ -6,11 +6,11 @@ import onnx
 import pytest
 import torch
 
-from export.onnx import (DYNAMIC_DIMS, PLUGIN_DOMAIN, PLUGIN_OP, ExportDecode, cached_export, export_onnx,
+from infgen.export.onnx import (DYNAMIC_DIMS, PLUGIN_DOMAIN, PLUGIN_OP, ExportDecode, cached_export, export_onnx,
                          model_digest, with_reference_attention)
-from export.plan import make_plan
-from runtime.engine import InfGenEngine
-from runtime.ort_backend import OrtBackend
+from infgen.export.plan import make_plan
+from infgen.runtime.engine import InfGenEngine
+from infgen.runtime.ort_backend import OrtBackend
 
 ATOL = 1e-4
 # A small plan for the tiny preset: outputs 16..200 px, batch 1..2, latents 4..16.
@@ -133,8 +133,8 @@ def test_tensorrt_flavour_numerics_with_reference_attention(tiny_model, exported
 
 def test_export_leaves_the_callers_model_untouched(tmp_path):
     """Exporting in fp16 copies the weights: the caller's module keeps dtype and values."""
-    from infgen_ref.config import preset
-    from infgen_ref.model import InfGen
+    from infgen.ref.config import preset
+    from infgen.ref.model import InfGen
     torch.manual_seed(0)
     m = InfGen(preset("tiny")).eval()
     before = {k: v.clone() for k, v in m.state_dict().items()}
@@ -197,7 +197,7 @@ def test_tensorrt_flavour_has_no_double_and_keeps_rewrites_only_where_needed(exp
     assert no_double(ort_graph), "the reference graph carries INPE's float64 coordinates"
     assert no_double(onnx.load(str(exported[1]))) == []
     torch.manual_seed(0)
-    from infgen_ref.model import InfGen
+    from infgen.ref.model import InfGen
     bf16 = onnx.load(str(export_onnx(InfGen(tiny_cfg).eval(), tmp_path / "bf16_trt.onnx", "bf16", "tensorrt")))
     ops = {n.op_type for n in bf16.graph.node}
     assert no_double(bf16) == []

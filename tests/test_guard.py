@@ -5,10 +5,10 @@ import time
 import pytest
 import torch
 
-from infgen_ref.config import preset
-from infgen_ref.memory import predict_peak
-from runtime.anysize import MemoryBudgetError
-from runtime.engine import InfGenEngine
+from infgen.ref.config import preset
+from infgen.ref.memory import predict_peak
+from infgen.runtime.anysize import MemoryBudgetError
+from infgen.runtime.engine import InfGenEngine
 
 CFG = preset("tiny")
 

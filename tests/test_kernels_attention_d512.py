@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.attention import attention_ref, flash_attention
-from kernels.attention_d512 import (HEAD_DIM, RUNTIME_CONFIG, SHARED_LIMIT, SWEEP_CONFIGS, D512Config,
+from infgen.kernels.attention import attention_ref, flash_attention
+from infgen.kernels.attention_d512 import (HEAD_DIM, RUNTIME_CONFIG, SHARED_LIMIT, SWEEP_CONFIGS, D512Config,
                                     compile_d512, d512_applies, d512_unsupported_reason, flash_attention_d512,
                                     gluon_interpreted, score_work)
 
@@ -29,9 +29,9 @@ ATOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 @pytest.fixture(scope="session")
 def compiled_rows():
     """static_checks rows of the runtime and sweep configurations, bf16 and fp16, from `python -m
-    kernels.attention_d512 --json` run without TRITON_INTERPRET."""
+    infgen.kernels.attention_d512 --json` run without TRITON_INTERPRET."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "kernels.attention_d512", "--configs", "runtime", "sweep", "--json"],
+    proc = subprocess.run([sys.executable, "-m", "infgen.kernels.attention_d512", "--configs", "runtime", "sweep", "--json"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(proc.stdout)
@@ -237,7 +237,7 @@ def test_cuda_ablations_compute_what_they_keep():
 def test_cuda_q_prescaled_matches_scaled_softmax(dtype):
     """q * scale * log2(e) with q_prescaled=True (what the triton backend passes) computes
     softmax(q k^T * scale) v: the Q_PRESCALED variant drops the multiply, not the scale."""
-    from kernels.attention import LN2, LOG2E
+    from infgen.kernels.attention import LN2, LOG2E
     torch.manual_seed(17)
     q, k, v = (torch.randn(2, 1, 1031, HEAD_DIM, device="cuda", dtype=dtype) for _ in range(3))
     scale = 1 / math.sqrt(HEAD_DIM)

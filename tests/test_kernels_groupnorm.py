@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kernels.groupnorm import group_norm_silu, group_norm_silu_ref
+from infgen.kernels.groupnorm import group_norm_silu, group_norm_silu_ref
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}

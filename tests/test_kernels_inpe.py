@@ -4,8 +4,8 @@ import copy
 import pytest
 import torch
 
-from infgen_ref.inpe import INPE
-from kernels.inpe import inpe_embed, inpe_embed_ref, inpe_module
+from infgen.ref.inpe import INPE
+from infgen.kernels.inpe import inpe_embed, inpe_embed_ref, inpe_module
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}

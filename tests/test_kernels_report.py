@@ -1,4 +1,4 @@
-"""The sm_90a compile report (kernels.report): every configuration the runtime picks, at every dtype
+"""The sm_90a compile report (infgen.kernels.report): every configuration the runtime picks, at every dtype
 the engine accepts, compiles for Hopper, fits, has no spill stores and (attention) uses HGMMA; the
 benchmark sweeps list only configurations that fit. Compiles run without a GPU, in a subprocess:
 tests/conftest.py sets TRITON_INTERPRET=1, under which kernels cannot be compiled."""
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import report
-from kernels.attention import CUDA_CONFIGS, SWEEP_CONFIGS, uses_kernel
-from kernels.attention_d512 import RUNTIME_CONFIGS as D512_RUNTIME, SWEEP_CONFIGS as D512_SWEEP
+from infgen.kernels import report
+from infgen.kernels.attention import CUDA_CONFIGS, SWEEP_CONFIGS, uses_kernel
+from infgen.kernels.attention_d512 import RUNTIME_CONFIGS as D512_RUNTIME, SWEEP_CONFIGS as D512_SWEEP
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def compiled(tmp_path_factory):
     """One report run over the default entries (runtime, sweep, plugin; a few minutes on 2 shared cores)."""
     out = tmp_path_factory.mktemp("report")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "kernels.report", "--out", str(out), "--jobs", "2",
+    proc = subprocess.run([sys.executable, "-m", "infgen.kernels.report", "--out", str(out), "--jobs", "2",
                            "--check"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     data = json.loads((out / "compile_report.json").read_text())
@@ -123,8 +123,8 @@ def test_blocks_per_sm_counts_registers_shared_memory_and_warps():
 def test_a_failing_entry_is_a_row_saying_why():
     """The report records a compile failure instead of stopping (here: a kernel imported under
     the interpreter cannot be compiled, and says so)."""
-    from kernels.attention import attn_fwd_kernel
-    from kernels.common import Launch
+    from infgen.kernels.attention import attn_fwd_kernel
+    from infgen.kernels.common import Launch
 
     def fails():
         return report.compile_launch(Launch(attn_fwd_kernel, (1,), {}, {}))
@@ -138,6 +138,6 @@ def test_a_failing_entry_is_a_row_saying_why():
 
 def test_the_report_refuses_to_run_under_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "kernels.report", "--used-by", "option", "--out", "unused"],
+    proc = subprocess.run([sys.executable, "-m", "infgen.kernels.report", "--used-by", "option", "--out", "unused"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "TRITON_INTERPRET is set" in proc.stderr

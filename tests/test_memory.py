@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from infgen_ref.config import preset
-from infgen_ref.memory import parse_bytes, plan, predict_peak
+from infgen.ref.config import preset
+from infgen.ref.memory import parse_bytes, plan, predict_peak
 
 
 @pytest.mark.parametrize("mode,size,rows", [("plain", 512, None), ("banded", 512, None), ("banded", 384, 8)])

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from infgen_ref.inpe import INPE, grid_coords
-from infgen_ref.model import token_grid
+from infgen.ref.inpe import INPE, grid_coords
+from infgen.ref.model import token_grid
 
 from conftest import rel_err
 
@@ -170,7 +170,7 @@ def test_extrapolate_rejects_bad_step(tiny_model, z):
 
 def test_parse_size_is_width_by_height_everywhere():
     """One parser for every tool: 'WIDTHxHEIGHT' or 'N' -> (height, width)."""
-    from infgen_ref.config import parse_size
+    from infgen.ref.config import parse_size
     assert parse_size("3840x2160") == (2160, 3840)
     assert parse_size(" 512 X 288 ") == (288, 512)
     assert parse_size("64") == (64, 64)

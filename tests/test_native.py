@@ -1,5 +1,5 @@
 """The Python side of the native build (no compiler, GPU or TensorRT needed): native/aot.py's
-signatures against the real kernels, its PTX and C-table helpers, export.trt --plugin-lib, and
+signatures against the real kernels, its PTX and C-table helpers, infgen.export.trt --plugin-lib, and
 the Triton model repository example against the export spec. The library itself is tested by
 ctest (CMakeLists.txt: native/tests/)."""
 import re
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from export.onnx import DYNAMIC_DIMS, INPUTS, OUTPUTS
-from export.plan import DEFAULT_OPT_SIZES, make_plan, trtexec_command
-from export.trt import main as trt_main
-from native import aot
+from infgen.export.onnx import DYNAMIC_DIMS, INPUTS, OUTPUTS
+from infgen.export.plan import DEFAULT_OPT_SIZES, make_plan, trtexec_command
+from infgen.export.trt import main as trt_main
+from infgen.native import aot
 
 ROOT = Path(__file__).resolve().parents[1]
 C_SOURCE = (ROOT / "native" / "src" / "infgen_kernels.c").read_text()
@@ -38,7 +38,7 @@ def test_variant_signatures_match_the_kernels_and_the_c_launcher(v):
 
 def test_attention_tiles_come_from_pick_config():
     import torch
-    from kernels.attention import pick_config
+    from infgen.kernels.attention import pick_config
     for v in aot.variants():
         if v.kind == "attention":
             assert (*v.tile, v.num_warps, v.num_stages) == pick_config(v.dim, torch.device("cuda"))

@@ -4,10 +4,10 @@ import re
 
 import pytest
 
-from infgen_ref.config import DTYPES, PRESETS
-from infgen_ref.options import SHARED_FLAGS
-from runtime.cli import build_parser, main
-from runtime.engine import BACKENDS
+from infgen.ref.config import DTYPES, PRESETS
+from infgen.ref.options import SHARED_FLAGS
+from infgen.runtime.cli import build_parser, main
+from infgen.runtime.engine import BACKENDS
 
 MODEL = {"--preset", "--checkpoint", "--backend", "--device", "--dtype"}
 # tool -> the shared flags it has; everything else must be absent
@@ -20,14 +20,14 @@ EXPECTED = {
     "serve": MODEL,
     "client": {"--size"},  # the server's model decodes
     "loadtest": {"--size", *MODEL},
-    "export.onnx": {"--preset", "--checkpoint", "--dtype"},
-    "export.trt": {"--preset", "--checkpoint", "--dtype"},
+    "infgen.export.onnx": {"--preset", "--checkpoint", "--dtype"},
+    "infgen.export.trt": {"--preset", "--checkpoint", "--dtype"},
 }
 CHOICES = {"--preset": sorted(PRESETS), "--backend": list(BACKENDS), "--dtype": sorted(DTYPES)}
 
 
 def help_text(tool: str, capsys) -> str:
-    if tool.startswith("export."):
+    if tool.startswith("infgen.export."):
         import importlib
         entry = importlib.import_module(tool).main
         argv = ["--help"]
@@ -53,8 +53,8 @@ def test_help_lists_the_shared_flags_with_the_same_choices(tool, capsys):
 
 
 def test_the_standalone_entry_points_have_the_same_flags(capsys):
-    """`infgen-serve`, `infgen-profile`, ...: the same modules' parsers as `python -m runtime COMMAND`."""
-    from runtime.cli import tool
+    """`infgen-serve`, `infgen-profile`, ...: the same modules' parsers as `python -m infgen.runtime COMMAND`."""
+    from infgen.runtime.cli import tool
     for command in ("decode", "profile", "serve", "client"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
@@ -104,27 +104,32 @@ def test_entry_points_resolve_and_packages_are_listed():
     root = Path(__file__).resolve().parents[1]
     meta = tomllib.loads((root / "pyproject.toml").read_text())
     scripts = meta["project"]["scripts"]
-    assert scripts["infgen"] == "runtime.cli:main"
+    assert scripts["infgen"] == "infgen.runtime.cli:main"
     for name, target in scripts.items():
         mod, func = target.split(":")
         assert callable(getattr(importlib.import_module(mod), func)), name
-    packages = {str(p.parent.relative_to(root)).replace("/", ".") for top in ("infgen_ref", "kernels", "export",
-                                                                              "runtime", "train")
-                for p in (root / top).rglob("__init__.py")}
+    # every folder of Python files under a mapped folder is listed, under the one `infgen` namespace
+    package_dir = meta["tool"]["setuptools"]["package-dir"]
+    tops = {name: folder for name, folder in package_dir.items() if name.count(".") == 1}
+    assert set(tops) == {"infgen.ref", "infgen.kernels", "infgen.export", "infgen.runtime", "infgen.train",
+                         "infgen.native"}
+    packages = {".".join([name, *p.parent.relative_to(root / folder).parts])
+                for name, folder in tops.items() for p in (root / folder).rglob("*.py")
+                if "tests" not in p.relative_to(root / folder).parts}
     assert set(meta["tool"]["setuptools"]["packages"]) == packages
     assert "xformers" not in meta["project"]["optional-dependencies"]
 
 
 def test_library_and_applications_are_apart():
-    """The library (runtime.engine, backends, io, serving) imports neither runtime.cli nor train/;
+    """The library (infgen.runtime.engine, backends, io, serving) imports neither infgen.runtime.cli nor train/;
     the old application modules are gone."""
     import subprocess
     import sys
     from pathlib import Path
-    code = ("import sys, runtime, runtime.engine, runtime.io, runtime.serving, runtime.ort_backend, "
-            "runtime.trt_backend, runtime.triton_backend, infgen_ref.model, infgen_ref.weights, export.onnx, "
-            "export.trt; "
-            "bad = sorted(m for m in sys.modules if m.startswith('runtime.cli') or m.split('.')[0] == 'train'); "
+    code = ("import sys, runtime, infgen.runtime.engine, infgen.runtime.io, infgen.runtime.serving, infgen.runtime.ort_backend, "
+            "infgen.runtime.trt_backend, infgen.runtime.triton_backend, infgen.ref.model, infgen.ref.weights, infgen.export.onnx, "
+            "infgen.export.trt; "
+            "bad = sorted(m for m in sys.modules if m.startswith('infgen.runtime.cli') or m.split('.')[0] == 'train'); "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
                        text=True, timeout=300)

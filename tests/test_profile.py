@@ -1,4 +1,4 @@
-"""`python -m runtime profile` (runtime/cli/profiler.py, profile_measure.py, profile_report.py) on the CPU
+"""`python -m infgen.runtime profile` (runtime/cli/profiler.py, profile_measure.py, profile_report.py) on the CPU
 with the tiny preset: outputs, the cost split, failing rows, JSON after every row, no optional packages."""
 import argparse
 import contextlib
@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from infgen_ref.cost import decode_flops
-from runtime.cli import main
-from runtime.cli import profile_measure as prof
-from runtime.cli import profile_report as report_mod
-from runtime.cli.options import size_type
-from runtime.engine import InfGenEngine
+from infgen.ref.cost import decode_flops
+from infgen.runtime.cli import main
+from infgen.runtime.cli import profile_measure as prof
+from infgen.runtime.cli import profile_report as report_mod
+from infgen.runtime.cli.options import size_type
+from infgen.runtime.engine import InfGenEngine
 
 SIZES = ["128x128", "192x128"]  # WIDTHxHEIGHT; tiny decodes in ~50-100 ms on one core
 

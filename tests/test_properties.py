@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from infgen_ref.config import MAX_PARAMS, InfGenConfig, param_count
-from infgen_ref.model import InfGen, check_image
-from runtime.engine import InfGenEngine
+from infgen.ref.config import MAX_PARAMS, InfGenConfig, param_count
+from infgen.ref.model import InfGen, check_image
+from infgen.runtime.engine import InfGenEngine
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings, strategies as st  # noqa: E402

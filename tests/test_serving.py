@@ -2,7 +2,7 @@
 
 The model-function tests run everywhere. The server tests need the `.[serve]` extra, whose
 nvidia-pytriton pins numpy<2: `.ci/run` runs this file again in a venv that has it. They start
-one real server (`python -m runtime serve --preset tiny` on loopback ports) for the module.
+one real server (`python -m infgen.runtime serve --preset tiny` on loopback ports) for the module.
 
 Equality: a request decoded alone on the server equals a local decode of the same latent
 exactly. When the batcher or the model function puts several requests into one decode, the
@@ -30,8 +30,8 @@ import pytest
 import torch
 from PIL import Image
 
-from runtime import InfGenEngine
-from runtime.serving import InfGenModel, Limits, check_request, libpython_on_library_path
+from infgen.runtime import InfGenEngine
+from infgen.runtime.serving import InfGenModel, Limits, check_request, libpython_on_library_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_SKIP = ("needs the .[serve] extra (nvidia-pytriton, which pins numpy<2); .ci/run runs these tests in a "
@@ -199,7 +199,7 @@ def test_libpython_directory_leads_ld_library_path_only_while_starting(monkeypat
 
 
 def test_serve_user_error_is_one_line_and_exit_2(capsys):
-    from runtime.cli import serve
+    from infgen.runtime.cli import serve
     assert serve.main(["--max-batch", "4", "--preferred-batch-sizes", "2", "8"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: preferred batch sizes must be 1..max_batch (4), got [8]"
@@ -225,11 +225,11 @@ def server(tmp_path_factory):
     pytest.importorskip("tritonclient.http", reason=SERVE_SKIP)
     if int(np.__version__.split(".")[0]) >= 2:
         pytest.skip(f"{SERVE_SKIP}; this environment has numpy {np.__version__}")
-    from runtime.serving import InfGenClient
+    from infgen.runtime.serving import InfGenClient
     http, grpc, metrics = free_ports(3)
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # same threads: same float sums
-    cmd = [sys.executable, "-m", "runtime", "serve", "--preset", "tiny", "--http-port", str(http), "--grpc-port",
+    cmd = [sys.executable, "-m", "infgen.runtime", "serve", "--preset", "tiny", "--http-port", str(http), "--grpc-port",
            str(grpc), "--metrics-port", str(metrics), "--max-batch", str(MAX_BATCH), "--max-pixels", str(MAX_PIXELS)]
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -253,7 +253,7 @@ def server(tmp_path_factory):
 
 
 def client(server, protocol="http"):
-    from runtime.serving import InfGenClient
+    from infgen.runtime.serving import InfGenClient
     return InfGenClient(server[protocol], protocol=protocol, timeout_s=120)
 
 
@@ -276,7 +276,7 @@ def test_server_logs_the_backend_dtype_and_device_it_loaded(server):
 def test_cli_client_writes_the_direct_decode(server, engine, tmp_path):
     z = latent(8, b=2)
     np.save(tmp_path / "z.npy", z)
-    proc = subprocess.run([sys.executable, "-m", "runtime", "client", str(tmp_path / "z.npy"), "--size", "60x44",
+    proc = subprocess.run([sys.executable, "-m", "infgen.runtime", "client", str(tmp_path / "z.npy"), "--size", "60x44",
                            "-o", str(tmp_path / "out.png"), "--url", server["http"]],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -355,7 +355,7 @@ def test_server_answers_a_bad_request_with_its_error_and_keeps_serving(server, e
 
 
 def test_client_error_is_the_reason_line(server):
-    from runtime.serving import ServerError
+    from infgen.runtime.serving import ServerError
     with client(server) as c, pytest.raises(ServerError, match=r"^width must be 8..2048, got 5000$"):
         c.decode(latent(0), 64, 5000)
 
@@ -396,7 +396,7 @@ def test_health_readiness_and_metrics_are_tritons_endpoints(server):
 def test_loadtest_runs_locust_against_the_server(server, tmp_path):
     pytest.importorskip("locust", reason=SERVE_SKIP)
     out = tmp_path / "lt.json"
-    proc = subprocess.run([sys.executable, "-m", "runtime", "loadtest", "--url", server["http"], "--preset", "tiny",
+    proc = subprocess.run([sys.executable, "-m", "infgen.runtime", "loadtest", "--url", server["http"], "--preset", "tiny",
                            "--size", "64x64", "--users", "2", "--run-time", "2", "--repeats", "1", "--latent-grid",
                            "8", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -5,8 +5,8 @@ import threading
 import pytest
 import torch
 
-from runtime.cache import SizeCache
-from runtime.engine import InfGenEngine
+from infgen.runtime.cache import SizeCache
+from infgen.runtime.engine import InfGenEngine
 
 SIZES = [(40, 56), (64, 64), (24, 80), (56, 40)]  # (h, w): four token grids, one cache slot
 
@@ -71,7 +71,7 @@ def test_size_cache_makes_each_key_once_under_contention():
 def test_cuda_graph_replays_under_threads_each_get_their_own_image():
     """One captured graph per shape, shared by all threads (cache_size=1 also forces recaptures
     across two shapes): each thread's image equals the eager decode of its own latent."""
-    from runtime.triton_backend import triton_available
+    from infgen.runtime.triton_backend import triton_available
     if not triton_available(torch.device("cuda")):
         pytest.skip("triton unavailable")
     torch.manual_seed(0)

@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from infgen_ref.decode import TORCH_OPS, tokens
-from infgen_ref.data import HELD_OUT, TRAIN_PHOTOS, photo_paths
-from train.data import generated_image
-from train.trainer import CropSampler, Trainer, decode_window, parse_args, positional_warm_start
-from infgen_ref.weights import load_checkpoint
+from infgen.ref.decode import TORCH_OPS, tokens
+from infgen.ref.data import HELD_OUT, TRAIN_PHOTOS, photo_paths
+from infgen.train.data import generated_image
+from infgen.train.trainer import CropSampler, Trainer, decode_window, parse_args, positional_warm_start
+from infgen.ref.weights import load_checkpoint
 
 
 def _images(n=3, size=64):
@@ -69,8 +69,8 @@ def test_decode_window_matches_full_grid_tokens(tiny_model):
 
 
 def test_positional_warm_start_learns_lookup_and_touches_only_its_layers():
-    from infgen_ref.config import preset
-    from infgen_ref.model import InfGen
+    from infgen.ref.config import preset
+    from infgen.ref.model import InfGen
     torch.manual_seed(0)
     m = InfGen(preset("tiny"))
     before = {k: v.clone() for k, v in m.state_dict().items()}
@@ -193,12 +193,12 @@ def test_training_data_offline_and_held_out():
 
 
 def test_python_dash_m_train(tmp_path):
-    """The trainer's entry point beside infgen_ref: `python -m train`, a few steps end to end."""
+    """The trainer's entry point beside infgen_ref: `python -m infgen.train`, a few steps end to end."""
     import subprocess
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, "-m", "train", "--preset", "tiny", "--out", str(tmp_path), "--batch-size", "1",
+    r = subprocess.run([sys.executable, "-m", "infgen.train", "--preset", "tiny", "--out", str(tmp_path), "--batch-size", "1",
                         "--grid-min", "3", "--grid-max", "3", "--window", "3", "--max-scale", "2", "--warmup", "1",
                         "--stage1-steps", "1", "--stage2-steps", "1", "--warm-start-steps", "0", "--num-generated", "2",
                         "--quiet", "--threads", "1"], cwd=root, capture_output=True, text=True, timeout=600)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from train.data import generated_image
-from train.photos import folder_photos, image_files, load_pyramid
-from train.trainer import CropSampler, parse_args
+from infgen.train.data import generated_image
+from infgen.train.photos import folder_photos, image_files, load_pyramid
+from infgen.train.trainer import CropSampler, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,8 +99,8 @@ def test_licence_lookup():
 
 
 def test_init_fine_tunes_from_a_checkpoint(tmp_path, tiny_model):
-    from train.trainer import Trainer
-    from infgen_ref.weights import save_checkpoint
+    from infgen.train.trainer import Trainer
+    from infgen.ref.weights import save_checkpoint
     import copy
     model = copy.deepcopy(tiny_model)  # the fixture is shared: change a copy
     model.config.scaling_factor = 0.77

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from runtime.engine import InfGenEngine
-from runtime.torch_backend import TorchBackend
-from runtime.triton_backend import (TritonBackend, conv2d, fold_query_scale, query_projections, self_attention,
+from infgen.runtime.engine import InfGenEngine
+from infgen.runtime.torch_backend import TorchBackend
+from infgen.runtime.triton_backend import (TritonBackend, conv2d, fold_query_scale, query_projections, self_attention,
                                     triton_available, unavailable_reason)
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -96,7 +96,7 @@ def test_banded_conv_equals_conv(k):
 def test_query_scale_is_folded_into_every_query_projection_once(decoded, tiny_model):
     """The backend's to_q (cross blocks: head dim d / heads; mid block: one head of C) computes
     the source's queries times scale * log2(e); the caller's model is untouched; q0 is pre-scaled."""
-    from kernels.attention import LOG2E
+    from infgen.kernels.attention import LOG2E
     be = decoded[0]
     ours, src = query_projections(be.model), query_projections(tiny_model)
     assert set(ours) == set(src) and len(ours) == len(tiny_model.decoder.blocks) + 1
@@ -119,8 +119,8 @@ def test_query_scale_is_folded_into_every_query_projection_once(decoded, tiny_mo
 
 def test_fold_query_scale_rounds_once_from_the_source(tiny_model):
     """Folding into a bf16 copy rounds the fp32 product once: equal to (w * f).bfloat16()."""
-    from kernels.attention import LOG2E
-    from infgen_ref.model import copy_model
+    from infgen.kernels.attention import LOG2E
+    from infgen.ref.model import copy_model
     copy = copy_model(tiny_model, CPU, torch.bfloat16)
     fold_query_scale(copy, tiny_model)
     lin, hd = query_projections(copy)["decoder.mid_block.attentions.0.to_q"]
@@ -132,8 +132,8 @@ def test_fold_query_scale_rounds_once_from_the_source(tiny_model):
 def test_self_attention_picks_the_d512_kernel_where_it_applies(monkeypatch):
     """The mid-block op calls flash_attention_d512 (q_prescaled passed through) when d512_applies
     says so, else the tl.dot kernel; here the CPU (interpreter) has d512_applies False for real."""
-    from kernels import attention_d512
-    from kernels.attention import LOG2E, attention_ref
+    from infgen.kernels import attention_d512
+    from infgen.kernels.attention import LOG2E, attention_ref
     torch.manual_seed(4)
     q, k, v = (torch.randn(1, 1, 9, 64, device=DEV) for _ in range(3))
     assert not attention_d512.d512_applies(q, k, v)
@@ -154,8 +154,8 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 def test_cuda_paper_preset_bf16_matches_fp32_and_graph_replay():
     """Paper preset, random weights, 512x384 output, batch 2: triton bf16 is as close to torch fp32
     as torch bf16 is (rule 6, relative norms); a graph replay equals the captured run; eager ~ graph."""
-    from infgen_ref.config import preset
-    from infgen_ref.model import InfGen
+    from infgen.ref.config import preset
+    from infgen.ref.model import InfGen
     torch.manual_seed(0)
     model = InfGen(preset("paper")).eval()
     z = torch.randn(2, 4, 64, 64, device="cuda")
@@ -179,10 +179,10 @@ def test_cuda_mid_block_attention_uses_d512_kernel_and_matches_sdpa(dtype, monke
     """Paper preset (mid block: one head of 512), the backend's own op table on its pre-scaled
     to_q: the scores-once kernel is chosen and the mid-block attention equals SDPA on the
     reference projections (float64) as closely as SDPA in the same dtype does."""
-    from infgen_ref.config import preset
-    from infgen_ref.decode import TORCH_OPS, mid_attention
-    from infgen_ref.model import InfGen
-    from kernels import attention_d512
+    from infgen.ref.config import preset
+    from infgen.ref.decode import TORCH_OPS, mid_attention
+    from infgen.ref.model import InfGen
+    from infgen.kernels import attention_d512
     torch.manual_seed(5)
     model = InfGen(preset("paper")).eval()
     be = TritonBackend(model, DEV, dtype, cuda_graphs=False)

@@ -6,9 +6,9 @@ from collections import OrderedDict
 
 import pytest
 
-from export.plan import bind_shapes, make_plan
-from export.trt import aot_module_leak
-from runtime.trt_backend import TrtBackend, context_key
+from infgen.export.plan import bind_shapes, make_plan
+from infgen.export.trt import aot_module_leak
+from infgen.runtime.trt_backend import TrtBackend, context_key
 
 
 @pytest.mark.parametrize("version,leaks", [("11.1.0.7", True), ("11.2.1.2", True), ("11.3.0", False),

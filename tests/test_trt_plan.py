@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from export.spec import DEFAULT_MAX_RES
+from infgen.export.spec import DEFAULT_MAX_RES
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export.plan import (DEFAULT_OPT_SIZES, Plan, bind_shapes, cache_key, covers, make_plan, pick_profile,
+from infgen.export.plan import (DEFAULT_OPT_SIZES, Plan, bind_shapes, cache_key, covers, make_plan, pick_profile,
                          polygraphy_command, trtexec_command, validate_cached)
-from export.trt import engine_paths, read_cached, write_cached
+from infgen.export.trt import engine_paths, read_cached, write_cached
 
 PLAN_4K = make_plan(256, 4096, DEFAULT_OPT_SIZES, batch=2)
 
@@ -218,7 +218,7 @@ def test_polygraphy_line_parses_with_polygraphys_own_argparse():
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "export.trt", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "infgen.export.trt", *args], capture_output=True, text=True,
                           cwd=cwd, env={"PYTHONPATH": str(__import__("pathlib").Path.cwd()), "PATH": "/usr/bin:/bin"},
                           timeout=120)
 
@@ -252,14 +252,14 @@ def test_cli_rejects_max_res_beyond_the_model(tmp_path):
 # ----------------------------------------------------------------------------- volume-capped plans
 @pytest.fixture(scope="module")
 def paper_plans():
-    from export.spec import default_plan
-    from infgen_ref.config import preset
+    from infgen.export.spec import default_plan
+    from infgen.ref.config import preset
     cfg = preset("paper")
     return cfg, {b: default_plan(cfg, batch=b) for b in (1, 2)}
 
 
 def test_every_profile_of_the_default_plan_fits_tensorrts_limit(paper_plans):
-    from export.plan import largest_tensor
+    from infgen.export.plan import largest_tensor
     cfg, plans = paper_plans
     for batch, plan in plans.items():
         assert plan.max_elements == 2**31 - 1 and plan.profiles
@@ -273,7 +273,7 @@ def test_every_profile_of_the_default_plan_fits_tensorrts_limit(paper_plans):
 
 
 def test_landscape_and_portrait_boxes_where_the_square_does_not_fit(paper_plans):
-    from export.plan import largest_tensor
+    from infgen.export.plan import largest_tensor
     cfg, plans = paper_plans
     plan = plans[1]
     assert largest_tensor(cfg, 1, 480, 480)[0] >= 2**31  # the 3840^2 box is too big ...
@@ -329,19 +329,19 @@ class FakeBuild:
 
 
 def test_cli_engine_is_the_engine_the_backend_loads(tmp_path, monkeypatch, tiny_cfg):
-    """python -m export.trt --min-res 128 builds (build stubbed); TrtBackend's engine_for, with no
+    """python -m infgen.export.trt --min-res 128 builds (build stubbed); TrtBackend's engine_for, with no
     plan given, finds that same engine in the same engine_dir: same key, same file, no rebuild."""
     import types
 
-    from export import trt as export_trt
-    from infgen_ref.model import InfGen
-    from runtime.trt_backend import TrtBackend
+    from infgen.export import trt as export_trt
+    from infgen.ref.model import InfGen
+    from infgen.runtime.trt_backend import TrtBackend
     torch.manual_seed(0)
     tiny_model = InfGen(tiny_cfg).eval()  # its own copy: the export casts the model it is given
     fake = types.SimpleNamespace(__version__="10.13.0.35")
     monkeypatch.setattr(export_trt, "import_tensorrt", lambda: fake)
     monkeypatch.setattr(export_trt, "gpu_name", lambda: "NVIDIA H100 80GB HBM3")
-    monkeypatch.setattr("export.onnx.load_model", lambda checkpoint, preset_name: tiny_model)
+    monkeypatch.setattr("infgen.export.onnx.load_model", lambda checkpoint, preset_name: tiny_model)
     build = FakeBuild()
     monkeypatch.setattr(export_trt, "build_engine", build)
     eng = tmp_path / "engines"
@@ -367,7 +367,7 @@ def test_cli_engine_is_the_engine_the_backend_loads(tmp_path, monkeypatch, tiny_
 
 
 def test_engine_for_refuses_a_plan_tensorrt_cannot_build_before_building(tmp_path, tiny_model):
-    from export.trt import EngineUnbuildable, engine_for
+    from infgen.export.trt import EngineUnbuildable, engine_for
     build = FakeBuild()
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"not used: the build is stubbed")

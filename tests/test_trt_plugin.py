@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from tests import trt_standin
+import trt_standin
 
 pytest.importorskip("triton")
 if trt_standin.bindings_plugin_dir() is None:
@@ -24,7 +24,7 @@ H100_SHARED_PER_BLOCK = 232448  # 227 KiB opt-in shared memory per block on sm_9
 
 def compile_in_subprocess(dtype: str, head_dim: int, scale: float, allow_tf32: bool, B: int, N: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "tests.trt_standin", dtype, str(head_dim), repr(scale),
+    proc = subprocess.run([sys.executable, trt_standin.__file__, dtype, str(head_dim), repr(scale),
                            "1" if allow_tf32 else "0", str(B), str(N)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -32,7 +32,7 @@ def compile_in_subprocess(dtype: str, head_dim: int, scale: float, allow_tf32: b
 
 
 def test_plugin_registers_and_aot_impl_compiles_for_sm90a():
-    from kernels.attention import pick_config
+    from infgen.kernels.attention import pick_config
     D, B, N = 512, 2, 4096 + 7
     r = compile_in_subprocess("bfloat16", D, 1 / math.sqrt(D), False, B, N)
     assert r["fields"] == ["scale"] and r["out_types"] == ["BF16"]
@@ -47,7 +47,7 @@ def test_plugin_registers_and_aot_impl_compiles_for_sm90a():
     # PTX for sm_90a, tensor-core dots; its entry has TensorRT's 5 arguments (q, k, v, N, o) plus
     # the 2 scratch pointers Triton >= 3.3 appends (global_scratch, profile_scratch)
     assert r["sm_90a"] and r["mma"]
-    from export.trt_plugin import TRT_ARG_COUNT
+    from infgen.export.trt_plugin import TRT_ARG_COUNT
     assert r["ptx_params"] == TRT_ARG_COUNT + 2
     # TensorRT passes only its 5: the kernel must never read the scratch pointers (sizes 0)
     assert r["scratch"] == [0, 0]
@@ -61,7 +61,7 @@ def test_fp32_uses_exact_dots_unless_tf32_is_allowed():
 @pytest.fixture
 def registered(monkeypatch):
     """The stand-in tensorrt with infgen::FlashAttention registered (no compile happens)."""
-    from export import trt_plugin
+    from infgen.export import trt_plugin
     trt_standin.install(monkeypatch)
     monkeypatch.setattr(trt_plugin, "_registered", False)
     monkeypatch.setattr(trt_plugin, "_settings", dict(trt_plugin._settings))
@@ -80,7 +80,7 @@ def test_aot_impl_rejects_symbolic_head_dim_and_bad_dtype(registered):
 
 
 def test_compile_entry_rejects_bad_arguments():
-    from export import trt_plugin
+    from infgen.export import trt_plugin
     with pytest.raises(ValueError, match="head dim 1..512, got 640"):
         trt_plugin.compile_entry("*bf16", 640, 0.1)
     with pytest.raises(ValueError, match="'\\*i8'"):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from infgen_ref import config as config_mod
-from infgen_ref.config import CHECKPOINT_REQUIRED, InfGenConfig, param_count, preset
-from infgen_ref.model import InfGen
-from infgen_ref.weights import CheckpointError, checkpoint_config, load_checkpoint, save_checkpoint
+from infgen.ref import config as config_mod
+from infgen.ref.config import CHECKPOINT_REQUIRED, InfGenConfig, param_count, preset
+from infgen.ref.model import InfGen
+from infgen.ref.weights import CheckpointError, checkpoint_config, load_checkpoint, save_checkpoint
 
 
 # ----------------------------------------------------------------------------- config fields
@@ -202,7 +202,7 @@ def test_float16_and_bfloat16_checkpoints_still_load(ckpt, tiny_model):
 
 
 # ----------------------------------------------------------------------------- latents
-from infgen_ref.model import LATENT_ABS_MAX, check_image, check_latent, check_output, latent_abs_max  # noqa: E402
+from infgen.ref.model import LATENT_ABS_MAX, check_image, check_latent, check_output, latent_abs_max  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +330,7 @@ def test_bad_images_are_named(tiny_cfg, image, exc, match):
 
 
 # ----------------------------------------------------------------------------- files
-from runtime import io as rio  # noqa: E402
+from infgen.runtime import io as rio  # noqa: E402
 
 
 def _npy_with_header(path, shape, dtype="<f4", data=b""):
@@ -458,7 +458,7 @@ def test_check_writable(tmp_path):
 
 # ----------------------------------------------------------------------------- through the engine
 def test_engine_refuses_before_work_then_serves(tmp_path, tiny_model, zz, monkeypatch):
-    from runtime.engine import InfGenEngine
+    from infgen.runtime.engine import InfGenEngine
     d = save_checkpoint(tiny_model, tmp_path / "{ckpt")
     engine = InfGenEngine(str(d))
     ok = engine.decode(zz, 24, 16)

@@ -5,10 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from infgen_ref.config import InfGenConfig
-from infgen_ref.decode import TORCH_OPS, mid_block, up_blocks
-from infgen_ref.model import InfGen
-from infgen_ref.weights import (NEW_PREFIXES, CheckpointError, load_checkpoint, load_sdxl_vae,
+from infgen.ref.config import InfGenConfig
+from infgen.ref.decode import TORCH_OPS, mid_block, up_blocks
+from infgen.ref.model import InfGen
+from infgen.ref.weights import (NEW_PREFIXES, CheckpointError, load_checkpoint, load_sdxl_vae,
                                 save_checkpoint)
 
 from conftest import rel_err

@@ -296,13 +296,13 @@ def build_kernel(trt, dtype, head_dim: int, scale: float, dims=None):
 
 
 def main(argv=None) -> int:
-    """python -m tests.trt_standin DTYPE HEAD_DIM SCALE ALLOW_TF32 B N: register the plugin for
+    """python tests/trt_standin.py DTYPE HEAD_DIM SCALE ALLOW_TF32 B N: register the plugin for
     sm_90a, build its kernel, print what TensorRT would receive as JSON (bound at B, N). Run
     without TRITON_INTERPRET (kernels cannot be compiled under the interpreter)."""
     import json
     from triton.backends.compiler import GPUTarget
 
-    from export import trt_plugin
+    from infgen.export import trt_plugin
     dtype_name, head_dim, scale, allow_tf32, B, N = (argv or sys.argv[1:])
     install()
     import tensorrt as trt

@@ -1,6 +1,6 @@
-"""`python -m train ...`: see train/trainer.py."""
+"""`python -m infgen.train ...`: see train/trainer.py."""
 import sys
 
-from train.trainer import main
+from infgen.train.trainer import main
 
 sys.exit(main())

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from infgen_ref.data import load_rgb, photo_paths
+from infgen.ref.data import load_rgb, photo_paths
 
 
 def generated_image(seed: int, size: int = 512) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Train an InfGen model from scratch: `python -m train --preset demo --out out/demo`.
+"""Train an InfGen model from scratch: `python -m infgen.train --preset demo --out out/demo`.
 
 Two stages, as the paper's setup implies when no SDXL VAE weights are at hand:
   1. steps [0, stage1_steps): encoder + InfGen decoder trained together as a plain VAE at the
@@ -12,7 +12,7 @@ Two stages, as the paper's setup implies when no SDXL VAE weights are at hand:
 Loss (paper): L1 + 0.1 LPIPS (only when --lpips names a local TorchScript LPIPS file) + 0.1 PatchGAN
 hinge loss (from --gan-start, a fraction of stage 2). AdamW, warmup then cosine decay per stage.
 Checkpoints: <out>/train_state.pt (resume with --resume) and <out>/model/ (config.json +
-model.safetensors, loadable with infgen_ref.weights.load_checkpoint).
+model.safetensors, loadable with infgen.ref.weights.load_checkpoint).
 """
 from __future__ import annotations
 
@@ -28,13 +28,13 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from infgen_ref.config import PRESETS, InfGenConfig, preset
-from infgen_ref.data import HELD_OUT
-from infgen_ref.decode import TORCH_OPS, decode_grid
-from infgen_ref.model import InfGen
-from infgen_ref.weights import load_checkpoint, save_checkpoint
-from train.data import training_images
-from train.photos import folder_photos
+from infgen.ref.config import PRESETS, InfGenConfig, preset
+from infgen.ref.data import HELD_OUT
+from infgen.ref.decode import TORCH_OPS, decode_grid
+from infgen.ref.model import InfGen
+from infgen.ref.weights import load_checkpoint, save_checkpoint
+from infgen.train.data import training_images
+from infgen.train.photos import folder_photos
 
 
 # ----------------------------------------------------------------------------- data
@@ -375,7 +375,7 @@ class Trainer:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m infgen.train", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
     p.add_argument("--config", default=None, help="an InfGenConfig JSON file instead of --preset")
     p.add_argument("--init", default=None,
@@ -439,9 +439,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    """python -m train: user errors (bad --out, --config, --lpips, --device) are one `error:` line and
+    """python -m infgen.train: user errors (bad --out, --config, --lpips, --device) are one `error:` line and
     exit status 2, checked before training starts."""
-    from infgen_ref.options import check_out_dir, guarded
+    from infgen.ref.options import check_out_dir, guarded
     a = parse_args(argv)
 
     def checked(a):

@@ -105,7 +105,7 @@ INFGEN_API infgen_status infgen_inpe(
 /* INPE's MLP over given Fourier features (the INFGEN_KERNEL_INPE_MLP form):
  *   out (tokens, dim) = fc2(gelu(fc1(feat))) + fc2_bias (+ add), row-major in `dtype`;
  *   feat (tokens, 2 * num_freqs): [cos(2 pi p B), sin(2 pi p B)] of the grid's sphere points, as
- *   infgen_ref.inpe.fourier_features computes them (fp32 math), stored in `dtype`;
+ *   infgen.ref.inpe.fourier_features computes them (fp32 math), stored in `dtype`;
  *   weights and add as for infgen_inpe. dim and num_freqs: a compiled pair (512, 64). */
 INFGEN_API infgen_status infgen_inpe_mlp(
     infgen_dtype dtype, void *out, const void *feat,

@@ -8,7 +8,7 @@ Checks, each against a source other than the table itself:
 - exported dynamic symbols (nm -D) == the INFGEN_API functions declared in the header;
 - the table read through the library's own API (ctypes) == manifest.json written by native/aot.py,
   and each embedded cubin's sha256 == the compiled one's;
-- attention tiles and warps == kernels.attention.pick_config (what the Python runtime launches);
+- attention tiles and warps == infgen.kernels.attention.pick_config (what the Python runtime launches);
 - each cubin, read by cuobjdump: an sm_90a ELF whose kernel is the table's symbol, <= 255
   registers, static + dynamic shared memory <= 232,448 B, and no stack (spills) except for the
   variants native/aot.py lists in KNOWN_SPILLS.
@@ -116,13 +116,13 @@ def main(argv=None) -> int:
 
     # 3. attention tiles == the runtime's
     import torch
-    from kernels.attention import pick_config
+    from infgen.kernels.attention import pick_config
     for row in table:
         if row["kind"] == kinds["attention"]:
             bm, bn, warps, stages = pick_config(row["dim"], torch.device("cuda"))
             if (row["tile_m"], row["tile_n"], row["num_warps"], row["num_stages"]) != (bm, bn, warps, stages):
                 errors.append(f"{row['name']}: tile {row['tile_m']}x{row['tile_n']} w{row['num_warps']} "
-                              f"s{row['num_stages']} != kernels.attention.pick_config {bm}x{bn} w{warps} s{stages}")
+                              f"s{row['num_stages']} != infgen.kernels.attention.pick_config {bm}x{bn} w{warps} s{stages}")
 
     # 4. the cubins themselves
     import triton

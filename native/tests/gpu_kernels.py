@@ -57,7 +57,7 @@ def dt_name(t) -> str:
 def check_attention(lib, B, H, M, N, D, dtype, layout, stream) -> str | None:
     """One case; returns a failure message or None."""
     import torch
-    from kernels.attention import attention_ref
+    from infgen.kernels.attention import attention_ref
     g = torch.Generator(device="cuda").manual_seed(B * 7919 + M * 31 + N + D)
     if layout == "bmhd":   # head-split views of (B, L, H*D) projections, as the cross-attention uses
         q = torch.randn(B, M, H, D, device="cuda", generator=g).to(dtype).transpose(1, 2)
@@ -85,8 +85,8 @@ def check_attention(lib, B, H, M, N, D, dtype, layout, stream) -> str | None:
 
 def check_inpe(lib, gh, gw, dtype, with_add, stream) -> str | None:
     import torch
-    from infgen_ref.inpe import INPE
-    from kernels.inpe import inpe_embed_ref
+    from infgen.ref.inpe import INPE
+    from infgen.kernels.inpe import inpe_embed_ref
     torch.manual_seed(gh * 100 + gw)
     m = INPE(512, 64, scale=1.0, seed=0)
     w = [t.detach().to("cuda", dtype).contiguous() for t in (m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias)]
@@ -99,7 +99,7 @@ def check_inpe(lib, gh, gw, dtype, with_add, stream) -> str | None:
         status = lib.infgen_inpe(DTYPE_CODE[dt_name(out)], out.data_ptr(), fb.data_ptr(), *(t.data_ptr() for t in w),
                                  add_ptr, gh, gw, 64, 512, stream.cuda_stream)
     else:
-        from infgen_ref.inpe import fourier_features, grid_coords, sphere
+        from infgen.ref.inpe import fourier_features, grid_coords, sphere
         feat = fourier_features(sphere(grid_coords(gh, gw, device="cuda")), fb).to(dtype).contiguous()  # (T, 128)
         torch.cuda.synchronize()
         status = lib.infgen_inpe_mlp(DTYPE_CODE[dt_name(out)], out.data_ptr(), feat.data_ptr(),

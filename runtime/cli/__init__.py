@@ -1,4 +1,4 @@
-"""The runtime's applications: `python -m runtime COMMAND` (or the `infgen` entry point).
+"""The runtime's applications: `python -m infgen.runtime COMMAND` (or the `infgen` entry point).
 
     decode    latent file -> images at any sizes          runtime/cli/decode.py
     encode    image -> latent file                        runtime/cli/encode.py
@@ -20,22 +20,22 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from infgen_ref.options import size_type as parse_size  # noqa: F401 - 'WxH' -> (h, w), for callers of the CLI
+from infgen.ref.options import size_type as parse_size  # noqa: F401 - 'WxH' -> (h, w), for callers of the CLI
 
 COMMANDS = {"decode": "decode", "encode": "encode", "info": "info", "demo": "demo", "profile": "profiler",
-            "serve": "serve", "client": "client", "loadtest": "loadtest"}  # command -> module in runtime.cli
+            "serve": "serve", "client": "client", "loadtest": "loadtest"}  # command -> module in infgen.runtime.cli
 
 
 def tool(command: str):
     """The module behind a command (imported on first use: serve's and profile's imports stay lazy)."""
     if command not in COMMANDS:
         raise ValueError(f"command must be one of {sorted(COMMANDS)}, got {command!r}")
-    return importlib.import_module(f"runtime.cli.{COMMANDS[command]}")
+    return importlib.import_module(f"infgen.runtime.cli.{COMMANDS[command]}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m runtime",
+        prog="python -m infgen.runtime",
         description="InfGen runtime: decode one latent into an image of any size in one pass.",
         epilog="Sizes are WIDTHxHEIGHT (3840x2160 is landscape 4K); one number means a square.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from infgen_ref.options import guarded
+    from infgen.ref.options import guarded
     args = build_parser().parse_args(argv)
     extra = args.module.user_errors() if hasattr(args.module, "user_errors") else ()
     # ImportError: a backend's optional package is missing (its message says which).

@@ -1,9 +1,9 @@
-"""`python -m runtime client` (or `infgen-client`): decode a latent file on an InfGen server (`runtime serve`).
+"""`python -m infgen.runtime client` (or `infgen-client`): decode a latent file on an InfGen server (`runtime serve`).
 
-    python -m runtime client z.npy --size 3840x2160 -o out.png --url 127.0.0.1:8000
-    python -m runtime client z.npy --size 1024 512x768 --protocol grpc --url 127.0.0.1:8001
+    python -m infgen.runtime client z.npy --size 3840x2160 -o out.png --url 127.0.0.1:8000
+    python -m infgen.runtime client z.npy --size 1024 512x768 --protocol grpc --url 127.0.0.1:8001
 
-Sizes are WIDTHxHEIGHT, as in `python -m runtime decode`, and the files are named the same way:
+Sizes are WIDTHxHEIGHT, as in `python -m infgen.runtime decode`, and the files are named the same way:
 several sizes add _WxH, a batch adds _0, _1, ... The pixels equal a local
 `engine.to_uint8(engine.decode(latent, h, w))` with the server's model. Exits 2 with one
 `error: ...` line on a user error or an error answer from the server, 1 if the server is not ready.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from runtime.cli.options import add_size_option, tool_main
+from infgen.runtime.cli.options import add_size_option, tool_main
 
 EXIT_UNAVAILABLE = 1
 HELP = "decode a latent file on an InfGen server (runtime serve), over HTTP or gRPC"
@@ -21,7 +21,7 @@ HELP = "decode a latent file on an InfGen server (runtime serve), over HTTP or g
 
 def user_errors() -> tuple:
     """Errors that are the user's (or the server's answer to them): one line, exit status 2."""
-    from runtime.serving import ServerError
+    from infgen.runtime.serving import ServerError
     return (ServerError,)
 
 
@@ -51,13 +51,13 @@ def out_paths(out: str | None, stem: str, size: tuple[int, int], several_sizes: 
 def run(args) -> int:
     from PIL import Image
 
-    from runtime.io import load_latent
-    from runtime.serving import InfGenClient
+    from infgen.runtime.io import load_latent
+    from infgen.runtime.serving import InfGenClient
     if args.server_png and args.out and Path(args.out).suffix.lower() != ".png":
         raise ValueError(f"--server-png writes PNG files: --out must end in .png, got {args.out!r}")
     if not args.timeout > 0:
         raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
-    from runtime.io import IMAGE_SUFFIXES, check_writable
+    from infgen.runtime.io import IMAGE_SUFFIXES, check_writable
     check_writable(args.out or f"{Path(args.latent).stem}.png", IMAGE_SUFFIXES, "--out")  # before any request
     latent = load_latent(args.latent).float().numpy()
     batch = latent.shape[0] if latent.ndim == 4 else 1

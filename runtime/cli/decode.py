@@ -1,6 +1,6 @@
-"""`python -m runtime decode`: a latent file (.npy/.pt/.safetensors) -> PNG or JPEG at one or more sizes.
+"""`python -m infgen.runtime decode`: a latent file (.npy/.pt/.safetensors) -> PNG or JPEG at one or more sizes.
 
-    python -m runtime decode z.npy --size 3840x2160 1024 -o out.png
+    python -m infgen.runtime decode z.npy --size 3840x2160 1024 -o out.png
 
 The latent is the diffusion model's scaled latent, (C, h, w) or (B, C, h, w). Several sizes add
 _WxH to the file name, a batch adds _0, _1, ...
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.cli.options import add_memory_options, add_model_options, add_size_option, load_engine, tool_main
+from infgen.runtime.cli.options import add_memory_options, add_model_options, add_size_option, load_engine, tool_main
 
 HELP = "latent (.npy/.pt/.safetensors) -> PNG or JPEG at one or more sizes"
 
@@ -32,8 +32,8 @@ def out_path(out: str | None, default_stem: str, size: tuple[int, int], several:
 
 
 def run(args) -> int:
-    from infgen_ref.model import check_size
-    from runtime.io import IMAGE_SUFFIXES, check_writable, load_latent
+    from infgen.ref.model import check_size
+    from infgen.runtime.io import IMAGE_SUFFIXES, check_writable, load_latent
     outs = [out_path(args.out, Path(args.latent).stem, size, len(args.size) > 1, args.format) for size in args.size]
     for out in outs:  # every output path checked before any work
         check_writable(out, IMAGE_SUFFIXES, "--out")

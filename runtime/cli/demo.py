@@ -1,8 +1,8 @@
-"""`python -m runtime demo`: one latent decoded at several sizes, with no input files.
+"""`python -m infgen.runtime demo`: one latent decoded at several sizes, with no input files.
 
-    python -m runtime demo --out-dir demo_out                    # the bundled demo checkpoint
-    python -m runtime demo --held-out --fidelity                 # + the held-out table, every backend/dtype
-    python -m runtime demo --preset tiny --size 64x48            # random weights: the test-pattern demo
+    python -m infgen.runtime demo --out-dir demo_out                    # the bundled demo checkpoint
+    python -m infgen.runtime demo --held-out --fidelity                 # + the held-out table, every backend/dtype
+    python -m infgen.runtime demo --preset tiny --size 64x48            # random weights: the test-pattern demo
 
 With a trained checkpoint (the bundled demo model, infgen_ref/assets/demo/, or --checkpoint): a
 held-out photo (assets/demo/coffee.jpg, never trained on) is resized to a small input, encoded to
@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from infgen_ref.config import DTYPES, PRESETS
-from runtime.cli.options import (DEMO_CHECKPOINT, RANDOM_NOTICE, add_model_options, add_size_option, default_model,
+from infgen.ref.config import DTYPES, PRESETS
+from infgen.runtime.cli.options import (DEMO_CHECKPOINT, RANDOM_NOTICE, add_model_options, add_size_option, default_model,
                                  model_spec, tool_main)
-from runtime.engine import BACKENDS
+from infgen.runtime.engine import BACKENDS
 
 HELP = "no input files: decode a bundled photo at several sizes, print times and PSNR/SSIM"
 DEMO_PHOTO = DEMO_CHECKPOINT / "coffee.jpg"
@@ -81,7 +81,7 @@ def demo_checkpoint(checkpoint=None) -> Path:
 
 def encode_photo(photo: torch.Tensor, checkpoint, input_size=INPUT_SIZE) -> torch.Tensor:
     """Photo (1, 3, H, W) -> resized to input_size (h, w) -> scaled latent (1, C, h/8, w/8), fp32 reference encoder."""
-    from infgen_ref.weights import load_checkpoint
+    from infgen.ref.weights import load_checkpoint
     model = load_checkpoint(checkpoint)
     with torch.inference_mode():
         return model.encode(resize(photo, *input_size)).float()
@@ -114,7 +114,7 @@ def timed_decode(engine, z: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor,
 def contact_sheet(tiles: list[list[tuple[str, torch.Tensor]]], path: Path, box: int = 320) -> Path:
     """Rows of (label, (1, 3, H, W) image) tiles, each fitted into box x box, written as one PNG."""
     from PIL import Image, ImageDraw
-    from runtime.engine import InfGenEngine
+    from infgen.runtime.engine import InfGenEngine
     pad, text_h = 8, 16
     thumbs = []
     for row in tiles:
@@ -151,8 +151,8 @@ def run_demo(out_dir, sizes=PHOTO_SIZES, backend="torch", device="cpu", dtype=No
 
     Returns one row per size: size ('WxH'), seconds (InfGen decode), psnr, ssim, baseline_psnr,
     baseline_ssim (native decode + bicubic), path. Also writes out_dir/demo_results.json."""
-    from runtime.engine import InfGenEngine
-    from runtime.io import load_image
+    from infgen.runtime.engine import InfGenEngine
+    from infgen.runtime.io import load_image
     if fmt not in ("png", "jpg"):
         raise ValueError(f"fmt must be 'png' or 'jpg', got {fmt!r}")
     sizes = _sizes(sizes)
@@ -192,12 +192,12 @@ def held_out_table(checkpoint=None, scales=(2, 4), device="cpu", photos: dict | 
 
     Each photo is center-cropped to a multiple of 8 * max(scales); the input is that crop shrunk by
     max(scales); the reference at scale s is the crop resized to s x the input size.
-    photos: name -> (1, 3, H, W) in [-1, 1] (default: infgen_ref.data's held-out photos)."""
-    from runtime.engine import InfGenEngine
+    photos: name -> (1, 3, H, W) in [-1, 1] (default: infgen.ref.data's held-out photos)."""
+    from infgen.runtime.engine import InfGenEngine
     ckpt = demo_checkpoint(checkpoint)
     engine = InfGenEngine(ckpt, backend="torch", device=device, dtype="fp32")
     if photos is None:
-        from infgen_ref.data import held_out_photos
+        from infgen.ref.data import held_out_photos
         photos = {k: v[None] * 2 - 1 for k, v in held_out_photos().items()}
     u, smax = engine.config.upscale, max(scales)
     rows = []
@@ -231,8 +231,8 @@ def fidelity(sizes=((256, 256), (288, 512), (1024, 1024)), backends=FIDELITY_BAC
     sizes: (h, w). One row per (backend, dtype, size): psnr (inf when identical), max_abs (in
     [-1, 1] units), finite; or one row with skipped=<reason> for a backend/dtype that cannot be
     built here."""
-    from runtime.engine import InfGenEngine
-    from runtime.io import load_image
+    from infgen.runtime.engine import InfGenEngine
+    from infgen.runtime.io import load_image
     sizes = _sizes(sizes)
     ckpt = demo_checkpoint(checkpoint)
     z = encode_photo(load_image(photo), ckpt)
@@ -269,7 +269,7 @@ def run_pattern_demo(out_dir="demo_out", sizes=PATTERN_SIZES, model=None, backen
 
     model: preset name, checkpoint directory or None (default_model()). Prints a table of size,
     seconds and path through echo; returns its rows as dicts (h, w, seconds, path)."""
-    from runtime.engine import InfGenEngine
+    from infgen.runtime.engine import InfGenEngine
     if fmt not in ("png", "jpg"):
         raise ValueError(f"fmt must be 'png' or 'jpg', got {fmt!r}")
     sizes = _sizes(sizes)
@@ -319,7 +319,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from infgen_ref.options import check_out_dir
+    from infgen.ref.options import check_out_dir
     t = time.perf_counter()
     check_out_dir(args.out_dir, "--out-dir")  # before any work
     spec = model_spec(args)

@@ -1,6 +1,6 @@
-"""`python -m runtime encode`: an image (PNG/JPEG) -> latent file, with the VAE encoder.
+"""`python -m infgen.runtime encode`: an image (PNG/JPEG) -> latent file, with the VAE encoder.
 
-    python -m runtime encode photo.png -o z.npy
+    python -m infgen.runtime encode photo.png -o z.npy
 
 The latent is scaled (posterior mean x scaling_factor), as a diffusion model produces it.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.cli.options import add_model_options, load_engine, tool_main
+from infgen.runtime.cli.options import add_model_options, load_engine, tool_main
 
 HELP = "image (PNG/JPEG) -> latent file, with the VAE encoder"
 
@@ -20,7 +20,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from runtime.io import LATENT_SUFFIXES, check_writable, load_image, save_latent
+    from infgen.runtime.io import LATENT_SUFFIXES, check_writable, load_image, save_latent
     out = args.out or f"{Path(args.image).stem}.npy"
     check_writable(out, LATENT_SUFFIXES, "--out")  # before any work
     image = load_image(args.image)

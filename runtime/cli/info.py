@@ -1,13 +1,13 @@
-"""`python -m runtime info`: config, parameter counts, FLOPs per stage, the H100 floor and the memory plan at a size.
+"""`python -m infgen.runtime info`: config, parameter counts, FLOPs per stage, the H100 floor and the memory plan at a size.
 
-    python -m runtime info --preset paper --size 3840x2160
+    python -m infgen.runtime info --preset paper --size 3840x2160
 
 Builds the model on the meta device: fast for any preset, no weights read.
 """
 from __future__ import annotations
 
-from infgen_ref.options import positive_int
-from runtime.cli.options import add_memory_options, add_model_options, add_size_option, model_spec, tool_main
+from infgen.ref.options import positive_int
+from infgen.runtime.cli.options import add_memory_options, add_model_options, add_size_option, model_spec, tool_main
 
 HELP = "config, parameter counts, FLOPs per stage, the H100 floor and the memory plan at a size"
 
@@ -25,10 +25,10 @@ def _count(module) -> int:
 
 def run(args) -> int:
     import torch
-    from infgen_ref.config import PRESETS, preset
-    from infgen_ref.cost import STAGES, decode_flops, floor_seconds
-    from infgen_ref.model import InfGen, check_size
-    from infgen_ref.weights import NEW_PREFIXES, checkpoint_config
+    from infgen.ref.config import PRESETS, preset
+    from infgen.ref.cost import STAGES, decode_flops, floor_seconds
+    from infgen.ref.model import InfGen, check_size
+    from infgen.ref.weights import NEW_PREFIXES, checkpoint_config
 
     spec = model_spec(args)
     cfg = preset(spec) if spec in PRESETS else checkpoint_config(spec)
@@ -65,7 +65,7 @@ def print_plan(cfg, h: int, w: int, batch: int, max_memory, band_rows) -> None:
     """Predicted peak activation memory, plain and banded, per backend and dtype; with a budget,
     the plan the engine would pick (infgen_ref/memory.py, docs/anysize.md)."""
     import torch
-    from infgen_ref.memory import parse_bytes, plan, predict_peak
+    from infgen.ref.memory import parse_bytes, plan, predict_peak
     budget = parse_bytes(max_memory) if max_memory else None
     print(f"memory, decode to {w}x{h} (WxH), batch {batch}: predicted peak activations"
           + (f"; plan under a {budget / 1e9:.2f} GB budget" if budget else " (--max-memory: the plan)"))
@@ -80,7 +80,7 @@ def print_plan(cfg, h: int, w: int, batch: int, max_memory, band_rows) -> None:
                                     host_streaming=where == "CUDA")
             line += f"  -> {mode}" + (f", {rows} rows per band" if rows else "") + f", {peak / 1e9:.2f} GB"
             if peak > budget:
-                line += " (over budget: more GPUs, torchrun -m runtime.distributed)"
+                line += " (over budget: more GPUs, torchrun -m infgen.runtime.distributed)"
         print(line)
 
 

@@ -1,6 +1,6 @@
-"""`python -m runtime loadtest` (or `infgen-loadtest`): Locust against the server's HTTP v2 inference endpoint.
+"""`python -m infgen.runtime loadtest` (or `infgen-loadtest`): Locust against the server's HTTP v2 inference endpoint.
 
-    python -m runtime loadtest --size 256x256 512x512 --users 1 2 4 8 --run-time 30 --out lt.json
+    python -m infgen.runtime loadtest --size 256x256 512x512 --users 1 2 4 8 --run-time 30 --out lt.json
 
 Without --url it starts its own loopback server (same model flags as `runtime serve`) on free
 ports, its Triton log in a temporary file; with --url it loads that server, and the model flags
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from infgen_ref.options import positive_int
-from runtime.cli.options import add_model_options, add_size_option, tool_main
-from runtime.cli.serve import add_limit_arguments, engine_and_name, limits_from_args, warm_up
+from infgen.ref.options import positive_int
+from infgen.runtime.cli.options import add_model_options, add_size_option, tool_main
+from infgen.runtime.cli.serve import add_limit_arguments, engine_and_name, limits_from_args, warm_up
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 HELP = "Locust load test of a server (its own loopback one by default): throughput, latency percentiles"
@@ -59,7 +59,7 @@ def free_port() -> int:
 
 
 def machine() -> str:
-    from runtime.cli.profile_report import cpu_name
+    from infgen.runtime.cli.profile_report import cpu_name
     return f"{cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
@@ -130,9 +130,9 @@ def markdown(result: dict) -> str:
 def run(args) -> int:
     import importlib.util
 
-    from runtime.serving import SERVE_EXTRA, describe, require_pytriton, start_server
+    from infgen.runtime.serving import SERVE_EXTRA, describe, require_pytriton, start_server
     if args.out:
-        from infgen_ref.options import check_out_file
+        from infgen.ref.options import check_out_file
         check_out_file(args.out, "--out")  # before the load test, not after it
     limits = limits_from_args(args)
     if importlib.util.find_spec("locust") is None:

@@ -1,4 +1,4 @@
-"""Locust user for `python -m runtime loadtest`, which runs `locust -f` on this file in a subprocess.
+"""Locust user for `python -m infgen.runtime loadtest`, which runs `locust -f` on this file in a subprocess.
 
 Never import it elsewhere: importing locust monkey-patches the process for gevent. Each user sends
 one HTTP v2 binary-tensor inference request after another (no think time), so the number of users

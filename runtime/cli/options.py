@@ -7,11 +7,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from infgen_ref import DEMO_CHECKPOINT
-from infgen_ref import options as _options
-from infgen_ref.options import guarded
-from infgen_ref.options import add_size_option, positive_int, size_type  # noqa: F401 - add_size_option, size_type re-exported
-from runtime.engine import BACKENDS
+from infgen.ref import DEMO_CHECKPOINT
+from infgen.ref import options as _options
+from infgen.ref.options import guarded
+from infgen.ref.options import add_size_option, positive_int, size_type  # noqa: F401 - add_size_option, size_type re-exported
+from infgen.runtime.engine import BACKENDS
 
 RANDOM_NOTICE = "weights are random: the images are noise (no trained checkpoint was given or bundled)"
 DEFAULT_MODEL_HELP = ("InfGen checkpoint directory (config.json + model.safetensors); default: the bundled demo "
@@ -19,7 +19,7 @@ DEFAULT_MODEL_HELP = ("InfGen checkpoint directory (config.json + model.safetens
 
 
 def add_model_options(p: argparse.ArgumentParser, **kw) -> None:
-    """infgen_ref.options.add_model_options with the engine's BACKENDS as the --backend choices
+    """infgen.ref.options.add_model_options with the engine's BACKENDS as the --backend choices
     (backends=() where a tool runs no engine)."""
     kw.setdefault("checkpoint_help", DEFAULT_MODEL_HELP)
     kw.setdefault("backends", BACKENDS)
@@ -56,7 +56,7 @@ def model_spec(args) -> str:
 
 def load_engine(args):
     """The InfGenEngine the flags name; says on stderr when its weights are random."""
-    from runtime.engine import InfGenEngine
+    from infgen.runtime.engine import InfGenEngine
     memory = {}
     if hasattr(args, "max_memory"):
         memory = dict(max_memory=args.max_memory, band_rows=args.band_rows,
@@ -68,8 +68,8 @@ def load_engine(args):
 
 
 def tool_main(prog: str, doc: str, add_arguments, run, argv=None, errors: tuple = ()) -> int:
-    """A tool run on its own (`python -m runtime.cli.serve`, the infgen-serve entry point): parse, run,
-    turn user errors into one line and exit status 2 (infgen_ref.options.guarded). ImportError: an
+    """A tool run on its own (`python -m infgen.runtime.cli.serve`, the infgen-serve entry point): parse, run,
+    turn user errors into one line and exit status 2 (infgen.ref.options.guarded). ImportError: an
     optional package is missing (its message says which)."""
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

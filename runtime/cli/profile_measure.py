@@ -26,10 +26,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from infgen_ref.config import dtype_name, parse_dtype
-from infgen_ref.cost import decode_flops, floor_seconds
-from infgen_ref.model import InfGen, token_grid
-from runtime.engine import BACKENDS, InfGenEngine, resolve_device, resolve_model
+from infgen.ref.config import dtype_name, parse_dtype
+from infgen.ref.cost import decode_flops, floor_seconds
+from infgen.ref.model import InfGen, token_grid
+from infgen.runtime.engine import BACKENDS, InfGenEngine, resolve_device, resolve_model
 
 DEFAULT_SIZES = ((1024, 1024), (1080, 1920), (2048, 2048), (2160, 3840), (4096, 4096))  # (h, w)
 # baseline name -> (backend, dtype or None for the run's dtype, torch.compile?)
@@ -135,9 +135,9 @@ def stage_chain(engine, Hp: int, Wp: int, h: int, w: int) -> list[tuple[str, Cal
 
 
 def is_oom(exc: BaseException) -> bool:
-    """An out-of-memory failure (runtime.anysize.is_oom), or the engine's guard refusing or
+    """An out-of-memory failure (infgen.runtime.anysize.is_oom), or the engine's guard refusing or
     catching one (MemoryBudgetError)."""
-    from runtime.anysize import MemoryBudgetError, is_oom as oom
+    from infgen.runtime.anysize import MemoryBudgetError, is_oom as oom
     return isinstance(exc, MemoryBudgetError) or oom(exc)
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infgen_ref.cost import H100_BF16_FLOPS
-from runtime.cli.profile_measure import STATUSES
+from infgen.ref.cost import H100_BF16_FLOPS
+from infgen.runtime.cli.profile_measure import STATUSES
 
 FLOOR_NOTE = f"cost-model FLOPs at {H100_BF16_FLOPS / 1e12:.0f} TFLOP/s (bf16 matrix product on the lent H100)"
 
@@ -30,7 +30,7 @@ _stage_schema = {
 }
 SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "python -m runtime profile report",
+    "title": "python -m infgen.runtime profile report",
     "type": "object",
     "required": ["schema_version", "date", "git_commit", "device", "versions", "args", "model", "floor",
                  "memory_method", "aliases", "rows"],

@@ -1,7 +1,7 @@
-"""`python -m runtime profile`: where the time and memory of a decode go, per backend and size.
+"""`python -m infgen.runtime profile`: where the time and memory of a decode go, per backend and size.
 
-    python -m runtime profile --preset paper --device cuda --backend torch triton --size 1024 3840x2160 --out prof/
-    python -m runtime profile --preset tiny --size 128x128 256x256 --iters 10 --out prof/
+    python -m infgen.runtime profile --preset paper --device cuda --backend torch triton --size 1024 3840x2160 --out prof/
+    python -m infgen.runtime profile --preset tiny --size 128x128 256x256 --iters 10 --out prof/
 
 For every target (each --backend at the run's dtype, plus the --baselines) and every --size, one
 row of latency (median, p10, p90), images/s, peak memory, TFLOP/s and share of the cost-model
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 
-from infgen_ref.options import positive_int
-from runtime.cli.options import add_model_options, add_size_option, model_spec, tool_main
-from runtime.cli.profile_measure import BASELINES, DEFAULT_SIZES
-from runtime.engine import BACKENDS
+from infgen.ref.options import positive_int
+from infgen.runtime.cli.options import add_model_options, add_size_option, model_spec, tool_main
+from infgen.runtime.cli.profile_measure import BASELINES, DEFAULT_SIZES
+from infgen.runtime.engine import BACKENDS
 
 HELP = "latency, memory, TFLOP/s and share of the floor per backend, size and stage; JSON (+ PNG)"
 DEFAULT_BACKENDS = tuple(b for b in BACKENDS if b != "auto")  # every concrete backend
@@ -47,11 +47,11 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     import torch
-    from infgen_ref.config import PRESETS, dtype_name, parse_dtype
-    from runtime.cli import profile_report as report_mod
-    from runtime.cli.profile_measure import make_targets, profile
-    from infgen_ref.options import check_out_dir
-    from runtime.engine import resolve_device, resolve_model
+    from infgen.ref.config import PRESETS, dtype_name, parse_dtype
+    from infgen.runtime.cli import profile_report as report_mod
+    from infgen.runtime.cli.profile_measure import make_targets, profile
+    from infgen.ref.options import check_out_dir
+    from infgen.runtime.engine import resolve_device, resolve_model
 
     check_out_dir(args.out, "--out")  # before any profiling
     device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -1,7 +1,7 @@
-"""`python -m runtime serve` (or `infgen-serve`): InfGen on NVIDIA Triton Inference Server (HTTP, gRPC, metrics).
+"""`python -m infgen.runtime serve` (or `infgen-serve`): InfGen on NVIDIA Triton Inference Server (HTTP, gRPC, metrics).
 
-    python -m runtime serve                           # the bundled demo checkpoint, loopback ports 8000-8002
-    python -m runtime serve --checkpoint DIR --device cuda --host 0.0.0.0 --max-pixels 16777216
+    python -m infgen.runtime serve                           # the bundled demo checkpoint, loopback ports 8000-8002
+    python -m infgen.runtime serve --checkpoint DIR --device cuda --host 0.0.0.0 --max-pixels 16777216
 
 Runs until SIGINT or SIGTERM, then stops Triton (in-flight requests get exit_timeout_s to finish)
 and exits 0; exits 1 if the server died, 2 with one `error: ...` line on a user error. The model,
@@ -13,8 +13,8 @@ import argparse
 import signal
 import threading
 
-from infgen_ref.options import positive_int
-from runtime.cli import options
+from infgen.ref.options import positive_int
+from infgen.runtime.cli import options
 
 HELP = "serve the engine on NVIDIA Triton Inference Server (HTTP, gRPC, metrics)"
 
@@ -57,7 +57,7 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def limits_from_args(args):
-    from runtime.serving import Limits
+    from infgen.runtime.serving import Limits
     return Limits(max_batch=args.max_batch, max_pixels=args.max_pixels, max_queue_delay_us=args.max_queue_delay_us,
                   preferred_batch_sizes=tuple(args.preferred_batch_sizes), max_queue_time_ms=args.max_queue_time_ms,
                   max_queue_size=args.max_queue_size)
@@ -83,7 +83,7 @@ def warm_up(engine) -> None:
 
 
 def run(args) -> int:
-    from runtime.serving import require_pytriton, start_server
+    from infgen.runtime.serving import require_pytriton, start_server
     limits = limits_from_args(args)
     require_pytriton()  # before the model loads: a missing extra fails fast
     engine, what = engine_and_name(args)
