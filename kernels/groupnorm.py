@@ -184,7 +184,7 @@ def _finalize(shift0, dmean, m2, P, CHUNK, groups, weight, bias, eps):
     B, K, C = dmean.shape
     Cg = C // groups
     n = torch.full((K,), float(CHUNK), device=dmean.device, dtype=torch.float32)
-    n[-1] = float(P - (K - 1) * CHUNK)
+    n[-1:].fill_(float(P - (K - 1) * CHUNK))  # fill_, not n[-1] = x: no host-to-device copy (CUDA graphs)
     n = n.view(1, K, 1, 1)
     # Chunk means relative to one reference value per group (its first shift): small numbers, so
     # the fp32 sums below do not lose the spread to a large common mean.
