@@ -39,9 +39,12 @@ def check_options(max_memory, banded, band_rows, backend_names: list[str]):
 
 
 def free_memory(device: torch.device) -> int:
-    """Free device memory (CUDA), or the RAM the kernel reports available (CPU)."""
+    """Free device memory (CUDA: the driver's free memory plus the blocks PyTorch's caching
+    allocator holds but no tensor uses, which the next decode reuses), or the RAM the kernel reports
+    available (CPU)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + max(0, cached)
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemAvailable:"):
@@ -108,7 +111,29 @@ def guard(engine, backend, h: int, w: int, batch: int):
     latents at (h, w), in this order: the whole batch plain; the batch split into plain sub-batches;
     banded (torch/triton backends, banded not False), whole then split; on CUDA banded with
     activations in host memory; else MemoryBudgetError naming the predicted peak and the budget.
-    banded=True skips plain. Sub-batches also count the full output they are gathered into."""
+    banded=True skips plain. Sub-batches also count the full output they are gathered into.
+    On CUDA without max_memory, the per-size caches (CUDA graphs hold private memory pools) are
+    released and the plan made again before a decode is split, banded or refused for want of memory."""
+    try:
+        planned = plan_within_budget(engine, backend, h, w, batch)
+    except MemoryBudgetError:
+        if not holds_releasable_memory(engine):
+            raise
+        planned = None
+    if planned is not None and (planned[:2] == ("plain", batch) or not holds_releasable_memory(engine)):
+        return planned
+    release_caches(engine)
+    return plan_within_budget(engine, backend, h, w, batch)
+
+
+def holds_releasable_memory(engine) -> bool:
+    """CUDA, a budget read from free memory (no max_memory), and some per-size cache not empty."""
+    return (engine.max_memory is None and engine.device.type == "cuda"
+            and any(len(c) for b in engine.backends for c in vars(b).values() if isinstance(c, SizeCache)))
+
+
+def plan_within_budget(engine, backend, h: int, w: int, batch: int):
+    """guard's plan against the budget as it is now (see guard)."""
     cfg, dtype, name = engine.config, engine.dtype, backend.name
     budget = budget_of(engine)
     bk = memory_backend(backend)

@@ -1,7 +1,5 @@
 """The memory guard (docs/robustness.md, memory pressure): batch split -> banded -> refuse, before
 any work; an OOM that slips through releases the caches and leaves the engine usable."""
-import time
-
 import pytest
 import torch
 
@@ -28,10 +26,8 @@ def test_impossible_request_fails_fast_then_a_normal_decode_succeeds():
     eng = InfGenEngine("tiny", max_memory="50MB")
     seen = spy_runs(eng)
     z = torch.randn(64, 4, 8, 8)
-    t = time.perf_counter()
     with pytest.raises(MemoryBudgetError, match=r"predicted peak .* exceeds the memory budget 50\.00 MB") as exc:
         eng.decode(z, 2048, 2048)
-    assert time.perf_counter() - t < 5  # generous: the guard itself is milliseconds; no decode ran
     assert isinstance(exc.value, ValueError) and "batch 64 at 2048x2048" in str(exc.value)
     assert seen == []
     img = eng.decode(torch.randn(1, 4, 8, 8), 64, 64)
@@ -99,3 +95,72 @@ def test_other_runtime_errors_pass_through_unchanged():
     eng.backend.run = broken
     with pytest.raises(RuntimeError, match="shape mismatch"):
         eng.decode(torch.randn(1, 4, 8, 8), 64, 64)
+
+
+class FakeCudaMemory:
+    """torch.cuda's memory queries for an engine that believes it is on CUDA: `driver_free` before
+    and after empty_cache(), and the caching allocator's reserved/allocated bytes."""
+
+    def __init__(self, monkeypatch, driver_free, after_empty, reserved=0, allocated=0):
+        self.driver_free, self.after_empty, self.reserved, self.allocated = driver_free, after_empty, reserved, allocated
+        self.emptied = 0
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (self.driver_free, 80 << 30))
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: self.reserved)
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: self.allocated)
+        monkeypatch.setattr(torch.cuda, "empty_cache", self.empty_cache)
+
+    def empty_cache(self):
+        self.emptied += 1
+        self.driver_free, self.reserved = self.after_empty, self.allocated
+
+
+def cuda_engine_with_caches():
+    """A CPU engine whose per-size caches hold entries, then told it runs on CUDA (the guard only plans)."""
+    from infgen.runtime.cache import SizeCache
+    eng = InfGenEngine("tiny")
+    eng.decode(torch.randn(1, 4, 8, 8), 64, 64)
+    eng.device = torch.device("cuda")
+    caches = [c for b in eng.backends for c in vars(b).values() if isinstance(c, SizeCache)]
+    assert sum(len(c) for c in caches) > 0
+    return eng, caches
+
+
+def test_free_memory_counts_the_allocators_reusable_blocks(monkeypatch):
+    from infgen.runtime.anysize import free_memory
+    FakeCudaMemory(monkeypatch, driver_free=1000, after_empty=1000, reserved=700, allocated=200)
+    assert free_memory(torch.device("cuda")) == 1000 + 500
+
+
+def test_second_large_decode_plans_plain_over_cached_blocks(monkeypatch):
+    """After a first decode PyTorch keeps its freed activations cached: they count as free."""
+    from infgen.runtime.anysize import guard
+    eng, caches = cuda_engine_with_caches()
+    peak = predict_peak(CFG, 256, 256, 1)
+    mem = FakeCudaMemory(monkeypatch, driver_free=peak // 4, after_empty=peak // 4, reserved=2 * peak, allocated=0)
+    assert guard(eng, eng.backend, 256, 256, 1)[:2] == ("plain", 1)
+    assert mem.emptied == 0 and sum(len(c) for c in caches) > 0  # nothing released: it fit as it was
+
+
+def test_caches_released_before_banding_or_refusing(monkeypatch):
+    """Memory held by per-size caches (CUDA graph pools) is given back before a decode is banded or refused."""
+    from infgen.runtime.anysize import guard
+    eng, caches = cuda_engine_with_caches()
+    peak = predict_peak(CFG, 256, 256, 1)
+    mem = FakeCudaMemory(monkeypatch, driver_free=1 << 20, after_empty=2 * peak, reserved=0, allocated=0)
+    assert guard(eng, eng.backend, 256, 256, 1)[:2] == ("plain", 1)
+    assert mem.emptied == 1 and sum(len(c) for c in caches) == 0
+    # nothing left to release: the plan stands as the budget allows (here refused), caches untouched
+    mem.driver_free = mem.after_empty = 1 << 10
+    with pytest.raises(MemoryBudgetError):
+        guard(eng, eng.backend, 256, 256, 1)
+    assert mem.emptied == 1
+
+
+def test_max_memory_is_a_fixed_budget_nothing_released(monkeypatch):
+    from infgen.runtime.anysize import guard
+    eng, caches = cuda_engine_with_caches()
+    eng.max_memory = 1 << 20
+    mem = FakeCudaMemory(monkeypatch, driver_free=80 << 30, after_empty=80 << 30)
+    with pytest.raises(MemoryBudgetError):
+        guard(eng, eng.backend, 2048, 2048, 1)
+    assert mem.emptied == 0 and sum(len(c) for c in caches) > 0
