@@ -20,12 +20,16 @@ Exactness: the same arithmetic as the plain ops up to float rounding: GroupNorm 
 float64 over the whole image (docs/anysize.md).
 
 Where activations live: on `compute`, the device that runs the bands, except (CUDA) activations
-larger than `host_over` bytes, which live in pinned host memory: each band is copied to the device
-for its op and its result copied back (infgen_ref/memory.py picks host_over to fit a budget).
+larger than `host_over` bytes, which live in host memory: each band is copied to the device for its
+op and its result copied back (infgen_ref/memory.py picks host_over to fit a budget). Host
+activations are stored row-major ((H, B, C, W) in memory, host_empty), so a band of rows is one
+contiguous block and moves in one DMA copy, asynchronous when pinned; pinned only when the caching
+host allocator's power-of-two rounding of it fits the available RAM (host_placement).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -46,10 +50,55 @@ def band_starts(H: int, rows: int) -> list[tuple[int, int]]:
 
 
 def rows_of(x, a: int, b: int, device: torch.device) -> torch.Tensor:
-    """Rows a..b-1 of a tensor or a lazy source, on `device`: (B, C, b-a, W)."""
-    if isinstance(x, torch.Tensor):
-        return x[:, :, a:b].to(device, non_blocking=True)
-    return x.rows(a, b, device)
+    """Rows a..b-1 of a tensor or a lazy source, on `device`: (B, C, b-a, W). A row-major tensor
+    (host_empty) is read as its one contiguous block of rows."""
+    if not isinstance(x, torch.Tensor):
+        return x.rows(a, b, device)
+    if row_major(x):
+        return x.permute(2, 0, 1, 3)[a:b].to(device, non_blocking=True).permute(1, 2, 0, 3)
+    return x[:, :, a:b].to(device, non_blocking=True)
+
+
+def write_rows(out: torch.Tensor, r0: int, band: torch.Tensor) -> None:
+    """out[:, :, r0:r0+rows] = band (B, C, rows, W); into a row-major out as one contiguous block
+    (the band made contiguous on its own device first, then one copy)."""
+    if row_major(out):
+        out.permute(2, 0, 1, 3)[r0:r0 + band.shape[2]].copy_(band.permute(2, 0, 1, 3), non_blocking=True)
+    else:
+        out[:, :, r0:r0 + band.shape[2]].copy_(band, non_blocking=True)
+
+
+# ----------------------------------------------------------------------------- host activations
+def row_major(x: torch.Tensor) -> bool:
+    """(B, C, H, W) stored as (H, B, C, W): each band of rows is one contiguous block."""
+    return x.dim() == 4 and x.permute(2, 0, 1, 3).is_contiguous()
+
+
+def available_ram() -> int:
+    """The RAM the kernel reports available (/proc/meminfo MemAvailable), bytes."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no MemAvailable in /proc/meminfo")
+
+
+def host_placement(nbytes: int, available: int) -> str:
+    """'pinned' when PyTorch's caching host allocator's allocation (nbytes rounded up to a power of
+    two) fits the available RAM, else 'pageable' when nbytes does (synchronous copies), else
+    MemoryError naming both (raised before anything is allocated: Linux would overcommit and the
+    OOM killer end the process later)."""
+    if nbytes > available:
+        raise MemoryError(f"a host activation of {nbytes / 1e9:.2f} GB exceeds the available RAM "
+                          f"({available / 1e9:.2f} GB)")
+    return "pinned" if 1 << max(0, nbytes - 1).bit_length() <= available else "pageable"
+
+
+def host_empty(shape, dtype: torch.dtype, pin: bool) -> torch.Tensor:
+    """An uninitialised (B, C, H, W) host activation stored row-major (row_major); pin: page-locked
+    (asynchronous copies), as host_placement decides against the available RAM."""
+    B, C, H, W = shape
+    return torch.empty((H, B, C, W), dtype=dtype, pin_memory=pin).permute(1, 2, 0, 3)
 
 
 class Normed:
@@ -61,7 +110,7 @@ class Normed:
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
 
     def rows(self, a: int, b: int, device: torch.device) -> torch.Tensor:
-        band = self.x[:, :, a:b].to(device, non_blocking=True)  # (B, C, b-a, W)
+        band = rows_of(self.x, a, b, device)  # (B, C, b-a, W)
         y = apply_affine(band, *(t.to(device) for t in self.affine))  # fp32 band
         if self.silu:
             F.silu(y, inplace=True)
@@ -166,12 +215,16 @@ def conv2d_banded(conv: nn.Conv2d, x, band_rows: int, compute: torch.device,
     B, _, H, W = x.shape
     p = kh // 2
     if out is None:
-        out = torch.empty((B, conv.out_channels, H, W), dtype=x.dtype, device=store,
-                          pin_memory=store.type == "cpu" and compute.type == "cuda")
+        shape = (B, conv.out_channels, H, W)
+        if store.type == "cpu" and compute.type == "cuda":  # host-resident: row-major, pinned if it fits
+            nbytes = math.prod(shape) * x.dtype.itemsize
+            out = host_empty(shape, x.dtype, pin=host_placement(nbytes, available_ram()) == "pinned")
+        else:
+            out = torch.empty(shape, dtype=x.dtype, device=store)
     for r0, r1 in band_starts(H, band_rows):
         a, b = max(0, r0 - p), min(H, r1 + p)
         y = F.conv2d(rows_of(x, a, b, compute), conv.weight, conv.bias, padding=conv.padding)  # (B, Cout, b-a, W)
-        out[:, :, r0:r1].copy_(y[:, :, r0 - a: r1 - a], non_blocking=True)
+        write_rows(out, r0, y[:, :, r0 - a: r1 - a])
     return out
 
 

@@ -19,7 +19,7 @@ import math
 import torch
 
 from infgen.ref import decode as D
-from infgen.ref.banded import banded_ops
+from infgen.ref.banded import available_ram, banded_ops
 from infgen.ref.memory import host_threshold, parse_bytes, plan, predict_peak
 from infgen.runtime.cache import SizeCache
 
@@ -45,11 +45,10 @@ def free_memory(device: torch.device) -> int:
     if device.type == "cuda":
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return torch.cuda.mem_get_info(device)[0] + max(0, cached)
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no MemAvailable in /proc/meminfo: pass max_memory=")
+    try:
+        return available_ram()
+    except OSError as exc:
+        raise OSError(f"{exc}: pass max_memory=") from exc
 
 
 def engine_plan(engine, backend, h: int, w: int, batch: int = 1):

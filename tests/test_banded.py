@@ -172,3 +172,40 @@ def test_cuda_4k_banded_peak_under_24gb_as_predicted():
     print(f"4096^2 banded: measured peak {peak / 1e9:.2f} GB, predicted {predicted / 1e9:.2f} GB")
     assert peak < 24e9
     assert abs(peak - predicted) <= 0.2 * peak
+
+
+# ----------------------------------------------------------------------------- host-resident activations
+def test_host_activation_is_row_major_so_each_band_is_one_block():
+    from infgen.ref.banded import host_empty, row_major
+    x = host_empty((2, 3, 10, 7), torch.float32, pin=False)
+    assert x.shape == (2, 3, 10, 7) and row_major(x) and not x.is_contiguous()
+    band = x.permute(2, 0, 1, 3)[4:7]
+    assert band.is_contiguous() and band.data_ptr() == x.data_ptr() + 4 * 2 * 3 * 7 * 4
+    assert not row_major(torch.empty(2, 3, 10, 7))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_banded_conv_into_and_from_row_major_host_layout_is_exact(rows):
+    """Writes into a row-major output and reads of a row-major input (the host-resident path's
+    layout) give the plain conv's values."""
+    from infgen.ref.banded import host_empty, rows_of
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 6, 3, padding=1)
+    x = torch.randn(2, 5, 13, 9)
+    xr = host_empty(x.shape, x.dtype, pin=False)
+    xr.copy_(x)
+    assert torch.equal(rows_of(xr, 4, 9, torch.device("cpu")), x[:, :, 4:9])
+    out = host_empty((2, 6, 13, 9), x.dtype, pin=False).fill_(float("nan"))  # poison: an unwritten row fails
+    y = conv2d_banded(conv, xr, rows, torch.device("cpu"), torch.device("cpu"), out=out)
+    with torch.no_grad():
+        assert torch.allclose(y, conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_host_placement_checks_the_rounded_pinned_size_against_ram():
+    from infgen.ref.banded import host_placement
+    GB = 10**9
+    assert host_placement(5 * GB, 12 * GB) == "pinned"      # rounds up to 8.6 GB: fits
+    assert host_placement(9 * GB, 12 * GB) == "pageable"    # rounds up to 17.2 GB: pageable instead
+    assert host_placement(2**33, 2**33) == "pinned"         # a power of two is not rounded
+    with pytest.raises(MemoryError, match=r"13\.00 GB exceeds the available RAM \(12\.00 GB\)"):
+        host_placement(13 * GB, 12 * GB)
