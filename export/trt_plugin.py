@@ -2,7 +2,7 @@
 
 Node: q, k, v (B, N, D) -> o (B, N, D), attribute scale; one head, D <= 512, contiguous.
 Registered with TensorRT's Python plugin API (`tensorrt.plugin`, TensorRT >= 10.9): `register`
-describes the output (like q); `aot_impl` compiles `trt_flash_entry` with triton.compile at
+describes the output (like q); `aot_impl` compiles `trt_flash_entry` (kernels/attention_trt.py) at
 engine-build time and returns (kernel name, PTX, launch params, extra scalar args), which
 TensorRT embeds in the engine, so running the engine needs no Python.
 
@@ -12,67 +12,17 @@ The entry kernel is module level (Triton resolves `tl` in the function's module 
 
 Kernel arguments as TensorRT's AOT launcher passes them: input pointers (q, k, v), the extra
 int32 scalars of aot_impl (N), output pointers (o). Triton >= 3.3 appends two more pointer
-parameters to every kernel (global_scratch, profile_scratch), which TensorRT does not pass:
-the launch reads two pointers past its argument array. That is harmless only while the kernel
-never dereferences them, i.e. while Triton reports no global or profile scratch memory for it;
-aot_impl refuses a kernel that needs either (docs/export.md, "The scratch pointers").
+parameters to every kernel (global_scratch, profile_scratch), which TensorRT does not pass, so
+aot_impl hands TensorRT the PTX with those two declarations removed, after checking that the
+body never names them (`drop_unused_params`); a kernel that needs scratch memory is refused
+(docs/export.md, "The scratch pointers"). The launch stays within 48 KiB of dynamic shared
+memory, as no documented part of TensorRT's AOT launch opts in to more (TRT_SHARED_LIMIT).
 """
 import re
 import typing
 
-import triton
-import triton.language as tl
-
 from infgen.export.spec import PLUGIN_ID
-from infgen.kernels.attention import LOG2E, MAX_HEAD_DIM, attn_fwd_kernel, pick_config
-
-
-@triton.jit
-def trt_flash_entry(
-    Q, K, V,                    # pointers: q, k, v contiguous (B, N, D), one head
-    N,                          # int32: sequence length (TensorRT's extra argument)
-    O,                          # pointer: o (B, N, D)
-    QK_SCALE: tl.constexpr,     # softmax scale * log2(e)
-    HEAD_DIM: tl.constexpr,     # D
-    BLOCK_M: tl.constexpr,      # query rows per program
-    BLOCK_N: tl.constexpr,      # keys per inner step
-    BLOCK_D: tl.constexpr,      # next power of two >= D
-    DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" (fp32 inputs only; ignored for bf16/fp16)
-):
-    """Grid (cdiv(N, BLOCK_M), B): attn_fwd_kernel with H = 1 and contiguous strides."""
-    attn_fwd_kernel(Q, K, V, O,
-                    N * HEAD_DIM, 0, HEAD_DIM,   # q strides (batch, head, row)
-                    N * HEAD_DIM, 0, HEAD_DIM,   # k
-                    N * HEAD_DIM, 0, HEAD_DIM,   # v
-                    N * HEAD_DIM, 0, HEAD_DIM,   # o
-                    1, N, N, QK_SCALE, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION, False)
-
-
-# Triton pointer types per TensorRT data type name (trt.DataType member names).
-POINTER_TYPES = {"BF16": "*bf16", "HALF": "*fp16", "FLOAT": "*fp32"}
-# Arguments TensorRT passes, in order: 3 inputs, 1 extra int32, 1 output.
-TRT_ARG_COUNT = 5
-
-
-def compile_entry(ptr_type: str, head_dim: int, scale: float, target=None, allow_tf32: bool = False):
-    """triton.compile of trt_flash_entry for one dtype and head dim. target: a
-    triton.backends.compiler.GPUTarget (None: the active GPU). Returns (Triton's compiled kernel,
-    BLOCK_M), the grid's first axis being cdiv(N, BLOCK_M)."""
-    from triton.compiler import ASTSource
-    if ptr_type not in POINTER_TYPES.values():
-        raise ValueError(f"{PLUGIN_ID} supports {sorted(POINTER_TYPES.values())}, got {ptr_type!r}")
-    if not 1 <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"{PLUGIN_ID} supports head dim 1..{MAX_HEAD_DIM}, got {head_dim}")
-    import torch
-    BM, BN, warps, stages = pick_config(head_dim, torch.device("cuda"))
-    consts = {"QK_SCALE": float(scale) * LOG2E, "HEAD_DIM": head_dim, "BLOCK_M": BM, "BLOCK_N": BN,
-              "BLOCK_D": max(16, triton.next_power_of_2(head_dim)),
-              "DOT_PRECISION": "tf32" if allow_tf32 else "ieee"}
-    sig = {"Q": ptr_type, "K": ptr_type, "V": ptr_type, "N": "i32", "O": ptr_type,
-           **{c: "constexpr" for c in consts}}
-    src = ASTSource(fn=trt_flash_entry, signature=sig, constexprs=consts)
-    kwargs = {"target": target} if target is not None else {}
-    return triton.compile(src, options={"num_warps": warps, "num_stages": stages}, **kwargs), BM
+from infgen.kernels.attention_trt import POINTER_TYPES, TRT_ARG_COUNT, TRT_SHARED_LIMIT, compile_entry
 
 
 def ptx_param_count(ptx: str, kernel_name: str) -> int:
@@ -81,6 +31,44 @@ def ptx_param_count(ptx: str, kernel_name: str) -> int:
     if m is None:
         raise ValueError(f"no .entry {kernel_name!r} in the PTX")
     return len(re.findall(r"\.param\b", m.group(1)))
+
+
+def drop_unused_params(ptx: str, kernel_name: str, keep: int = TRT_ARG_COUNT) -> str:
+    """The PTX with the .entry kernel_name declaring only its first `keep` parameters. Triton >= 3.3
+    appends two pointer parameters (global_scratch, profile_scratch) that TensorRT's AOT launch does
+    not pass; they are dropped only when the PTX never names them after the declaration (no
+    ld.param, no address taken), so the kernel is unchanged. Raises ValueError when it does."""
+    m = re.search(r"(\.entry\s+" + re.escape(kernel_name) + r"\s*\()(.*?)(\))", ptx, re.S)
+    if m is None:
+        raise ValueError(f"no .entry {kernel_name!r} in the PTX")
+    params = [p.strip() for p in m.group(2).split(",")]
+    if len(params) < keep:
+        raise ValueError(f"{kernel_name} declares {len(params)} parameters, fewer than the {keep} TensorRT passes")
+    body = ptx[m.end():]
+    for decl in params[keep:]:
+        name = decl.split()[-1]
+        if re.search(r"(?<![\w$])" + re.escape(name) + r"(?![\w$])", body):
+            raise ValueError(f"{PLUGIN_ID}: {kernel_name} reads its parameter {name} ({decl!r}), which TensorRT's "
+                             f"AOT launch does not pass (it passes {keep}: q, k, v, N, o); the kernel needs "
+                             "Triton's scratch memory and cannot run as a TensorRT AOT plugin")
+    header = m.group(1) + "\n\t" + ",\n\t".join(params[:keep]) + "\n" + m.group(3)
+    return ptx[:m.start()] + header + body
+
+
+def trt_kernel(compiled) -> tuple[str, str]:
+    """(kernel name, PTX) of a compiled trt_flash_entry as TensorRT must get it: exactly the
+    TRT_ARG_COUNT parameters TensorRT passes. Raises ValueError when the kernel needs Triton's
+    global or profile scratch memory, which TensorRT does not provide, or more than
+    TRT_SHARED_LIMIT bytes of shared memory."""
+    md = compiled.metadata
+    scratch = {k: getattr(md, k, 0) or 0 for k in ("global_scratch_size", "profile_scratch_size")}
+    if any(scratch.values()):
+        raise ValueError(f"{PLUGIN_ID}: the compiled kernel needs Triton scratch memory {scratch}, "
+                         "which TensorRT's AOT launch does not provide")
+    if md.shared > TRT_SHARED_LIMIT:
+        raise ValueError(f"{PLUGIN_ID}: the compiled kernel needs {md.shared} B of dynamic shared memory, over the "
+                         f"{TRT_SHARED_LIMIT} B a launch may use without opting in (TRT_CONFIGS)")
+    return md.name, drop_unused_params(compiled.asm["ptx"], md.name)
 
 
 # Settings read by aot_impl at engine-build time (set by register()).
@@ -117,10 +105,7 @@ def register(target=None, allow_tf32: bool = False) -> None:
             raise ValueError(f"{PLUGIN_ID} needs a build-time constant head dim (the last dim of q)")
         head_dim = D.constant_value()
         compiled, BM = compile_entry(ptr, head_dim, scale, _settings["target"], _settings["allow_tf32"])
-        scratch = {k: getattr(compiled.metadata, k, 0) or 0 for k in ("global_scratch_size", "profile_scratch_size")}
-        if any(scratch.values()):
-            raise ValueError(f"{PLUGIN_ID}: the compiled kernel needs Triton scratch memory {scratch}, "
-                             "which TensorRT's AOT launch does not provide")
+        name, ptx = trt_kernel(compiled)
         launch = trtp.KernelLaunchParams()
         launch.grid_x = trtp.cdiv(N, BM)
         launch.grid_y = B
@@ -128,7 +113,7 @@ def register(target=None, allow_tf32: bool = False) -> None:
         launch.shared_mem = compiled.metadata.shared
         extra = trtp.SymIntExprs(1)
         extra[0] = trtp.SymInt32(N)
-        return compiled.metadata.name, compiled.asm["ptx"], launch, extra
+        return name, ptx, launch, extra
 
     _registered = True
 

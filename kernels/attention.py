@@ -94,6 +94,8 @@ def attn_fwd_kernel(
     DOT_FP32: tl.constexpr,                # upcast dot operands to fp32 (interpreter only; False on GPU)
     Q_PRESCALED: tl.constexpr = False,     # q already holds q * scale * log2(e): scores need no multiply
     KV_TMA: tl.constexpr = False,          # K and V come as tensor descriptors (TMA loads; no address math)
+    Q_RELOAD: tl.constexpr = False,        # load the q tile again for every key tile instead of holding it in
+                                           #   registers (fewer registers at D = 512 with mma.sync tiles)
 ):
     """Grid: (cdiv(M, BLOCK_M), B * H). Program (i, bh) writes out rows i*BLOCK_M.. of head bh."""
     pid_m = tl.program_id(0)
@@ -126,6 +128,9 @@ def attn_fwd_kernel(
     v_offs = offs_n[:, None] * stride_vn + offs_d[None, :]
     n_full = (N // BLOCK_N) * BLOCK_N
     for start_n in range(0, n_full, BLOCK_N):
+        if Q_RELOAD:
+            q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :],
+                        mask=m_ok[:, None] & d_ok[None, :], other=0.0)
         acc, l_i, m_i = attn_tile(acc, l_i, m_i, q, k_ptr, v_ptr, k_offs, v_offs, start_n, N, qk_scale,
                                   offs_n, d_ok, off_b.to(tl.int32), off_h.to(tl.int32), BLOCK_N, BLOCK_D,
                                   False, Q_PRESCALED, KV_TMA, DOT_PRECISION, DOT_FP32)

@@ -60,6 +60,7 @@ WARPS_PER_SM = 64
 BLOCKS_PER_SM = 32
 MAX_REGS = 255
 CUDA = torch.device("cuda")
+TRT_SHARED_LIMIT = 49_152      # dynamic shared memory of a launch that does not opt in (TensorRT's AOT plugins)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # runtime: launched by the backends/launchers; sweep: by benchmarks/kernels.py; plugin: by the
 # TensorRT plugin; option: a launcher option the runtime does not use (none at present); rejected: considered
@@ -244,11 +245,7 @@ def _tile(cfg) -> str:
 def attention_call(site: str, dt: torch.dtype, D: int) -> tuple:
     """q, k, v, out as the triton backend passes them (infgen.ref.decode over runtime/triton_backend.py's
     ops), on meta tensors. cross: q, k, v head-split views of (1, M, H*D) / (1, T, H*D) projections;
-    self: contiguous (1, 1, M, D) projections, one head; plugin: contiguous (1, M, D) tensors, one
-    head (export/trt.py's layout)."""
-    if site == "plugin":  # export/trt.py's entry: contiguous (B, N, D) q, k, v, o, one head
-        q, k, v, out = (meta(1, TOKENS, D, dtype=dt)[:, None] for _ in range(4))
-        return q, k, v, out
+    self: contiguous (1, 1, M, D) projections, one head. (The TensorRT plugin's kernel: trt_entries.)"""
     if site == "cross":
         H = {64: 8, 16: 4}.get(D, 8)
         q = meta(1, TOKENS, H * D, dtype=dt).view(1, TOKENS, H, D).transpose(1, 2)
@@ -279,7 +276,7 @@ def attention_entries() -> list[Entry]:
     pre-scaled by scale * log2(e), folded into the query projections: q_prescaled; at head dim 512
     on sm_90 in bf16/fp16 the backend launches attn_d512_kernel instead, d512_entries, so that row
     is the tl.dot fallback of other GPUs), the benchmark's sweep (unscaled queries, as
-    benchmarks/kernels.py calls it), the TensorRT plugin's layout and the rejected fp32 tiles."""
+    benchmarks/kernels.py calls it) and the rejected fp32 tiles."""
     from functools import partial
     out = []
     for site, D, label in ATTENTION_SITES:
@@ -297,10 +294,6 @@ def attention_entries() -> list[Entry]:
             out.append(Entry("attn_fwd_kernel", label, f"d{D} {_tile(cfg)}" + (" kv_tma" if tma else ""), "bf16",
                              ("sweep",), partial(_attention, site, torch.bfloat16, D, cfg, kv_tma=tma),
                              expect_hgmma=True))
-    for name in ("bf16", "fp16"):  # the TensorRT plugin's layout (its entry kernel lives in export/trt.py)
-        cfg = pick_config(512, CUDA)
-        out.append(Entry("attn_fwd_kernel", "TensorRT plugin layout (B, N, 512), one head", f"d512 {_tile(cfg)}",
-                         name, ("plugin",), partial(_attention, "plugin", DTYPES[name], 512, cfg), expect_hgmma=True))
     for site, D, label in ATTENTION_SITES[:2]:
         cfg = pick_config(D, CUDA)
         # Rejected: fp32 through the kernel (CUDA runs torch SDPA instead), at the bf16 tile.
@@ -388,9 +381,33 @@ def d512_entries() -> list[Entry]:
     return out
 
 
+def _trt_entry(ptr_type, D, cfg):
+    from infgen.kernels.attention_trt import compile_entry
+    from triton.backends.compiler import GPUTarget
+    return compile_entry(ptr_type, D, 1.0 / math.sqrt(D), GPUTarget("cuda", 90, 32), config=cfg)[0]
+
+
+def trt_entries() -> list[Entry]:
+    """trt_flash_entry, the TensorRT plugin's kernel, exactly as its aot_impl compiles it
+    (kernels/attention_trt.py compile_entry: 16-byte aligned pointers, any N, TRT_CONFIGS tiles), at
+    every head-dim bucket and dtype the plugin accepts. check() also holds it to the 48 KiB of
+    dynamic shared memory TensorRT's AOT launch may use (TRT_SHARED_LIMIT)."""
+    from functools import partial
+
+    from infgen.kernels.attention_trt import POINTER_TYPES, TRT_CONFIGS
+    out = []
+    for ptr in POINTER_TYPES.values():
+        name = ptr[1:]
+        for D, cfg in TRT_CONFIGS[ptr == "*fp32"].items():
+            tile = f"d{D} {_tile(cfg)}" + (" q_reload" if cfg[4] else "")
+            out.append(Entry("trt_flash_entry", "TensorRT plugin (B, N, D), one head", tile, name, ("plugin",),
+                             partial(_trt_entry, ptr, D, cfg), expect_hgmma=ptr != "*fp32" and not cfg[4]))
+    return out
+
+
 def entries() -> list[Entry]:
     """Every entry the report compiles."""
-    return [*attention_entries(), *d512_entries(), *groupnorm_entries(), *inpe_entries()]
+    return [*attention_entries(), *d512_entries(), *trt_entries(), *groupnorm_entries(), *inpe_entries()]
 
 
 # ----------------------------------------------------------------------------- running, output
@@ -426,6 +443,9 @@ def check(rows: list[dict]) -> list[str]:
                 bad.append(f"{what}: {r['spill_stores']} {unit} spill stores ({r['stack']} B stack)")
             elif r["expect_hgmma"] and not r["hgmma"]:
                 bad.append(f"{what}: no HGMMA (mma: {r['mma']})")
+            elif r["kernel"] == "trt_flash_entry" and r["shared"] > TRT_SHARED_LIMIT:
+                bad.append(f"{what}: {r['shared']:,} B of shared memory, over the {TRT_SHARED_LIMIT:,} B TensorRT's "
+                           "AOT launch may use")
         elif "sweep" in r["used_by"] and not (r["ok"] and r["fits"]):
             bad.append(f"{what}: {r.get('error')}")
     return bad

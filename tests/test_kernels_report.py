@@ -33,8 +33,8 @@ def compiled(tmp_path_factory):
 def test_every_runtime_and_plugin_configuration_compiles_fits_and_does_not_spill(compiled):
     proc, data, _ = compiled
     rows = [r for r in data["rows"] if {"runtime", "plugin"} & set(r["used_by"])]
-    assert {r["kernel"] for r in rows} == {"attn_fwd_kernel", "attn_d512_kernel", "gn_stats_kernel", "gn_apply_kernel",
-                                         "inpe_kernel"}
+    assert {r["kernel"] for r in rows} == {"attn_fwd_kernel", "attn_d512_kernel", "trt_flash_entry", "gn_stats_kernel",
+                                         "gn_apply_kernel", "inpe_kernel"}
     bad = [(r["kernel"], r["config"], r["dtype"], r.get("error"), r.get("spill_stores"), r.get("mma"))
            for r in rows if not (r["ok"] and r["fits"] and r["spill_stores"] == 0
                                  and r["spill_store_bytes"] == 0 and r["shared"] <= report.SHARED_PER_BLOCK

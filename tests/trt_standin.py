@@ -295,15 +295,36 @@ def build_kernel(trt, dtype, head_dim: int, scale: float, dims=None):
     return creator, out_types, params, setter, name, ptx, out_shapes
 
 
+def ptxas(ptx: str, arch: str = "sm_90a") -> bytes:
+    """Assemble a PTX text with the ptxas Triton itself uses for sm_90; returns the cubin."""
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+    try:
+        tool = get_ptxas(90).path
+    except TypeError:  # triton 3.6: get_ptxas() takes no architecture
+        tool = get_ptxas().path
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
+        src.write_text(ptx)
+        subprocess.run([str(tool), f"-arch={arch}", "-o", str(out), str(src)], check=True,
+                       capture_output=True, text=True)
+        return out.read_bytes()
+
+
 def main(argv=None) -> int:
-    """python tests/trt_standin.py DTYPE HEAD_DIM SCALE ALLOW_TF32 B N: register the plugin for
-    sm_90a, build its kernel, print what TensorRT would receive as JSON (bound at B, N). Run
-    without TRITON_INTERPRET (kernels cannot be compiled under the interpreter)."""
+    """python tests/trt_standin.py DTYPES HEAD_DIMS SCALE ALLOW_TF32 B N: register the plugin for
+    sm_90a and, for every dtype x head dim (comma-separated lists, e.g. bfloat16,float32 64,512),
+    build its kernel and print one JSON line of what TensorRT would receive (bound at B, N), with
+    the compiled kernel's resource usage from cuobjdump, or {"error": ...} when aot_impl refuses.
+    Run without TRITON_INTERPRET (kernels cannot be compiled under the interpreter)."""
     import json
     from triton.backends.compiler import GPUTarget
 
     from infgen.export import trt_plugin
-    dtype_name, head_dim, scale, allow_tf32, B, N = (argv or sys.argv[1:])
+    from infgen.kernels import report
+    dtype_names, head_dims, scale, allow_tf32, B, N = (argv or sys.argv[1:])
     install()
     import tensorrt as trt
     trt_plugin.register(target=GPUTarget("cuda", 90, 32), allow_tf32=allow_tf32 == "1")
@@ -315,18 +336,31 @@ def main(argv=None) -> int:
         return compiled["kernel"], bm
 
     trt_plugin.compile_entry = spy
-    creator, out_types, params, setter, name, ptx, out_shapes = build_kernel(
-        trt, getattr(trt, dtype_name), int(head_dim), float(scale))
-    md = compiled["kernel"].metadata
     env = {"B": int(B), "N": int(N)}
-    ev = {k: evaluate(getattr(params, k).expr, env) for k in vars(params)}
-    print(json.dumps({
-        "fields": [f.name for f in creator.field_names], "out_types": [t.name for t in out_types],
-        "out_shape": [evaluate(e, env) for e in out_shapes[0]], "launch": ev,
-        "extra": [(evaluate(a.expr, env), a.dtype.name) for a in setter],
-        "scratch": [md.global_scratch_size, md.profile_scratch_size],
-        "kernel": name, "ptx_params": trt_plugin.ptx_param_count(ptx, name),
-        "sm_90a": ".target sm_90a" in ptx, "tf32": "tf32" in ptx, "mma": "mma" in ptx}))
+    for dtype_name in dtype_names.split(","):
+        for head_dim in map(int, head_dims.split(",")):
+            compiled.clear()
+            try:
+                creator, out_types, params, setter, name, ptx, out_shapes = build_kernel(
+                    trt, getattr(trt, dtype_name), head_dim, float(scale))
+            except ValueError as exc:
+                print(json.dumps({"dtype": dtype_name, "head_dim": head_dim, "error": str(exc)}))
+                continue
+            md = compiled["kernel"].metadata
+            # the PTX TensorRT gets, assembled by the ptxas in the triton wheel: valid PTX, and its usage
+            usage = report.analyse(SimpleNamespace(asm={"cubin": ptxas(ptx)}, metadata=md))
+            print(json.dumps({
+                "dtype": dtype_name, "head_dim": head_dim,
+                "fields": [f.name for f in creator.field_names], "out_types": [t.name for t in out_types],
+                "out_shape": [evaluate(e, env) for e in out_shapes[0]],
+                "launch": {k: evaluate(getattr(params, k).expr, env) for k in vars(params)},
+                "extra": [(evaluate(a.expr, env), a.dtype.name) for a in setter],
+                "scratch": [md.global_scratch_size, md.profile_scratch_size], "shared": md.shared,
+                "usage": {k: usage[k] for k in ("regs", "stack", "stl", "shared", "mma")},
+                "kernel": name, "ptx_params": trt_plugin.ptx_param_count(ptx, name),
+                "triton_ptx_params": trt_plugin.ptx_param_count(compiled["kernel"].asm["ptx"], name),
+                "ttir": compiled["kernel"].asm["ttir"],
+                "sm_90a": ".target sm_90a" in ptx, "tf32": "tf32" in ptx, "mma": "mma" in ptx}))
     return 0
 
 
