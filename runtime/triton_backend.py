@@ -7,7 +7,8 @@ project's Triton kernels, with per-size caches and CUDA graphs. Nothing patches 
                          cross_attention: infgen.kernels.attention.flash_attention
                          self_attention (mid block, head dim 512): infgen.kernels.attention_d512's
                            scores-once Gluon kernel on sm_90 in bf16/fp16 (d512_applies), else
-                           infgen.kernels.attention.flash_attention (other GPUs, the interpreter)
+                           infgen.kernels.attention.flash_attention (other GPUs, the interpreter,
+                           and everywhere when INFGEN_D512=0: the kill switch, d512_enabled)
   query scale            softmax scale * log2(e) folded into every to_q the decode uses (weights and
                          bias, once, at load: fold_query_scale); the kernels run with q_prescaled=True
   per-size caches        mask tokens (infgen.kernels.inpe) + first block's queries per (H', W'); CUDA
@@ -125,12 +126,26 @@ def triton_ops(q_prescaled: bool = True) -> Ops:
 def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_prescaled: bool = False) -> torch.Tensor:
     """The mid block's attention, q, k, v (B, 1, N, C) -> (B, 1, N, C), scale 1/sqrt(C): the
     scores-once kernel (infgen.kernels.attention_d512) where it applies (C = 512, bf16/fp16, an sm_90
-    GPU), else the tl.dot flash kernel (other GPUs, other widths, fp32, the interpreter)."""
+    GPU) and INFGEN_D512 is not 0, else the tl.dot flash kernel (other GPUs, other widths, fp32, the
+    interpreter, the switch off)."""
     from infgen.kernels.attention import flash_attention
-    d512 = _d512_module()
+    d512 = _d512_module() if d512_enabled() else None
     if d512 is not None and d512.d512_applies(q, k, v):
         return d512.flash_attention_d512(q, k, v, q_prescaled=q_prescaled)
     return flash_attention(q, k, v, q_prescaled=q_prescaled)
+
+
+D512_SWITCH = "INFGEN_D512"
+
+
+def d512_enabled() -> bool:
+    """False when INFGEN_D512=0: the kill switch for the scores-once kernel (never run on a GPU yet;
+    scripts/gpu_check.sh sets it when its smoke test fails). Read at every call, so it also holds
+    for a backend built before it was set (a captured CUDA graph keeps the kernel it captured)."""
+    value = os.environ.get(D512_SWITCH, "1").strip()
+    if value not in ("0", "1", ""):
+        raise ValueError(f"{D512_SWITCH} must be 0 (off) or 1 (on, the default), got {value!r}")
+    return value != "0"
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,4 +1,6 @@
 """backend="triton": whole decode vs the float64 reference (CPU: Triton interpreter, tiny preset)."""
+import os
+
 import pytest
 import torch
 
@@ -140,9 +142,32 @@ def test_self_attention_picks_the_d512_kernel_where_it_applies(monkeypatch):
     got = self_attention(q * (LOG2E / 8.0), k, v, q_prescaled=True)  # the tl.dot kernel
     torch.testing.assert_close(got, attention_ref(q, k, v), atol=1e-5, rtol=1e-5)
     calls = []
+    monkeypatch.delenv("INFGEN_D512", raising=False)
     monkeypatch.setattr(attention_d512, "d512_applies", lambda *a: True)
     monkeypatch.setattr(attention_d512, "flash_attention_d512", lambda *a, **kw: calls.append(kw) or a[0])
     assert self_attention(q, k, v, q_prescaled=True) is q and calls == [{"q_prescaled": True}]
+
+
+def test_self_attention_honours_the_d512_kill_switch(monkeypatch):
+    """INFGEN_D512=0 (what scripts/gpu_check.sh exports when its smoke test fails): the mid block
+    runs the tl.dot kernel even where d512_applies says yes, read at call time; 1 turns it back on;
+    any other value is refused by name."""
+    from infgen.kernels import attention_d512
+    from infgen.kernels.attention import LOG2E, attention_ref
+    torch.manual_seed(6)
+    q, k, v = (torch.randn(1, 1, 9, 64, device=DEV) for _ in range(3))
+    calls = []
+    monkeypatch.setattr(attention_d512, "d512_applies", lambda *a: True)
+    monkeypatch.setattr(attention_d512, "flash_attention_d512", lambda *a, **kw: calls.append(kw) or a[0])
+    monkeypatch.setenv("INFGEN_D512", "0")
+    got = self_attention(q * (LOG2E / 8.0), k, v, q_prescaled=True)
+    assert calls == []
+    torch.testing.assert_close(got, attention_ref(q, k, v), atol=1e-5, rtol=1e-5)
+    monkeypatch.setenv("INFGEN_D512", "1")
+    assert self_attention(q, k, v, q_prescaled=True) is q and calls == [{"q_prescaled": True}]
+    monkeypatch.setenv("INFGEN_D512", "off")
+    with pytest.raises(ValueError, match="INFGEN_D512 must be 0 .* got 'off'"):
+        self_attention(q, k, v)
 
 
 # ----------------------------------------------------------------------------- CUDA
@@ -174,6 +199,7 @@ def test_cuda_paper_preset_bf16_matches_fp32_and_graph_replay():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                     reason="needs an sm_90 GPU (run by scripts/gpu_check.sh)")
+@pytest.mark.skipif(os.environ.get("INFGEN_D512") == "0", reason="INFGEN_D512=0: the d512 kernel is switched off")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_cuda_mid_block_attention_uses_d512_kernel_and_matches_sdpa(dtype, monkeypatch):
     """Paper preset (mid block: one head of 512), the backend's own op table on its pre-scaled
