@@ -58,13 +58,51 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
-        d = json.loads(text)
-        if not isinstance(d, dict) or d.pop("version", None) != PLAN_VERSION:
-            raise ValueError(f"plan version must be {PLAN_VERSION}")
-        profiles = tuple(Profile(p["lo"], p["hi"], {k: tuple(tuple(s) for s in v) for k, v in p["shapes"].items()},
-                                 p.get("elements", 0))
-                         for p in d.pop("profiles"))
-        return cls(profiles=profiles, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        """A plan.json's text -> Plan; ValueError naming the field for anything but an object of
+        the current version whose fields all have their types (ints >= 0, shapes of ints)."""
+        try:
+            d = json.loads(text)
+        except RecursionError as exc:
+            raise ValueError("plan JSON is nested too deeply") from exc
+        if not isinstance(d, dict):
+            raise ValueError(f"plan must be a JSON object, got {type(d).__name__}")
+        if d.get("version") != PLAN_VERSION:
+            raise ValueError(f"plan version must be {PLAN_VERSION}, got {d.get('version')!r}")
+        fields = {"upscale", "latent_channels", "min_res", "max_res", "batch", "latent_range", "profiles",
+                  "max_elements"}
+        unknown, missing = set(d) - fields - {"version"}, fields - {"max_elements"} - set(d)
+        if unknown or missing:
+            raise ValueError(f"plan fields: unknown {sorted(unknown)}, missing {sorted(missing)}")
+        ints = {k: _plan_int(k, d[k], lo=0 if k == "max_elements" else 1)
+                for k in ("upscale", "latent_channels", "min_res", "max_res", "batch", "max_elements") if k in d}
+        latent_range = _plan_ints("latent_range", d["latent_range"], 3)
+        if not isinstance(d["profiles"], list):
+            raise ValueError(f"plan field profiles must be a list, got {type(d['profiles']).__name__}")
+        profiles = []
+        for i, p in enumerate(d["profiles"]):
+            where = f"profiles[{i}]"
+            if not isinstance(p, dict) or not isinstance(p.get("shapes"), dict):
+                raise ValueError(f"plan field {where} must be an object with 'lo', 'hi' and an object 'shapes'")
+            shapes = {}
+            for name, v in p["shapes"].items():
+                if not isinstance(v, list) or len(v) != 3:
+                    raise ValueError(f"plan field {where}.shapes.{name} must be [min, opt, max] shapes, got {v!r}"[:300])
+                shapes[name] = tuple(_plan_ints(f"{where}.shapes.{name}", s, None) for s in v)
+            profiles.append(Profile(_plan_int(f"{where}.lo", p.get("lo"), 0), _plan_int(f"{where}.hi", p.get("hi"), 1),
+                                    shapes, _plan_int(f"{where}.elements", p.get("elements", 0), 0)))
+        return cls(profiles=tuple(profiles), latent_range=latent_range, **ints)
+
+
+def _plan_int(name: str, v, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 2 ** 62:
+        raise ValueError(f"plan field {name} must be an integer >= {lo}, got {v!r}"[:300])
+    return v
+
+
+def _plan_ints(name: str, v, n: int | None) -> tuple:
+    if not isinstance(v, list) or (n is not None and len(v) != n) or not 1 <= len(v) <= 8:
+        raise ValueError(f"plan field {name} must be a list of {n or '1..8'} integers, got {v!r}"[:300])
+    return tuple(_plan_int(f"{name}[{i}]", x, 0) for i, x in enumerate(v))
 
 
 def _positive_int(name, v) -> int:

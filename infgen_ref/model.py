@@ -59,10 +59,25 @@ def native_array(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("="), copy=False))
 
 
+def check_floating(x, what: str = "latent"):
+    """The one dtype rule for latents at every door (check_latent for the API and `decode`, the
+    `client` CLI and InfGenClient before sending): a torch tensor or numpy array of a floating
+    dtype is returned unchanged; integer, bool, complex and object dtypes are a TypeError naming
+    the dtype (never cast: an integer latent is not a diffusion latent)."""
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind != "f":
+            raise TypeError(f"{what} must be a floating array, got numpy dtype {x.dtype}")
+    elif isinstance(x, torch.Tensor):
+        if not x.is_floating_point():
+            raise TypeError(f"{what} must be a floating tensor, got dtype {x.dtype}")
+    else:
+        raise TypeError(f"{what} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    return x
+
+
 def _from_numpy(a: np.ndarray, what: str) -> torch.Tensor:
     """A numpy array in any byte order and layout -> torch tensor (float kinds only)."""
-    if a.dtype.kind != "f":
-        raise TypeError(f"{what} must be a floating array, got numpy dtype {a.dtype}")
+    check_floating(a, what)
     if a.dtype.itemsize > 8:  # long double: no torch dtype
         a = a.astype(np.float64)
     return torch.from_numpy(native_array(a))
@@ -93,7 +108,9 @@ def _finite(x: torch.Tensor, what: str) -> None:
 
 def _floating(x: torch.Tensor, what: str, hint: str = "") -> torch.Tensor:
     """Floating dtypes pass (float8 and the like widened to float32); others are a TypeError."""
-    if not x.is_floating_point():
+    if not hint:
+        check_floating(x, what)
+    elif not x.is_floating_point():
         raise TypeError(f"{what} must be a floating tensor, got dtype {x.dtype}{hint}")
     return x if x.dtype in _NATIVE_FLOATS else x.float()
 

@@ -176,8 +176,36 @@ def save_latent(latent, path: str | Path) -> Path:
     return p
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def rgb_pixels(im, path) -> np.ndarray:
+    """A Pillow image -> (H, W, 3) float32 in 0..255, upright.
+
+    EXIF orientation is applied (ImageOps.exif_transpose: a phone's portrait JPEG stays portrait).
+    16-bit grayscale PNGs (modes I;16*, and I, which Pillow uses for them) are scaled by 255/65535,
+    not clipped at 255 (which whitens them); an I image outside 0..65535 is refused. Palette, alpha
+    (dropped: the colour channels are kept), grayscale, 1-bit, CMYK and YCbCr images go through
+    Pillow's own conversion to RGB. Float (F) and other modes are a ValueError naming the mode."""
+    from PIL import ImageOps
+    im = ImageOps.exif_transpose(im)
+    if im.mode in SIXTEEN_BIT_MODES:
+        a = np.asarray(im).astype(np.float32)  # (H, W), Pillow gives the native-order values
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"{str(path)!r}: mode {im.mode} values {a.min():.0f}..{a.max():.0f} are outside the "
+                             "16-bit range 0..65535")
+        return np.repeat((a * (255.0 / 65535.0))[..., None], 3, axis=2)
+    if im.mode in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "La", "CMYK", "YCbCr", "LAB", "HSV"):
+        if im.mode == "P" and "transparency" in im.info:
+            im = im.convert("RGBA")  # Pillow's advice for palette transparency; the alpha is then dropped
+        return np.asarray(im.convert("RGB"), dtype=np.float32)
+    raise ValueError(f"{str(path)!r}: image mode {im.mode!r} is not supported (8- or 16-bit grayscale, RGB, "
+                     "palette, CMYK or YCbCr, with or without alpha)")
+
+
 def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
-    """PNG/JPEG -> (1, 3, H, W) float32 in [-1, 1] (any mode converted to RGB).
+    """PNG/JPEG -> (1, 3, H, W) float32 in [-1, 1], upright (rgb_pixels: EXIF orientation applied,
+    every mode and bit depth converted to RGB at full range).
 
     The pixel count is read from the header and checked against max_pixels before any pixel is
     decoded; Pillow's own decompression-bomb check (DecompressionBombError, and its warning, made
@@ -192,7 +220,7 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Te
                 if w < 1 or h < 1 or w * h > max_pixels:
                     raise ValueError(f"{str(p)!r} is {w}x{h} (WxH) = {w * h:,} pixels; images may have "
                                      f"1..{max_pixels:,} pixels")
-                arr = np.asarray(im.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+                arr = rgb_pixels(im, p)  # (H, W, 3) in 0..255
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ValueError(f"{str(p)!r} is refused as a decompression bomb: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:

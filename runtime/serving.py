@@ -14,8 +14,11 @@ dynamic batcher queues requests and hands the model function several at once; th
 checks each, groups them by output size, decodes each group in chunks of at most `max_pixels`
 output pixels, and splits the images back so every response holds exactly its own.
 
-Triton itself rejects, before batching, a request with the wrong dtype, rank or channel count or
-a batch over `max_batch`. The model function rejects the rest (NaN/inf, size out of range, over
+In front of Triton, the gates (runtime/gate.py) refuse a request over the byte limit
+(request_bytes_limit) or whose declared shapes and data disagree, and run check_request on the
+rest (gate_check) before Triton copies it anywhere. Triton itself rejects, before batching, a
+request with the wrong dtype, rank or channel count or a batch over `max_batch`. The model
+function checks again and rejects the rest (NaN/inf, size out of range, over
 the pixel limit, latent grid too large) with a ValueError naming the problem, which Triton
 returns as the error response. PyTriton fails a whole execution at once, so a valid request that
 the batcher put into one execution with a malformed one gets that error too (it names the
@@ -50,6 +53,7 @@ class Limits:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_time_ms: int = 0          # a request queued longer is rejected
     max_queue_size: int = 0             # requests waiting beyond this are rejected
+    max_request_bytes: int | None = None  # declared input bytes per request (None: request_bytes_limit's default)
 
     def __post_init__(self):
         for name in ("max_batch", "max_queue_delay_us", "max_queue_time_ms", "max_queue_size"):
@@ -57,12 +61,68 @@ class Limits:
             lo = 1 if name == "max_batch" else 0
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-        if self.max_pixels is not None and (not isinstance(self.max_pixels, int) or self.max_pixels < 1):
-            raise ValueError(f"max_pixels must be a positive integer or None, got {self.max_pixels!r}")
+        for name in ("max_pixels", "max_request_bytes"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
         self.preferred_batch_sizes = tuple(self.preferred_batch_sizes)
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch]
         if bad:
             raise ValueError(f"preferred batch sizes must be 1..max_batch ({self.max_batch}), got {bad}")
+
+
+def pixel_limit(limits: Limits, config) -> int:
+    """The output pixels per request the server enforces: limits.max_pixels, else one image of
+    min(max_size, DEFAULT_MAX_SIDE)^2."""
+    return limits.max_pixels or min(config.max_size, DEFAULT_MAX_SIDE) ** 2
+
+
+def request_bytes_limit(limits: Limits, config) -> int:
+    """The declared input bytes per request the server accepts: limits.max_request_bytes, else the
+    largest valid request: max_batch latents of the largest grid (FP32) plus their sizes (INT32)."""
+    grid = config.max_size // config.upscale
+    return limits.max_request_bytes or limits.max_batch * (config.latent_channels * grid * grid * 4 + 2 * 4)
+
+
+def describe_limits(limits: Limits, config) -> str:
+    """The limits a server enforces, in words, for its startup line: the values the checks use."""
+    return (f"max batch {limits.max_batch}, max pixels {pixel_limit(limits, config)}, "
+            f"max request bytes {request_bytes_limit(limits, config)}")
+
+
+MODEL_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def check_model_name(name) -> str:
+    """A Triton model name, as PyTriton accepts it and a URL carries it: 1..128 of A-Z a-z 0-9 . _ -,
+    not '.' or '..'. ValueError naming it."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 128 or not set(name) <= MODEL_NAME_CHARS \
+            or name in (".", ".."):
+        raise ValueError(f"model name must be 1..128 characters of A-Z a-z 0-9 . _ - (not '.' or '..'), got {name!r}")
+    return name
+
+
+def check_ports(host: str, ports: dict[str, int]) -> None:
+    """Each named port (e.g. {"--http-port": 8000}) is distinct and can be bound on host now:
+    OSError naming the flag and the port otherwise, before anything starts."""
+    import socket
+    seen: dict[int, str] = {}
+    for flag, port in ports.items():
+        if port in seen:
+            raise ValueError(f"{flag} {port} is the same port as {seen[port]}")
+        seen[port] = flag
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise OSError(f"cannot resolve host {host!r}: {exc.strerror}") from exc
+        family, _, _, _, addr = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed port in TIME_WAIT is free
+            try:
+                s.bind(addr)
+            except OSError as exc:
+                raise OSError(f"{flag} {port}: cannot listen on {host}:{port} ({exc.strerror}); is another "
+                              f"server running there? pick another port") from exc
 
 
 def check_request(request, config, max_pixels: int) -> tuple[np.ndarray, int, int]:
@@ -97,6 +157,25 @@ def check_request(request, config, max_pixels: int) -> tuple[np.ndarray, int, in
     return z, h, w
 
 
+def gate_check(config, limits: Limits):
+    """check_request for the gates (runtime/gate.py), run on a request before Triton sees it: a
+    request Triton itself refuses cheaply (missing inputs, another dtype, rank or channel count, a
+    batch over max_batch) is left to Triton, so its messages stay Triton's; every other refusal
+    happens here, as HTTP 400 / gRPC INVALID_ARGUMENT. Why: Triton copies every input into the
+    Python backend's shared-memory pool, and a request refused by the model function leaves that
+    pool larger (measured: ~8 MiB per 4 MiB refused request; successful requests do not grow it)."""
+    max_pixels = pixel_limit(limits, config)
+
+    def check(arrays: dict) -> None:
+        z, hh, ww = arrays.get("latent"), arrays.get("height"), arrays.get("width")
+        if (z is None or hh is None or ww is None or z.dtype != np.float32 or hh.dtype != np.int32
+                or ww.dtype != np.int32 or z.ndim != 4 or z.shape[1] != config.latent_channels
+                or hh.ndim != 2 or ww.ndim != 2 or not 1 <= z.shape[0] <= limits.max_batch):
+            return
+        check_request(arrays, config, max_pixels)
+    return check
+
+
 def encode_png(images: np.ndarray) -> np.ndarray:
     """(B, h, w, 3) uint8 -> (B, 1) array of PNG bytes (fast zlib level: a server spends no second on it)."""
     from PIL import Image
@@ -115,7 +194,7 @@ class InfGenModel:
     def __init__(self, engine, limits: Limits | None = None):
         self.engine = engine
         self.limits = limits or Limits()
-        self.max_pixels = self.limits.max_pixels or min(engine.config.max_size, DEFAULT_MAX_SIDE) ** 2
+        self.max_pixels = pixel_limit(self.limits, engine.config)
 
     def __call__(self, requests) -> list[dict[str, np.ndarray]]:
         if len(requests) == 1:
@@ -215,6 +294,26 @@ def libpython_on_library_path():
             os.environ["LD_LIBRARY_PATH"] = old
 
 
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 20)}
+
+
+@contextlib.contextmanager
+def memory_returned_to_the_system():
+    """glibc settings for tritonserver and its stub while PyTriton starts them: blocks of 1 MiB and
+    more are mmap'ed and unmapped when freed, and the heap is trimmed above 1 MiB free, so request
+    buffers (a refused 100 MiB request too) go back to the system instead of staying in the heap
+    (glibc's default threshold grows to 32 MiB as large blocks are freed). An explicit setting of
+    the caller's environment wins."""
+    old = {k: os.environ.get(k) for k in MALLOC_ENV}
+    os.environ.update({k: v for k, v in MALLOC_ENV.items() if old[k] is None})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+
+
 def model_tensors(config):
     """PyTriton input and output declarations; shapes exclude the batch dim."""
     from pytriton.model_config import Tensor
@@ -245,35 +344,77 @@ def describe(engine, model: str = "") -> str:
     return f"{model + ': ' if model else ''}backend {engine.backend_name}, dtype {dtype}, device {engine.device}"
 
 
+class Server:
+    """A running server: Triton (metrics; HTTP and gRPC on loopback ports of their own) behind the
+    HTTP and gRPC gates (runtime/gate.py) on the public ports. stop() stops them all."""
+
+    def __init__(self, triton, gates):
+        self.triton, self.gates = triton, gates
+
+    def is_alive(self) -> bool:
+        return self.triton.is_alive()
+
+    def stop(self) -> None:
+        try:
+            self.triton.stop()
+        finally:
+            for gate in self.gates:
+                gate.stop()
+
+
+def _loopback_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_server(engine, limits: Limits | None = None, *, host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, model_name: str = MODEL_NAME, model: str = "",
                  workspace: str | Path | None = None, exit_timeout_s: int = 5, log_file: str | Path | None = None,
-                 echo=print):
-    """Start tritonserver (HTTP, gRPC, metrics on `host`), bind InfGenModel(engine, limits) as
-    `model_name`, and return the running pytriton.triton.Triton; call .stop() on it when done.
-    Logs one line when the model is loaded: backend, dtype and device. Triton's own log goes to
-    stdout, or to `log_file`."""
+                 echo=print) -> Server:
+    """Check the model name and the ports (ValueError/OSError naming them, before anything starts),
+    start the HTTP gate on host:http_port and tritonserver (gRPC, metrics on `host`, HTTP behind
+    the gate), bind InfGenModel(engine, limits) as `model_name`, and return the running Server;
+    call .stop() on it when done. Logs one line when the model is loaded: backend, dtype, device
+    and the limits enforced. Triton's own log goes to stdout, or to `log_file`."""
     require_pytriton()
     from pytriton.triton import Triton, TritonConfig
 
+    from infgen.runtime.gate import Gate, GrpcGate
+
     limits = limits or Limits()
-    config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
-                          metrics_address=host, metrics_port=metrics_port, exit_timeout_secs=exit_timeout_s,
+    check_model_name(model_name)
+    check_ports(host, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
+    max_bytes = request_bytes_limit(limits, engine.config)
+    check = gate_check(engine.config, limits)
+    gates = [Gate(host, http_port, _loopback_port(), max_bytes, check).start()]
+    try:
+        gates.append(GrpcGate(host, grpc_port, _loopback_port(), max_bytes, check).start())
+    except BaseException:
+        gates[0].stop()
+        raise
+    gpu = engine.device.type == "cuda"
+    config = TritonConfig(http_address="127.0.0.1", http_port=gates[0].upstream_port, grpc_address="127.0.0.1",
+                          grpc_port=gates[1].upstream_port, metrics_address=host, metrics_port=metrics_port,
+                          allow_gpu_metrics=gpu, exit_timeout_secs=exit_timeout_s,
                           log_file=None if log_file is None else str(log_file))
     triton = Triton(config=config, workspace=workspace)
     try:
-        with libpython_on_library_path():
+        with libpython_on_library_path(), memory_returned_to_the_system():
             triton.run()
         inputs, outputs = model_tensors(engine.config)
         triton.bind(model_name=model_name, infer_func=InfGenModel(engine, limits), inputs=inputs, outputs=outputs,
                     config=model_config(limits), strict=True)
     except BaseException:
-        triton.stop()
+        Server(triton, gates).stop()
         raise
-    echo(f"loaded model '{model_name}' ({describe(engine, model)}); max batch {limits.max_batch}, max pixels "
-         f"{limits.max_pixels or engine.config.max_size ** 2}; http {host}:{http_port}, grpc {host}:{grpc_port}, "
-         f"metrics {host}:{metrics_port}", flush=True)
-    return triton
+    if not gpu:
+        echo("note: Triton's CUDA lines above (pinned memory, CudaDriverHelper) are its GPU probe on a machine "
+             "serving on the CPU: harmless", flush=True)
+    echo(f"loaded model '{model_name}' ({describe(engine, model)}); {describe_limits(limits, engine.config)}; "
+         f"http {host}:{http_port}, grpc {host}:{grpc_port}, metrics {host}:{metrics_port}", flush=True)
+    return Server(triton, gates)
 
 
 # ------------------------------------------------------------------------------- client
@@ -330,9 +471,10 @@ class InfGenClient:
             return False
 
     def infer(self, latent, h: int, w: int, png: bool = False):
-        latent = np.asarray(latent)
-        if latent.dtype.kind != "f":
-            raise TypeError(f"latent must be a floating array, got dtype {latent.dtype}")
+        from infgen.ref.model import check_floating
+        latent = check_floating(latent if isinstance(latent, torch.Tensor) else np.asarray(latent))
+        if isinstance(latent, torch.Tensor):
+            latent = latent.detach().float().cpu().numpy()
         latent = np.ascontiguousarray(latent[None] if latent.ndim == 3 else latent, dtype=np.float32)
         for name, v in (("height", h), ("width", w)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):

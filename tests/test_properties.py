@@ -13,7 +13,7 @@ from infgen.ref.model import InfGen, check_image
 from infgen.runtime.engine import InfGenEngine
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, event, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, event, example, given, settings, strategies as st  # noqa: E402
 
 # deadline: bounded time per draw, generous for a loaded 2-core machine (typical draws take ms)
 SETTINGS = dict(deadline=30_000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -204,3 +204,175 @@ def test_encode_returns_a_finite_latent_or_a_user_error(engine, x):
     B, _, H, W = image.shape
     assert z.shape == (B, engine.config.latent_channels, H // 8, W // 8)
     assert torch.isfinite(z).all()
+
+
+# ----------------------------------------------------------------------------- the server's request parsers
+@st.composite
+def serving_requests(draw):
+    """A request the model function may receive: mostly well formed, with one field perturbed or not."""
+    b = draw(st.integers(0, 3))
+    zdtype = draw(st.sampled_from([np.float32, np.float32, np.float32, np.float64, np.int32]))
+    shape = (b, draw(st.sampled_from([4, 4, 3])), draw(st.integers(0, 300)), draw(st.integers(1, 12)))
+    if draw(st.booleans()) and shape[2] > 12:
+        shape = (shape[0], shape[1], 8, shape[3])
+    z = np.zeros(shape, zdtype)
+    if z.size and z.dtype.kind == "f" and draw(st.booleans()):
+        z.flat[draw(st.integers(0, z.size - 1))] = draw(st.sampled_from([np.nan, np.inf, 1.0]))
+    rows = b if draw(st.integers(0, 9)) else b + 1
+    hdtype = draw(st.sampled_from([np.int32, np.int32, np.int64, np.float32]))
+    h = np.full((rows, 1), draw(st.sampled_from([64, 8, 7, 2048, 2049, 512, -5])), hdtype)
+    w = np.full((rows, 1), draw(st.sampled_from([64, 96, 8, 4000])), np.int32)
+    if rows > 1 and draw(st.integers(0, 4)) == 0:
+        w[-1] = 72
+    return {"latent": z, "height": h, "width": w}
+
+
+def _valid_request(r, cfg, max_pixels) -> bool:
+    """The spec check_request implements, written out independently."""
+    z, h, w = r["latent"], r["height"], r["width"]
+    if z.dtype != np.float32 or z.ndim != 4 or z.shape[1] != cfg.latent_channels or 0 in z.shape:
+        return False
+    b = z.shape[0]
+    if h.dtype.kind not in "iu" or w.dtype.kind not in "iu" or h.shape != (b, 1) or w.shape != (b, 1):
+        return False
+    if len(set(h.ravel().tolist())) != 1 or len(set(w.ravel().tolist())) != 1:
+        return False
+    hh, ww = int(h[0, 0]), int(w[0, 0])
+    grid = cfg.max_size // cfg.upscale
+    return (cfg.upscale <= hh <= cfg.max_size and cfg.upscale <= ww <= cfg.max_size and b * hh * ww <= max_pixels
+            and z.shape[2] <= grid and z.shape[3] <= grid and bool(np.isfinite(z).all()))
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(r=serving_requests())
+@example(r={"latent": np.zeros((2, 4, 8, 12), np.float32), "height": np.full((2, 1), 64, np.int32),
+            "width": np.full((2, 1), 96, np.int32)})
+def test_server_request_check_accepts_exactly_the_valid_requests(r):
+    """check_request returns (latent, h, w) for every request the spec allows (so it cannot pass by
+    always raising) and a ValueError/TypeError for every other."""
+    from infgen.ref.config import preset
+    from infgen.runtime.serving import check_request
+    cfg, max_pixels = preset("tiny"), 2 * 256 * 256
+    valid = _valid_request(r, cfg, max_pixels)
+    event(f"valid: {valid}")
+    if valid:
+        z, h, w = check_request(r, cfg, max_pixels)
+        assert z is r["latent"] and (h, w) == (int(r["height"][0, 0]), int(r["width"][0, 0]))
+    else:
+        with pytest.raises(USER_ERRORS):
+            check_request(r, cfg, max_pixels)
+
+
+DTYPE_BYTES = {"FP32": 4, "INT32": 4, "UINT8": 1, "FP64": 8, "BYTES": 1}
+
+
+@st.composite
+def infer_bodies(draw):
+    """An HTTP inference request's JSON part and the binary bytes after it; well formed or not."""
+    inputs = []
+    for name in draw(st.lists(st.sampled_from(["latent", "height", "width"]), min_size=0, max_size=3)):
+        dtype = draw(st.sampled_from([*DTYPE_BYTES, "FP8", 5]))
+        shape = draw(st.one_of(st.lists(st.integers(0, 9), max_size=4),
+                               st.lists(st.sampled_from([-1, 100000, 2 ** 40, 1.5, True, "4"]), min_size=1, max_size=4),
+                               st.just("1,4")))
+        inp = {"name": name, "datatype": dtype, "shape": shape}
+        count = math.prod(shape) if isinstance(shape, list) and all(type(d) is int for d in shape) else 3
+        if draw(st.booleans()):
+            n = count if draw(st.integers(0, 4)) and count <= 2000 else max(0, min(count, 50) - 1)
+            inp["data"] = [0] * n
+        elif isinstance(dtype, str) and dtype in DTYPE_BYTES:
+            inp["parameters"] = {"binary_data_size": count * DTYPE_BYTES[dtype] + draw(st.sampled_from([0, 0, 0, 4]))}
+        inputs.append(inp)
+    doc = draw(st.sampled_from([{"inputs": inputs}, {"inputs": inputs}, inputs, {"id": "x"}]))
+    text = json.dumps(doc).encode()
+    if draw(st.integers(0, 9)) == 0:
+        text = text[:draw(st.integers(0, len(text)))]
+    return text, draw(st.integers(0, 4096))
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(body=infer_bodies())
+@example(body=(json.dumps({"inputs": [{"name": "latent", "datatype": "FP32", "shape": [1, 4, 8, 8],
+                                       "parameters": {"binary_data_size": 1024}},
+                                      {"name": "height", "datatype": "INT32", "shape": [1, 1], "data": [64]}]}).encode(),
+               1024))
+def test_http_gate_passes_valid_requests_and_refuses_the_rest_with_a_status(body):
+    """The gate's check returns None for a request whose every input is consistent and within the
+    limit, and otherwise raises Refused with a 4xx status and a message; nothing else escapes."""
+    from infgen.runtime.gate import DTYPE_BYTES as SIZES, Refused, check_infer
+    text, binary_len = body
+    max_bytes = 4096
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    expect_ok = isinstance(doc, dict) and isinstance(doc.get("inputs"), list) and bool(doc["inputs"])
+    total_binary = total = 0
+    for inp in (doc["inputs"] if expect_ok else []):
+        shape, dtype = inp["shape"], inp["datatype"]
+        if dtype not in SIZES or not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            expect_ok = False
+            break
+        n = math.prod(shape) * SIZES[dtype]
+        total += n
+        size = inp.get("parameters", {}).get("binary_data_size")
+        if n > max_bytes or total > max_bytes or (size is not None and dtype != "BYTES" and size != n):
+            expect_ok = False
+            break
+        if size is not None:
+            total_binary += size
+        elif "data" not in inp or len(inp["data"]) != math.prod(shape):
+            expect_ok = False
+            break
+    expect_ok = expect_ok and total_binary <= binary_len
+    event(f"accepted: {expect_ok}")
+    if expect_ok:
+        assert check_infer(text, binary_len, max_bytes) is None
+    else:
+        with pytest.raises(Refused) as info:
+            check_infer(text, binary_len, max_bytes)
+        assert info.value.status in (400, 413) and str(info.value)
+
+
+# ----------------------------------------------------------------------------- the trainer's arguments
+TRAIN_FLAGS = {  # flag -> (valid values, invalid values)
+    "--stage1-steps": (["0", "5"], ["-1", "1.5", "x"]),
+    "--batch-size": (["1", "8"], ["0", "-2", "nan"]),
+    "--save-every": (["1", "200"], ["0", "-5"]),
+    "--log-every": (["1", "10"], ["0", "-1"]),
+    "--snapshot-every": (["0", "50"], ["-1"]),
+    "--threads": (["0", "2"], ["-1", "9999"]),
+    "--lr": (["2e-4", "1"], ["0", "-1e-3", "nan", "inf", "1e999"]),
+    "--kl-weight": (["0", "1e-6"], ["-1", "inf"]),
+    "--gan-start": (["0", "0.5", "1"], ["1.5", "nan"]),
+    "--max-scale": (["1", "4"], ["0.5", "inf"]),
+    "--init-logvar": (["-10", "0"], ["nan", "-1e999"]),
+    "--seed": (["0", "7"], ["-1", "2.5"]),
+}
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(picks=st.lists(st.tuples(st.sampled_from(sorted(TRAIN_FLAGS)), st.booleans(), st.integers(0, 9)),
+                      max_size=4, unique_by=lambda t: t[0]))
+def test_trainer_arguments_parse_to_bounded_values_or_one_error_line(picks, capsys):
+    """Valid flags always parse (so the test fails if the parser always refuses) into finite values
+    within bounds; any invalid one is exit status 2 with one `error:` line naming it."""
+    from infgen.train.trainer import parse_args
+    argv, bad = ["--out-dir", "/tmp/never-written"], []
+    for flag, ok, i in picks:
+        values = TRAIN_FLAGS[flag][0 if ok else 1]
+        argv += [flag, values[i % len(values)]]
+        if not ok:
+            bad.append(flag)
+    capsys.readouterr()
+    if not bad:
+        a = parse_args(argv)
+        for name in ("lr", "kl_weight", "gan_start", "max_scale", "init_logvar"):
+            assert math.isfinite(getattr(a, name))
+        assert a.save_every >= 1 and a.log_every >= 1 and a.threads >= 0 and a.batch_size >= 1 and a.lr > 0
+        return
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert any(flag in err[0] for flag in bad), err

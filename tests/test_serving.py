@@ -208,6 +208,24 @@ def test_serve_user_error_is_one_line_and_exit_2(capsys):
     assert "must be a port 1..65535, got '70000'" in capsys.readouterr().err
 
 
+def test_serve_refuses_a_busy_port_or_a_bad_model_name_before_starting(capsys):
+    from infgen.runtime.cli import serve
+    http, grpc, metrics = free_ports(3)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", grpc))
+        busy.listen()
+        assert serve.main(["--preset", "tiny", "--http-port", str(http), "--grpc-port", str(grpc),
+                           "--metrics-port", str(metrics)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --grpc-port {grpc}: cannot listen on 127.0.0.1:{grpc}") and "\n" not in err, err
+    assert serve.main(["--preset", "tiny", "--http-port", str(http), "--grpc-port", str(http)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --grpc-port {http} is the same port as --http-port"
+    for name in ("a/b", "", "..", "x" * 129, "naïve"):
+        assert serve.main(["--preset", "tiny", "--model-name", name]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: model name must be 1..128 characters") and repr(name) in err, err
+
+
 # ------------------------------------------------------------------------------- a real server
 def free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
@@ -236,12 +254,19 @@ def server(tmp_path_factory):
     info = {"proc": proc, "log": log, "http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}",
             "metrics": f"127.0.0.1:{metrics}"}
     deadline = time.monotonic() + START_TIMEOUT_S
-    with InfGenClient(info["http"]) as client:
-        while not client.ready():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"server not ready (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
-            time.sleep(0.25)
+    try:
+        with InfGenClient(info["http"]) as client:
+            while not client.ready() or "loaded model" not in log.read_text():  # the startup line: after ready
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"server not ready (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+                time.sleep(0.25)
+    except BaseException:  # never leave a server (and its tritonserver) behind a failed start
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
     yield info
     if proc.poll() is None:  # the stop test did not run (-k): stop it the same way, so Triton cleans up
         proc.send_signal(signal.SIGINT)
@@ -356,8 +381,9 @@ def test_server_answers_a_bad_request_with_its_error_and_keeps_serving(server, e
 
 def test_client_error_is_the_reason_line(server):
     from infgen.runtime.serving import ServerError
-    with client(server) as c, pytest.raises(ServerError, match=r"^width must be 8..2048, got 5000$"):
-        c.decode(latent(0), 64, 5000)
+    for protocol in ("http", "grpc"):  # refused by the gates' check_request, before Triton: the reason alone
+        with client(server, protocol) as c, pytest.raises(ServerError, match=r"^width must be 8..2048, got 5000$"):
+            c.decode(latent(0), 64, 5000)
 
 
 def test_clients_that_disconnect_mid_request_do_not_hurt_the_others(server, engine):
@@ -406,6 +432,149 @@ def test_loadtest_runs_locust_against_the_server(server, tmp_path):
     assert run["p50_ms"] <= run["p90_ms"] <= run["p99_ms"] and run["images_per_s"] > 0
     assert run["direct"]["median_ms"] > 0 and "backend torch" in result["model"]
     assert "| 64x64 | 2 |" in proc.stdout
+
+
+def http_raw(address: str, head: str, body: bytes = b"") -> tuple[int, str]:
+    """Send one HTTP request as given; (status, body text) of the answer."""
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(head.encode() + b"\r\n\r\n" + body)
+        data = b""
+        while chunk := s.recv(1 << 16):
+            data += chunk
+            head_end = data.find(b"\r\n\r\n")
+            if head_end >= 0:
+                length = [int(ln.split(b":")[1]) for ln in data[:head_end].split(b"\r\n")
+                          if ln.lower().startswith(b"content-length:")]
+                if length and len(data) >= head_end + 4 + length[0]:
+                    break
+    status = int(data.split(b" ", 2)[1])
+    return status, data[data.find(b"\r\n\r\n") + 4:].decode(errors="replace")
+
+
+def post_infer(address: str, body: bytes, extra: str = "") -> tuple[int, str]:
+    return http_raw(address, f"POST /v2/models/infgen/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: {len(body)}{extra}", body)
+
+
+def json_request(shape, values) -> bytes:
+    return json.dumps({"inputs": [{"name": "latent", "datatype": "FP32", "shape": shape, "data": values},
+                                  {"name": "height", "datatype": "INT32", "shape": [1, 1], "data": [64]},
+                                  {"name": "width", "datatype": "INT32", "shape": [1, 1], "data": [64]}]}).encode()
+
+
+REQUEST_LIMIT = MAX_BATCH * (4 * 256 * 256 * 4 + 8)  # the tiny preset's default: max batch x the largest latent
+GATE_BAD = [  # (name, body, extra headers, status, message)
+    ("json huge shape", json_request([1, 4, 100000, 100000], [0.0] * 4), "", 413,
+     f"declares shape [1, 4, 100000, 100000] of FP32 = 160000000000 bytes; the server accepts at most "
+     f"{REQUEST_LIMIT} bytes"),
+    ("json short data", json_request([1, 4, 8, 8], [0.0] * 4), "", 400, "(256 values) but holds 4"),
+    ("json negative dim", json_request([1, 4, -8, 8], [0.0] * 4), "", 400, "shape must be a list of at most 8"),
+    ("not json", b"{\"inputs\": [", "", 400, "does not parse"),
+    ("binary size lies", json.dumps({"inputs": [{"name": "latent", "datatype": "FP32", "shape": [1, 4, 8, 8],
+                                                 "parameters": {"binary_data_size": 16}}]}).encode() + bytes(16),
+     "\r\nInference-Header-Content-Length: 95", 400, "binary_data_size 16 does not match"),
+    ("gzip", b"x" * 10, "\r\nContent-Encoding: gzip", 415, "compressed requests are not accepted"),
+]
+
+
+@pytest.mark.parametrize("name,body,extra,status,message", GATE_BAD, ids=[b[0] for b in GATE_BAD])
+def test_server_refuses_a_malformed_http_request_before_triton_reads_it(server, engine, name, body, extra, status,
+                                                                         message):
+    if "Inference-Header" in extra:
+        extra = f"\r\nInference-Header-Content-Length: {len(body) - 16}"
+    got, text = post_infer(server["http"], body, extra)
+    assert got == status and message in json.loads(text)["error"], text
+    z = latent(9)
+    with client(server) as c:
+        assert_same_image(c.decode(z, 64, 64), direct(engine, z, 64, 64), exact=True)
+
+
+def test_server_refuses_requests_over_the_size_limit_in_every_protocol(server, engine):
+    import tritonclient.grpc as tg
+    import tritonclient.http as tc
+    from tritonclient.utils import InferenceServerException
+    z = np.zeros((1, 4, 600, 600), np.float32)  # 5.76 MB of latent: over the 4 MiB limit
+    arrays = inputs(z)
+    for protocol, tmod, kw in (("http", tc, {"binary_data": True}), ("http", tc, {"binary_data": False}),
+                               ("grpc", tg, {})):
+        ins = []
+        for name, (a, dtype) in arrays.items():
+            t = tmod.InferInput(name, list(a.shape), dtype)
+            t.set_data_from_numpy(a, **kw)
+            ins.append(t)
+        c = tmod.InferenceServerClient(server[protocol])
+        try:
+            with pytest.raises(InferenceServerException) as info:
+                c.infer("infgen", ins)
+        finally:
+            c.close()
+        message = info.value.message()
+        assert ("the server accepts at most" in message or "larger than max" in message), (protocol, kw, message)
+    assert server["proc"].poll() is None
+    with client(server, "grpc") as c:
+        assert_same_image(c.decode(latent(9), 64, 64), direct(engine, latent(9), 64, 64), exact=True)
+
+
+def server_memory_mib(pid: int) -> dict:
+    """The memory pid and its descendants hold, in MiB: per process its private (anonymous) pages,
+    and the size of each /dev/shm file they map (Triton's Python-backend pool and PyTriton's tensor
+    store: each process maps them several times, so their resident pages would be counted again
+    per mapping)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            out[p] = sum(int(ln.split()[1]) for ln in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()
+                         if ln.startswith("Pss_Anon:")) / 1024
+            for ln in Path(f"/proc/{p}/maps").read_text().splitlines():
+                f = ln.split()[-1]
+                if f.startswith("/dev/shm/") and Path(f).exists():
+                    out[f] = Path(f).stat().st_size / 2 ** 20
+        except OSError:
+            pass
+    return out
+
+
+def test_server_memory_returns_to_its_level_after_refused_requests(server):
+    if not Path(f"/proc/{server['proc'].pid}/smaps_rollup").exists():
+        pytest.skip("needs Linux /proc/PID/smaps_rollup")
+    from infgen.runtime.serving import ServerError
+
+    def refuse(grid: int, b: int):
+        z = np.ones((b, 4, grid, grid), np.float32)
+        for protocol in ("http", "grpc"):
+            with client(server, protocol) as c, pytest.raises(ServerError):
+                c.decode(z, 2048, 2048)  # over the pixel limit (or the size limit): refused
+
+    for _ in range(3):  # the largest request the server takes in: Triton's pools settle at its size
+        refuse(256, MAX_BATCH)
+    before = server_memory_mib(server["proc"].pid)
+    for grid, b in ((256, MAX_BATCH), (512, 2), (512, 4), (1024, 2), (256, MAX_BATCH)):  # 4 to 32 MiB each
+        refuse(grid, b)
+    after = server_memory_mib(server["proc"].pid)
+    grew = sum(after.values()) - sum(before.values())
+    assert grew < 16, f"server memory grew by {grew:.0f} MiB over 10 refused requests: {before} -> {after}"
+
+
+def test_server_logs_the_limits_it_enforces(server, engine):
+    from infgen.runtime.serving import describe_limits
+    assert f"max pixels {MAX_PIXELS}, max request bytes {REQUEST_LIMIT};" in server["log"].read_text()
+    default = describe_limits(Limits(), engine.config)
+    assert f"max pixels {InfGenModel(engine).max_pixels}," in default  # the default the model function checks
+    if not torch.cuda.is_available():  # GPU metrics off on the CPU; Triton's GPU probe explained in one line
+        text = server["log"].read_text()
+        assert "Failed to initialize NVML" not in text and "DCGM unable to start" not in text
+        assert text.count("note: Triton's CUDA lines above") == 1
 
 
 def test_server_stops_cleanly_on_sigint(server):

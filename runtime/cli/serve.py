@@ -54,13 +54,16 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
                    help="reject a request queued longer than this (default: 0, no limit)")
     g.add_argument("--max-queue-size", type=nonneg_int, default=0,
                    help="reject requests beyond this many waiting (default: 0, no limit)")
+    g.add_argument("--max-request-bytes", type=positive_int, default=None,
+                   help="declared input bytes per request; larger ones get HTTP 413 before Triton reads them "
+                        "(default: the largest valid request, max-batch latents of the model's largest grid)")
 
 
 def limits_from_args(args):
     from infgen.runtime.serving import Limits
     return Limits(max_batch=args.max_batch, max_pixels=args.max_pixels, max_queue_delay_us=args.max_queue_delay_us,
                   preferred_batch_sizes=tuple(args.preferred_batch_sizes), max_queue_time_ms=args.max_queue_time_ms,
-                  max_queue_size=args.max_queue_size)
+                  max_queue_size=args.max_queue_size, max_request_bytes=args.max_request_bytes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,9 +86,12 @@ def warm_up(engine) -> None:
 
 
 def run(args) -> int:
-    from infgen.runtime.serving import require_pytriton, start_server
+    from infgen.runtime.serving import check_model_name, check_ports, require_pytriton, start_server
     limits = limits_from_args(args)
-    require_pytriton()  # before the model loads: a missing extra fails fast
+    check_model_name(args.model_name)  # these fail in seconds, before the model loads or Triton starts
+    check_ports(args.host, {"--http-port": args.http_port, "--grpc-port": args.grpc_port,
+                            "--metrics-port": args.metrics_port})
+    require_pytriton()
     engine, what = engine_and_name(args)
     warm_up(engine)
     stop = threading.Event()
