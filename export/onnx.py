@@ -27,14 +27,17 @@ See docs/export.md for why each op is expressed as it is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -44,12 +47,14 @@ from torch import nn
 from infgen.export.spec import DYNAMIC_DIMS, FLAVOURS, INPUTS, OPSET, OUTPUTS, PLUGIN_VERSION  # the spec
 from infgen.export.spec import PLUGIN_NAME as PLUGIN_OP
 from infgen.export.spec import PLUGIN_NAMESPACE as PLUGIN_DOMAIN
-from infgen.ref.config import PRESETS, dtype_name, parse_dtype, preset
+from infgen.ref.config import PRESETS, dtype_name, parse_dtype
 from infgen.ref.decode import TORCH_OPS, Ops, decode_grid, upsample_nearest2x
 from infgen.ref.model import InfGen, copy_model
 
 # Sample shapes traced by torch.export: every dynamic size >= 2 (0 and 1 get specialised).
 SAMPLE_BATCH, SAMPLE_LATENT, SAMPLE_GRID = 2, (4, 6), (3, 5)
+# What export_onnx reports to its on_stage callback, in order (the CLI's progress bar).
+EXPORT_STAGES = ("trace and convert (torch.export)", "save", "graph rewrites", "check (onnx.checker)")
 
 
 # ----------------------------------------------------------------------------- custom op
@@ -132,11 +137,30 @@ def check_opset(opset) -> None:
         raise ValueError(f"opset must be {OPSET} (the export spec's; others are not supported), got {opset!r}")
 
 
+@contextlib.contextmanager
+def quiet_exporter():
+    """Silence two messages torch.onnx's exporter prints on every export that say nothing about
+    ours: one log line per torchvision op it would register a translation for (nms, roi_align, ...)
+    when torchvision is not installed (the decode uses no torchvision op), and torch's own
+    FutureWarning on its deprecated pytree LeafSpec. Other warnings and errors pass."""
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        log.setLevel(level)
+
+
 def export_onnx(model: InfGen, out: str | Path, dtype="fp32", flavour: str = "onnxruntime",
-                opset: int = OPSET) -> Path:
+                opset: int = OPSET, on_stage=None) -> Path:
     """Export model (cast to dtype, on the CPU) to out; returns out. External data (out + '.data')
-    is written when the weights pass 2 GB. Validated with onnx.checker and strict shape inference."""
+    is written when the weights pass 2 GB. Validated with onnx.checker and strict shape inference.
+    on_stage(name): called as each of EXPORT_STAGES starts (a progress bar)."""
     import onnx
+    stage = on_stage or (lambda name: None)
     check_opset(opset)
     dtype = parse_dtype(dtype)
     out = Path(out)
@@ -146,7 +170,8 @@ def export_onnx(model: InfGen, out: str | Path, dtype="fp32", flavour: str = "on
     D = torch.export.Dim.DYNAMIC
     dynamic = {name: {axis: D for axis in axes} for name, axes in DYNAMIC_DIMS.items()}
     table = {torch.ops.infgen.flash_attention.default: _flash_attention_onnx}
-    with torch.no_grad():
+    stage(EXPORT_STAGES[0])
+    with torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(module, sample_inputs(model.config), dynamo=True, opset_version=opset,
                                     input_names=list(INPUTS), output_names=list(OUTPUTS),
                                     dynamic_shapes=dynamic, custom_translation_table=table,
@@ -155,7 +180,9 @@ def export_onnx(model: InfGen, out: str | Path, dtype="fp32", flavour: str = "on
     external = nbytes >= 2 * 1024**3 - 64 * 1024**2
     for p in (out, out.with_name(out.name + ".data")):
         p.unlink(missing_ok=True)
+    stage(EXPORT_STAGES[1])
     program.save(str(out), external_data=external)
+    stage(EXPORT_STAGES[2])
     proto = onnx.load(str(out), load_external_data=False)
     name_dims(proto)
     if flavour == "tensorrt":
@@ -163,6 +190,7 @@ def export_onnx(model: InfGen, out: str | Path, dtype="fp32", flavour: str = "on
     else:
         expand_group_norm(proto)
     onnx.save(proto, str(out))
+    stage(EXPORT_STAGES[3])
     check_onnx(out)
     return out
 
@@ -357,23 +385,63 @@ def verify_cached(path: Path, digest: str) -> str | None:
 
 
 def load_model(checkpoint=None, preset_name=None) -> InfGen:
-    from infgen.ref.weights import load_checkpoint
+    """A checkpoint directory, else a preset ("demo": the bundled trained checkpoint; others random)."""
+    from infgen.ref.weights import load_checkpoint, preset_model
     if checkpoint is not None:
         return load_checkpoint(checkpoint)
-    torch.manual_seed(0)
-    return InfGen(preset(preset_name)).eval()
+    return preset_model(preset_name)
+
+
+RANDOM_WEIGHTS_WARNING = ("warning: exporting RANDOM weights (--preset {name}): the ONNX model decodes noise; "
+                          "give --checkpoint DIR (or --preset demo) to export trained weights")
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    from infgen.ref.options import add_model_options
+    add_model_options(ap, device=False, dtype_default="fp32", preset_default="paper")  # infgen_ref/options.py
+    ap.add_argument("--flavour", choices=FLAVOURS, default="onnxruntime")
+    ap.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset; only {OPSET} (the spec's) is supported")
+    ap.add_argument("-o", "--out", metavar="FILE", default=None,
+                    help="output .onnx (default: infgen_<preset or checkpoint folder>_<dtype>[_trt].onnx)")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="no progress bar (default: one on stderr when it is a terminal and tqdm is installed)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from infgen.ref.options import tool_parser
+    return tool_parser("python -m infgen.export.onnx", __doc__.split("\n")[0], add_arguments)
 
 
 def main(argv=None) -> int:
     """python -m infgen.export.onnx: user errors (bad opset, output path, checkpoint) are one `error:` line
     and exit status 2, found before the export starts."""
-    from infgen.ref.options import add_model_options, guarded
-    ap = argparse.ArgumentParser(prog="python -m infgen.export.onnx", description=__doc__.split("\n")[0])
-    add_model_options(ap, device=False, dtype_default="fp32", preset_default="paper")  # infgen_ref/options.py
-    ap.add_argument("--flavour", choices=FLAVOURS, default="onnxruntime")
-    ap.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset; only {OPSET} (the spec's) is supported")
-    ap.add_argument("--out", default=None, help="output .onnx (default infgen_<preset>_<dtype>[_trt].onnx)")
-    return guarded(_main, ap.parse_args(argv))
+    from infgen.ref.options import guarded
+    return guarded(_main, build_parser().parse_args(argv))
+
+
+class StageBar:
+    """A tqdm bar over EXPORT_STAGES on stderr, as export_onnx's on_stage; without tqdm (optional:
+    the profile, train and test extras have it) or when disabled, nothing is shown."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=len(EXPORT_STAGES), file=sys.stderr, leave=False,
+                            bar_format="ONNX export: stage {n}/{total} [{elapsed}{postfix}]")
+
+    def __call__(self, name: str) -> None:  # a stage starts
+        if self.bar is not None:
+            self.bar.set_postfix_str(name, refresh=False)
+            self.bar.update(1)
+            self.bar.refresh()  # stages can start within tqdm's mininterval of each other
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _main(args) -> int:
@@ -383,8 +451,15 @@ def _main(args) -> int:
     out = Path(args.out or f"infgen_{name}_{args.dtype}{'_trt' if args.flavour == 'tensorrt' else ''}.onnx")
     check_out_file(out, "--out", ".onnx")
     model = load_model(args.checkpoint, None if args.checkpoint else args.preset)
+    from infgen.ref.weights import TRAINED_PRESETS
+    if not args.checkpoint and args.preset not in TRAINED_PRESETS:
+        print(RANDOM_WEIGHTS_WARNING.format(name=args.preset), file=sys.stderr, flush=True)
+    bar = StageBar(not args.no_progress and sys.stderr.isatty())
     t0 = time.perf_counter()
-    export_onnx(model, out, args.dtype, args.flavour, args.opset)
+    try:
+        export_onnx(model, out, args.dtype, args.flavour, args.opset, on_stage=bar)
+    finally:
+        bar.close()
     dt = time.perf_counter() - t0
     data = out.with_name(out.name + ".data")
     size = out.stat().st_size + (data.stat().st_size if data.exists() else 0)

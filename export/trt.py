@@ -1,7 +1,7 @@
 """TensorRT engines for the InfGen decode: plan, build, cache, plugin.
 
     python -m infgen.export.trt --max-res 4096                 # build what the runtime serves
-    python -m infgen.export.trt --max-res 4096 --dry-run       # plan only (no TensorRT needed)
+    python -m infgen.export.trt --max-res 4096 --dry-run       # print the plan and commands (no TensorRT, no files)
 
 Lifecycle: plan (export/plan.py: volume-capped optimisation profiles over the token grid) ->
 ONNX, TensorRT flavour (export/onnx.py; the mid-block attention is the node
@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-from infgen.ref.config import parse_size
 from dataclasses import dataclass
 
 from infgen.export.plan import (Plan, cache_key, engine_metadata, largest_tensor, polygraphy_command, trtexec_command,
@@ -269,40 +268,52 @@ def engine_for(model, dtype, plan=None, engine_dir: str | Path = "engines", *, o
 
 
 # ----------------------------------------------------------------------------- CLI
-def parse_sizes(text: str) -> tuple:
-    """argparse type: '1024x1024,1920x1080' (WIDTHxHEIGHT, as every tool here) -> ((1024, 1024), (1080, 1920)) as (h, w)."""
-    try:
-        return tuple(parse_size(t) for t in text.split(",") if t.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def main(argv=None) -> int:
-    from infgen.ref.options import add_model_options
-    ap = argparse.ArgumentParser(prog="python -m infgen.export.trt", description="Build TensorRT engines for InfGen.")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    from infgen.ref.options import SIZE_METAVAR, add_model_options, size_type
     add_model_options(ap, device=False, dtype_default="bf16", preset_default="paper")  # infgen_ref/options.py
     ap.add_argument("--min-res", type=int, default=DEFAULT_MIN_RES, help="smallest output side (pixels)")
     ap.add_argument("--max-res", type=int, default=None, help="largest output side (pixels; default 4096, or the model's max_size if smaller)")
-    ap.add_argument("--opt-sizes", type=parse_sizes, default=DEFAULT_OPT_SIZES,
-                    help="WIDTHxHEIGHT sizes to tune for, comma-separated (default: 1024x1024,1920x1080,"
-                         "2048x2048,3840x2160,4096x4096)")
+    ap.add_argument("--opt-sizes", type=size_type, nargs="+", default=DEFAULT_OPT_SIZES, metavar=SIZE_METAVAR,
+                    help="WIDTHxHEIGHT sizes to tune for")
     ap.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="largest batch")
     ap.add_argument("--allow-tf32", action="store_true", help="fp32 engines may use tf32 (default exact fp32)")
-    ap.add_argument("--engine-dir", default="engines")
+    ap.add_argument("--engine-dir", default="engines", metavar="DIR",
+                    help="engine cache, plan.json and timing cache (read by the runtime's TensorRT backend)")
     ap.add_argument("--cache-dir", default=None, help="ONNX export cache (default $INFGEN_CACHE or ~/.cache/infgen)")
     ap.add_argument("--onnx", default=None, help="TensorRT-flavour ONNX to build from (default: export it)")
-    ap.add_argument("--dry-run", action="store_true", help="write the plan and print commands; build nothing")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the plan and the equivalent commands; build nothing and write nothing")
+    ap.add_argument("--write-plan", action="store_true",
+                    help="with --dry-run: write ENGINE_DIR/plan.json, which the runtime reads (a build always does)")
     ap.add_argument("--rebuild", action="store_true", help="ignore a cached engine")
     ap.add_argument("--plugin-lib", type=Path, default=None,
                     help="libinfgen_trt_plugins.so (CMake build, docs/native.md): print the trtexec line that loads it "
                          "and builds from the TensorRT-flavour ONNX, and the Triton Inference Server line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from infgen.ref.options import tool_parser
+    return tool_parser("python -m infgen.export.trt", "Build TensorRT engines for InfGen.", add_arguments)
+
+
+def main(argv=None) -> int:
     from infgen.ref.options import guarded
-    return guarded(_main, ap.parse_args(argv), errors=(TensorRTMissing, EngineUnbuildable))
+    return guarded(_main, build_parser().parse_args(argv), errors=(TensorRTMissing, EngineUnbuildable))
+
+
+def export_command(args, onnx_path: Path, flavour: str) -> str:
+    """The shell line that writes onnx_path: its folder made, then `python -m infgen.export.onnx`
+    with this run's model, dtype and the flavour."""
+    src = ["--checkpoint", args.checkpoint] if args.checkpoint else ["--preset", args.preset]
+    export = ["python", "-m", "infgen.export.onnx", *src, "--dtype", args.dtype, "--flavour", flavour,
+              "--out", str(onnx_path)]
+    return f"{shlex.join(['mkdir', '-p', str(onnx_path.parent)])} && {shlex.join(export)}"
 
 
 def _main(args) -> int:
     """The body of main: user errors raise (one `error:` line and exit 2 in main), and the engine
-    directory and checkpoint are checked before any work."""
+    directory and checkpoint are checked before any work. A dry run writes nothing (--write-plan:
+    the plan); a build checks for TensorRT before it writes anything."""
     from infgen.ref.config import preset
     from infgen.ref.options import check_out_dir
     check_out_dir(args.engine_dir, "--engine-dir")
@@ -320,40 +331,44 @@ def _main(args) -> int:
     max_res = args.max_res or min(DEFAULT_MAX_RES, cfg.max_size)
     if max_res > cfg.max_size:
         raise ValueError(f"--max-res must be at most the model's max_size {cfg.max_size}, got {max_res}")
-    plan = default_plan(cfg, args.min_res, max_res, args.opt_sizes, args.batch)
+    plan = default_plan(cfg, args.min_res, max_res, tuple(args.opt_sizes), args.batch)
+    if not args.dry_run:
+        import_tensorrt()  # TensorRTMissing: one error line, exit 2, nothing written
     engine_dir = Path(args.engine_dir)
-    engine_dir.mkdir(parents=True, exist_ok=True)
     plan_path = engine_dir / "plan.json"
-    plan_path.write_text(plan.to_json())
+    if not args.dry_run or args.write_plan:
+        engine_dir.mkdir(parents=True, exist_ok=True)
+        plan_path.write_text(plan.to_json())
+        where = f"written to {plan_path} (the runtime's TensorRT backend reads it from --engine-dir)"
+    else:
+        where = "not written (--dry-run; add --write-plan to write it)"
     onnx_path = Path(args.onnx or engine_dir / f"infgen_{name}_{args.dtype}_trt.onnx")
-    std_onnx = onnx_path.with_name(onnx_path.name.replace("_trt.onnx", ".onnx"))
+    std_onnx = engine_dir / f"infgen_{name}_{args.dtype}.onnx"
     print(f"plan: {len(plan.profiles)} profiles over the token grid, outputs {args.min_res}..{max_res} px, "
-          f"batch 1..{args.batch}, largest tensor < {plan.max_elements} elements; written to {plan_path} "
-          f"(the runtime's TensorRT backend reads it from --engine-dir)")
+          f"batch 1..{args.batch}, largest tensor < {plan.max_elements} elements; {where}")
     for i, p in enumerate(plan.profiles):
         lo, opt, hi = p.shapes["grid"]
         print(f"  profile {i}: grid long side {p.lo + 1}..{p.hi}  min {lo}  opt {opt}  max {hi}  "
               f"largest tensor {p.elements}")
     engine_out = engine_dir / f"infgen_{name}_{args.dtype}.engine"
     cache_file = str(engine_dir / "timing.cache")
-    print("# equivalent commands (standard-op ONNX from `python -m infgen.export.onnx`: trtexec and polygraphy "
-          "cannot load the Python plugin)")
+    print("# equivalent commands: the standard-op ONNX (trtexec and polygraphy cannot load the Python plugin), "
+          "then either builder")
+    print(export_command(args, std_onnx, "onnxruntime"))
     print(trtexec_command(plan, str(std_onnx), str(engine_out), cache_file))
     print(polygraphy_command(plan, str(std_onnx), str(engine_out), cache_file))
     if args.plugin_lib is not None:
         lib = args.plugin_lib.resolve()
         autoreg = lib.with_name(lib.name.replace("libinfgen_trt_plugins", "libinfgen_trt_plugins_autoreg"))
         print("# with the native plugin library, trtexec builds the TensorRT-flavour ONNX (infgen::FlashAttention nodes):")
-        src = ["--checkpoint", args.checkpoint] if args.checkpoint else ["--preset", args.preset]
-        print(shlex.join(["python", "-m", "infgen.export.onnx", *src, "--dtype", args.dtype, "--flavour", "tensorrt",
-                          "--out", str(onnx_path)]))
+        if args.onnx is None:
+            print(export_command(args, onnx_path, "tensorrt"))
         print(trtexec_command(plan, str(onnx_path), str(engine_out), cache_file, str(lib)))
         print("# serve: copy the engine to native/triton_repo/infgen_trt/1/model.plan, then")
         print(shlex.join(["tritonserver", "--model-repository=native/triton_repo",
                           f"--backend-config=tensorrt,plugins={autoreg}"]))
     if args.dry_run:
         return 0
-    import_tensorrt()  # TensorRTMissing: one error line, exit 2
     from infgen.export.onnx import load_model
     model = load_model(args.checkpoint, None if args.checkpoint else args.preset)
     t0 = time.perf_counter()

@@ -201,8 +201,9 @@ def conv_split_rows(B: int, Cin: int, Cout: int, W: int, k: int, max_elems: int 
 
 
 def conv2d_banded(conv: nn.Conv2d, x, band_rows: int, compute: torch.device,
-                  store: torch.device, out: torch.Tensor | None = None) -> torch.Tensor:
+                  store: torch.device, out: torch.Tensor | None = None, on_band=None) -> torch.Tensor:
     """conv(x) band by band. x: tensor or lazy source (B, Cin, H, W) -> (B, Cout, H, W) on `store`.
+    on_band: called with no arguments after each band (a progress hook), or None.
 
     Each output band [r0, r1) reads input rows [r0 - p, r1 + p) clipped to the image (p = k//2):
     a view, or the rows of a lazy source, and convolves them with the conv's own padding; the rows
@@ -211,7 +212,10 @@ def conv2d_banded(conv: nn.Conv2d, x, band_rows: int, compute: torch.device,
     same = (conv.stride == (1, 1) and conv.dilation == (1, 1) and kh % 2 == 1
             and conv.padding == (kh // 2, kw // 2) and conv.padding_mode == "zeros")
     if not same:  # not a 'same' conv (none in the decoder after conv_in): one band
-        return conv(materialize(x).to(compute)).to(store)
+        y = conv(materialize(x).to(compute)).to(store)
+        if on_band is not None:
+            on_band()
+        return y
     B, _, H, W = x.shape
     p = kh // 2
     if out is None:
@@ -225,6 +229,8 @@ def conv2d_banded(conv: nn.Conv2d, x, band_rows: int, compute: torch.device,
         a, b = max(0, r0 - p), min(H, r1 + p)
         y = F.conv2d(rows_of(x, a, b, compute), conv.weight, conv.bias, padding=conv.padding)  # (B, Cout, b-a, W)
         write_rows(out, r0, y[:, :, r0 - a: r1 - a])
+        if on_band is not None:
+            on_band()
     return out
 
 
@@ -240,10 +246,11 @@ class BandedOps:
     """The op functions of the banded decode. rows: fixed band rows for every layer, or None to
     size bands by bytes (band_bytes per band of the widest tensor an op touches, at most 1/16 of
     its rows). compute: the device that runs the bands. host_over (CUDA): conv outputs larger than
-    this many bytes are allocated in pinned host memory and read back band by band."""
+    this many bytes are allocated in pinned host memory and read back band by band. on_band:
+    called with no arguments after each conv band (a progress hook; memory.band_count bands in all)."""
 
     def __init__(self, rows: int | None = None, band_bytes: int = BAND_BYTES,
-                 compute: torch.device | str = "cpu", host_over: int | None = None):
+                 compute: torch.device | str = "cpu", host_over: int | None = None, on_band=None):
         if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
             raise ValueError(f"band_rows must be None or an int >= 1, got {rows!r}")
         if not isinstance(band_bytes, int) or band_bytes < 1:
@@ -252,6 +259,7 @@ class BandedOps:
         if host_over is not None and (not isinstance(host_over, int) or host_over < 0):
             raise ValueError(f"host_over must be None or bytes >= 0, got {host_over!r}")
         self.compute, self.host_over = torch.device(compute), host_over
+        self.on_band = on_band
 
     def _rows(self, shape, dtype, cout: int | None = None) -> int:
         if self.rows is not None:
@@ -269,7 +277,7 @@ class BandedOps:
         B, _, H, W = x.shape
         nbytes = B * conv.out_channels * H * W * x.dtype.itemsize
         return conv2d_banded(conv, x, self._rows(x.shape, x.dtype, conv.out_channels), self.compute,
-                             self.store_for(nbytes))
+                             self.store_for(nbytes), on_band=self.on_band)
 
     def group_norm(self, norm: nn.GroupNorm, x: torch.Tensor, silu: bool):
         """A Normed when silu (GroupNorm+SiLU feeds a conv everywhere in the decoder); a tensor
@@ -283,10 +291,10 @@ class BandedOps:
 
 
 def banded_ops(rows: int | None = None, band_bytes: int = BAND_BYTES, compute="cpu",
-               host_over: int | None = None) -> Ops:
+               host_over: int | None = None, on_band=None) -> Ops:
     """The banded decode's ops table: TORCH_OPS with BandedOps' conv, GroupNorm and nearest 2x
-    (the attentions run whole)."""
-    b = BandedOps(rows, band_bytes, compute, host_over)
+    (the attentions run whole). on_band: see BandedOps."""
+    b = BandedOps(rows, band_bytes, compute, host_over, on_band)
     return dataclasses.replace(TORCH_OPS, conv2d=b.conv2d, group_norm=b.group_norm, upsample2x=b.upsample2x)
 
 

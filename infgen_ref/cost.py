@@ -6,7 +6,7 @@ import math
 
 from .config import InfGenConfig
 
-H100_BF16_FLOPS = 790e12  # a bf16 matrix product measured on the lent H100 (DESIGN.md)
+H100_BF16_FLOPS = 790e12  # a bf16 matrix product measured on the lent H100 (docs/design.md)
 STAGES = ("tokens", "cross_attn", "mid_block", "up_blocks")
 
 

@@ -29,13 +29,16 @@ MODES = ("plain", "banded")
 BACKENDS = ("torch", "triton")
 
 
+MAX_MEMORY_BYTES = 2 ** 60  # 1 EiB: any larger budget is a typo
+
+
 def parse_bytes(text) -> int:
     """'24GB' | '512MiB' | '1.5e9' | 24_000_000_000 -> bytes (GB = 10^9, GiB = 2^30)."""
     if isinstance(text, bool):
         raise TypeError(f"memory size must be bytes (int) or a string like '24GB', got {text!r}")
     if isinstance(text, int):
-        if text < 1:
-            raise ValueError(f"memory size must be positive, got {text}")
+        if not 1 <= text <= MAX_MEMORY_BYTES:
+            raise ValueError(f"memory size must be 1..{MAX_MEMORY_BYTES} bytes (1 EiB), got {text}")
         return text
     if not isinstance(text, str):
         raise TypeError(f"memory size must be bytes (int) or a string like '24GB', got {type(text).__name__}")
@@ -45,7 +48,10 @@ def parse_bytes(text) -> int:
     unit = (m.group(2) or "B").upper().rstrip("B") or "B"
     scale = {"B": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
              "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
-    n = int(float(m.group(1)) * scale)
+    x = float(m.group(1)) * scale  # inf for 1e999 or 400 digits: refused below, never an OverflowError
+    if not x <= MAX_MEMORY_BYTES:
+        raise ValueError(f"memory size must be at most {MAX_MEMORY_BYTES} bytes (1 EiB), got {text!r}")
+    n = int(x)
     if n < 1:
         raise ValueError(f"memory size must be positive, got {text!r}")
     return n
@@ -220,3 +226,33 @@ def host_threshold(cfg: InfGenConfig, h: int, w: int, batch: int, dtype: torch.d
         if predict_peak(cfg, h, w, batch, dtype, backend, "banded", band_rows, host_over=over) <= budget:
             return over
     return floor
+
+
+def band_count(cfg: InfGenConfig, h: int, w: int, batch: int = 1, dtype: torch.dtype = torch.float32,
+               band_rows: int | None = None, latent_hw: tuple[int, int] | None = None) -> int:
+    """The number of conv bands one banded decode to (h, w) runs: the total of the progress
+    callback (infgen_ref/banded.py `on_band`). The same walk as predict_peak, plus the three
+    convs at the latent size; each conv runs ceil(H / rows) bands, rows sized as BandedOps does."""
+    e = dtype.itemsize
+    Hp, Wp = math.ceil(h / cfg.upscale), math.ceil(w / cfg.upscale)
+    hl, wl = latent_hw or (cfg.latent_size, cfg.latent_size)
+    ch = list(reversed(cfg.block_out_channels))
+
+    def conv(Cin, Cout, H, W):
+        return -(-H // _band_rows(batch, max(Cin, Cout), H, W, e, band_rows))
+
+    def resnet(Cin, Cout, H, W):
+        return conv(Cin, Cout, H, W) + conv(Cout, Cout, H, W) + (conv(Cin, Cout, H, W) if Cin != Cout else 0)
+
+    C = cfg.latent_channels  # post_quant_conv, conv_in, conv_tokens
+    n = conv(C, C, hl, wl) + conv(C, ch[0], hl, wl) + conv(ch[0], cfg.token_dim, hl, wl)
+    n += resnet(cfg.token_dim, ch[0], Hp, Wp) + resnet(ch[0], ch[0], Hp, Wp)  # mid block
+    C, H, W = ch[0], Hp, Wp
+    for i, cout in enumerate(ch):
+        for _ in range(cfg.layers_per_block + 1):
+            n += resnet(C, cout, H, W)
+            C = cout
+        if i < len(ch) - 1:
+            H, W = 2 * H, 2 * W
+            n += conv(C, C, H, W)  # the upsampler's conv
+    return n + conv(C, cfg.in_channels, H, W)  # conv_out

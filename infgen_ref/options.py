@@ -3,15 +3,21 @@
     --size WxH [WxH ...]       output sizes, WIDTHxHEIGHT (3840x2160 is landscape 4K; one number: a square),
                                parsed once by config.parse_size into (height, width)
     --preset NAME | --checkpoint DIR
-                               the model: random weights of a preset, or a checkpoint directory
+                               the model: a preset (demo: the bundled trained checkpoint; paper, tiny: random weights) or a checkpoint directory
     --backend NAME             choices: the engine's BACKENDS tuple (runtime/engine.py), passed in
     --device cpu|cuda[:N]
     --dtype fp32|fp16|bf16     choices: config.DTYPES
 
 Used by `python -m infgen.runtime {decode,encode,info,demo,profile,serve,client,loadtest}` (through
-runtime/cli/options.py, which supplies the backend names), `python -m infgen.export.onnx` and
-`python -m infgen.export.trt`. This module sits below the runtime so that export/ can use it too: the
-backend names come in as an argument, never from an import of runtime/.
+runtime/cli/options.py, which supplies the backend names), `torchrun -m infgen.runtime.distributed`,
+`python -m infgen.export.onnx`, `python -m infgen.export.trt` and `python -m infgen.train`. This module
+sits below the runtime so that export/ can use it too: the backend names come in as an argument, never
+from an import of runtime/.
+
+The conventions every tool's parser follows (docs/cli.md): a list is one flag with space-separated
+values (nargs="+"); `-o/--out FILE` names an output file, `--out-dir DIR` an output directory; every
+flag with a default says it in --help (show_defaults); the usage line names the program the user ran
+(prog_name). tool_parser builds a parser that way.
 """
 from __future__ import annotations
 
@@ -33,6 +39,43 @@ def size_type(text: str) -> tuple[int, int]:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def check_number(name: str, value, kind: type = float, lo=None, hi=None, lo_open: bool = False):
+    """One numeric option's value (a number, or its text) -> kind(value), finite and within
+    lo..hi ((lo, hi] when lo_open); ValueError/TypeError naming it and the range otherwise. The one
+    rule every numeric option and field follows: bools, NaN, inf, 1e999 and fractions for an int
+    are refused, never clipped or truncated."""
+    import math
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    what = "an integer" if kind is int else "a finite number"
+    try:
+        x = (int(value.strip()) if isinstance(value, str) else value) if kind is int else float(value)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{name} must be {what}, got {value!r}") from exc
+    if kind is int and (isinstance(x, float) or not isinstance(x, int)):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    if kind is float and not math.isfinite(x):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    low_ok = lo is None or (x > lo if lo_open else x >= lo)
+    if not low_ok or (hi is not None and x > hi):
+        rng = (f"{'>' if lo_open else '>='} {lo}" if hi is None else f"<= {hi}" if lo is None
+               else f"in {'(' if lo_open else '['}{lo}, {hi}]")
+        raise ValueError(f"{name} must be {what} {rng}, got {value!r}")
+    return x
+
+
+def number(kind: type = float, lo=None, hi=None, lo_open: bool = False):
+    """argparse type for check_number: type=number(int, 1) is an integer >= 1, type=number(float,
+    0, lo_open=True) a finite number > 0."""
+    def parse(text: str):
+        try:
+            return check_number("value", text, kind, lo, hi, lo_open)
+        except (ValueError, TypeError) as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("value ")) from exc
+    parse.__name__ = "integer" if kind is int else "number"  # argparse names the type in its message
+    return parse
 
 
 def positive_int(text: str) -> int:
@@ -60,7 +103,8 @@ def add_model_options(p: argparse.ArgumentParser, *, backends: tuple[str, ...] =
     g = p.add_argument_group("model (the flags every tool shares)")
     src = g.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=sorted(PRESETS), default=preset_default,
-                     help="architecture preset with random weights (for testing and timing)"
+                     help="demo: the bundled trained checkpoint; paper, tiny: the architecture with random "
+                          "weights (for testing and timing)"
                           + ("" if preset_default is None else " (default: %(default)s)"))
     src.add_argument("--checkpoint", metavar="DIR",
                      help=checkpoint_help or "InfGen checkpoint directory (config.json + model.safetensors)")
@@ -77,6 +121,58 @@ def add_model_options(p: argparse.ArgumentParser, *, backends: tuple[str, ...] =
         g.add_argument("--dtype", choices=DTYPE_CHOICES, default=dtype_default,
                        help=dtype_help or ("compute dtype (default: fp32 on the CPU, bf16 on CUDA)"
                                            if dtype_default is None else "default: %(default)s"))
+
+
+# ----------------------------------------------------------------------------- parsers
+def prog_name(default: str) -> str:
+    """The program name for a usage line: the console script the user ran, by its own name (infgen,
+    infgen-decode, infgen-export-onnx, ...), else default, the tool's `python -m ...` spelling (under
+    `python -m`, sys.argv[0] is the module's file; in a test it is the test runner)."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    name = name[:-4] if name.lower().endswith(".exe") else name
+    return name if name.startswith("infgen") and "." not in name else default
+
+
+def _shown(value) -> str:
+    """A default as the user would type it: lists space-separated, sizes WIDTHxHEIGHT."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(f"{v[1]}x{v[0]}" if isinstance(v, tuple) and len(v) == 2 else str(v) for v in value)
+    return str(value)
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Append ' (default: X)' to the help of every flag that has a default (not None, False or an
+    empty list) and whose help does not say it yet; subcommands' parsers too. Returns parser."""
+    for action in parser._actions:  # argparse lists a parser's actions nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                show_defaults(sub)
+            continue
+        d = action.default
+        if (not action.option_strings or action.help == argparse.SUPPRESS or d is None or d is False
+                or d == argparse.SUPPRESS or (isinstance(d, (list, tuple)) and not d)
+                or "default" in (action.help or "")):
+            continue
+        note = f"default: {_shown(d)}".replace("%", "%%")
+        action.help = f"{action.help} ({note})" if action.help else note
+    return parser
+
+
+class ToolParser(argparse.ArgumentParser):
+    """argparse, with a usage error as the tools' one `error: ...` line and exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
+def tool_parser(prog: str, description: str, add_arguments=None) -> argparse.ArgumentParser:
+    """A tool's parser: prog_name(prog) in the usage line, description as written, add_arguments(parser)
+    called, then show_defaults; a usage error is one `error:` line (ToolParser)."""
+    parser = ToolParser(prog=prog_name(prog), description=description,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    if add_arguments is not None:
+        add_arguments(parser)
+    return show_defaults(parser)
 
 
 # ----------------------------------------------------------------------------- user errors and outputs

@@ -11,7 +11,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import CHECKPOINT_REQUIRED, InfGenConfig, param_count
+from . import DEMO_CHECKPOINT
+from .config import CHECKPOINT_REQUIRED, InfGenConfig, param_count, preset
 from .model import InfGen
 
 # InfGen's own layers: not in an SDXL VAE checkpoint, left initialised by load_sdxl_vae.
@@ -19,6 +20,11 @@ NEW_PREFIXES = ("decoder.conv_tokens.", "decoder.latent_pos.", "decoder.mask_pos
                 "decoder.blocks.", "decoder.norm_tokens.")
 # Older diffusers checkpoints name the mid-block attention like this.
 _LEGACY_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+# Presets that name trained weights: --preset demo and InfGenEngine("demo") load the bundled
+# checkpoint. The trainer (`python -m infgen.train --preset demo`) builds the architecture alone.
+TRAINED_PRESETS = {"demo": DEMO_CHECKPOINT}
 
 
 class CheckpointError(ValueError):
@@ -126,6 +132,21 @@ def load_checkpoint(directory: str | Path) -> InfGen:
     model = InfGen(cfg)
     _assign(model, state, set(model.state_dict()), str(w_path))
     return model.eval()
+
+
+def preset_model(name: str) -> InfGen:
+    """A preset's model: "demo" is the bundled trained checkpoint (TRAINED_PRESETS), the others
+    (paper, tiny) their architecture with seed-0 random weights, the global RNG untouched."""
+    if name in TRAINED_PRESETS:
+        d = TRAINED_PRESETS[name]
+        if not (d / "model.safetensors").is_file():
+            raise FileNotFoundError(f"preset {name!r} is the bundled checkpoint {d}, which is not installed "
+                                    f"(reinstall the package, or pass a checkpoint directory)")
+        return load_checkpoint(d)
+    cfg = preset(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return InfGen(cfg).eval()
 
 
 def checkpoint_config(directory: str | Path) -> InfGenConfig:

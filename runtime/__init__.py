@@ -1,4 +1,4 @@
-"""InfGen deployment runtime: `from runtime import InfGenEngine`."""
+"""InfGen deployment runtime: `from infgen.runtime import InfGenEngine`."""
 from infgen.runtime.anysize import MemoryBudgetError
 from infgen.runtime.engine import BACKENDS, InfGenEngine
 

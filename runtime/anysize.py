@@ -20,7 +20,7 @@ import torch
 
 from infgen.ref import decode as D
 from infgen.ref.banded import available_ram, banded_ops
-from infgen.ref.memory import host_threshold, parse_bytes, plan, predict_peak
+from infgen.ref.memory import band_count, host_threshold, parse_bytes, plan, predict_peak
 from infgen.runtime.cache import SizeCache
 
 MARGIN = 0.10          # of the free memory, left for weights, the allocator's slack and other work
@@ -67,12 +67,13 @@ def memory_backend(backend) -> str:
 
 @torch.inference_mode()
 def run_banded(backend, z: torch.Tensor, Hp: int, Wp: int, band_rows: int | None,
-               host_over: int | None = None) -> torch.Tensor:
+               host_over: int | None = None, on_band=None) -> torch.Tensor:
     """The banded decode on a torch/triton backend's weights: z (B, C, h, w) -> (B, 3, 8H', 8W') on
-    z's device. host_over: activations past this many bytes live in host memory (CUDA)."""
+    z's device. host_over: activations past this many bytes live in host memory (CUDA). on_band:
+    called after each conv band (infgen_ref/banded.py), or None."""
     model = backend.model
     mask, q0 = backend.mask_and_q0(Hp, Wp) if hasattr(backend, "mask_and_q0") else D.mask_and_q0(model, Hp, Wp)
-    ops = banded_ops(band_rows, compute=z.device, host_over=host_over)
+    ops = banded_ops(band_rows, compute=z.device, host_over=host_over, on_band=on_band)
     own = getattr(backend, "ops", None)
     if own is not None:  # the backend's attention (e.g. the triton flash kernels); convs and norms banded
         ops = dataclasses.replace(ops, cross_attention=own.cross_attention, self_attention=own.self_attention)
@@ -189,17 +190,46 @@ def release_caches(engine) -> None:
         torch.cuda.empty_cache()
 
 
-def run_planned(engine, backend, z: torch.Tensor, h: int, w: int, Hp: int, Wp: int) -> torch.Tensor:
+def progress_ticker(engine, mode: str, z: torch.Tensor, h: int, w: int, sub: int, progress):
+    """(tick, total) for run_planned's progress callback, progress(done, total): plain, one tick of
+    len(sub-batch) samples per sub-batch (total: the batch); banded, one tick per conv band
+    (total: memory.band_count summed over the sub-batches). tick is None without progress."""
+    if progress is None:
+        return None, 0
+    B = z.shape[0]
+    if mode == "plain":
+        total = B
+    else:
+        total = sum(band_count(engine.config, h, w, min(sub, B - i), engine.dtype, engine.band_rows,
+                               tuple(z.shape[2:])) for i in range(0, B, sub))
+    done = 0
+
+    def tick(n: int = 1) -> None:
+        nonlocal done
+        done += n
+        progress(done, total)
+    return tick, total
+
+
+def run_planned(engine, backend, z: torch.Tensor, h: int, w: int, Hp: int, Wp: int,
+                progress=None) -> torch.Tensor:
     """engine.decode's run on the chosen backend, as the memory guard plans it -> (B, 3, 8H', 8W').
-    An OOM that slips through releases the caches and raises MemoryBudgetError (engine usable)."""
+    An OOM that slips through releases the caches and raises MemoryBudgetError (engine usable).
+    progress: progress(done, total) after each plain sub-batch (in samples) or each banded conv
+    band (in bands), or None (progress_ticker)."""
     B = z.shape[0]
     mode, sub, over = guard(engine, backend, h, w, B)
+    tick, _ = progress_ticker(engine, mode, z, h, w, sub, progress)
     try:
         parts = []
         for i in range(0, B, sub):
             zi = z[i:i + sub]
-            parts.append(backend.run(zi, Hp, Wp) if mode == "plain"
-                         else run_banded(backend, zi, Hp, Wp, engine.band_rows, over))
+            if mode == "plain":
+                parts.append(backend.run(zi, Hp, Wp))
+                if tick is not None:
+                    tick(zi.shape[0])
+            else:
+                parts.append(run_banded(backend, zi, Hp, Wp, engine.band_rows, over, tick))
         img = parts[0] if len(parts) == 1 else torch.cat(parts)
         del parts
         return img

@@ -1,6 +1,6 @@
 """Row-sharded decode across ranks on torch.distributed (NCCL on CUDA, gloo on the CPU).
 
-    torchrun --nproc-per-node N -m infgen.runtime.distributed z.npy --size 2048x1024 --out out.png
+    torchrun --nproc-per-node N -m infgen.runtime.distributed z.npy --size 2048x1024 4096x2048 --preset paper -o out.png
 
 Rank r owns a contiguous run of token-grid rows (`split_rows`: sizes differ by at most one, so odd
 splits are fine) and keeps it through the whole decode: every activation is (B, C, rows_r * s, W)
@@ -212,35 +212,74 @@ def launch(fn, world: int, *args, timeout: float = 120.0) -> list:
     return [out[r] for r in range(world)]
 
 
+PROG = "torchrun --nproc-per-node N -m infgen.runtime.distributed"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """decode's flags (runtime/cli/decode.py), less --backend (the sharded torch ops are the backend)
+    and the memory flags (ranks, not bands, split the work)."""
+    from infgen.runtime.cli.options import add_model_options, add_size_option
+    p.add_argument("latent", help="latent file: .npy, .pt/.pth (tensor or {'latent': tensor}) or .safetensors")
+    add_size_option(p, required=True)
+    p.add_argument("-o", "--out", metavar="FILE",
+                   help="output image (.png/.jpg); several sizes add _WxH to the name, a batch adds _0, _1, ... "
+                        "(default: <latent stem>.<format>)")
+    p.add_argument("--format", choices=("png", "jpg"), default="png", help="format when --out is not given")
+    add_model_options(p, backends=(), device_default=None,
+                      device_help="cpu or cuda: each rank takes cuda:LOCAL_RANK (default: cuda when present, else cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from infgen.ref.options import tool_parser
+    return tool_parser(PROG, "Row-sharded InfGen decode over torch.distributed ranks (NCCL on CUDA, gloo on the CPU).",
+                       add_arguments)
+
+
 def main(argv=None) -> int:
-    """torchrun entry point: every rank loads the model and the latent, rank 0 writes the image."""
-    p = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m infgen.runtime.distributed",
-                                description="Row-sharded InfGen decode over torch.distributed ranks.")
-    p.add_argument("latent")
-    p.add_argument("--size", required=True, help="WIDTHxHEIGHT")
-    p.add_argument("--out", "-o", default="out.png")
-    p.add_argument("--model", default=None, help="preset name or checkpoint directory (default: demo checkpoint)")
-    p.add_argument("--dtype", default=None, help="fp32 | fp16 | bf16 (default fp32 on CPU, bf16 on CUDA)")
-    args = p.parse_args(argv)
-    from infgen.ref.config import parse_dtype, parse_size
-    from infgen.runtime.cli.options import default_model
+    """torchrun entry point: every rank loads the model and the latent, rank 0 writes the images.
+    User errors (bad size, paths, device) are one `error:` line and exit status 2 on each rank,
+    before the process group starts."""
+    from infgen.ref.options import guarded
+    return guarded(_main, build_parser().parse_args(argv))
+
+
+def _main(args) -> int:
+    from pathlib import Path
+
+    from infgen.ref.config import PRESETS, parse_dtype
+    from infgen.ref.model import check_size
+    from infgen.ref.weights import TRAINED_PRESETS
+    from infgen.runtime.cli.decode import out_path
+    from infgen.runtime.cli.options import RANDOM_NOTICE, model_spec
     from infgen.runtime.engine import InfGenEngine, resolve_model
-    from infgen.runtime.io import load_latent
-    cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo")
+    from infgen.runtime.io import IMAGE_SUFFIXES, check_writable, load_latent
+    device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda (each rank takes cuda:LOCAL_RANK), got {args.device!r}")
+    dtype = parse_dtype(args.dtype or ("bf16" if device_type == "cuda" else "fp32"))
+    several = len(args.size) > 1
+    outs = [out_path(args.out, Path(args.latent).stem, size, several, args.format) for size in args.size]
+    for out in outs:  # every output path checked before any work
+        check_writable(out, IMAGE_SUFFIXES, "--out")
+    spec = model_spec(args)
+    model = resolve_model(spec)
+    for size in args.size:  # every size checked before the first decode
+        check_size(*size, model.config)
+    z = torch.as_tensor(load_latent(args.latent)).to(torch.float32)
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     try:
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
-        if cuda:
+        rank = dist.get_rank()
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if device_type == "cuda" else "cpu")
+        if device.type == "cuda":
             torch.cuda.set_device(device)
-        dtype = parse_dtype(args.dtype or ("bf16" if cuda else "fp32"))
-        h, w = parse_size(args.size)
-        model = resolve_model(args.model or default_model()).to(device=device, dtype=dtype)
-        z = load_latent(args.latent)
-        z = torch.as_tensor(z).to(device=device, dtype=torch.float32)
-        img = decode_distributed(model, z, h, w)
-        if img is not None:
-            paths = InfGenEngine.save(img.float().clamp(-1, 1), args.out)
-            print(f"wrote {', '.join(map(str, paths))} ({w}x{h}, {dist.get_world_size()} ranks)")
+        model = model.to(device=device, dtype=dtype)
+        if rank == 0 and spec in PRESETS and spec not in TRAINED_PRESETS:
+            print(f"note: {RANDOM_NOTICE}", file=sys.stderr)
+        for (h, w), out in zip(args.size, outs):
+            img = decode_distributed(model, z.to(device), h, w)
+            if img is not None:
+                paths = InfGenEngine.save(img.float().clamp(-1, 1), out)
+                print(f"wrote {', '.join(map(str, paths))} ({w}x{h}, {dist.get_world_size()} ranks)")
     finally:
         dist.destroy_process_group()
     return 0

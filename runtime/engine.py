@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from infgen.ref.config import PRESETS, parse_dtype, preset
+from infgen.ref import DEMO_CHECKPOINT
+from infgen.ref.config import PRESETS, parse_dtype
 from infgen.ref.model import InfGen, check_image, check_latent, check_output, check_size, copy_model, token_grid
-from infgen.ref.weights import load_checkpoint
+from infgen.ref.weights import TRAINED_PRESETS, load_checkpoint, preset_model
 from infgen.runtime.io import image_to_uint8, save_image
 
 BACKENDS = ("auto", "torch", "triton", "onnxruntime", "tensorrt")
@@ -33,16 +34,28 @@ COVERS_ALL = ("torch", "triton", "onnxruntime")
 log = logging.getLogger(__name__)
 
 
+def default_model(bundled: Path = DEMO_CHECKPOINT) -> str:
+    """The model of InfGenEngine() and of every tool run without --preset/--checkpoint: the bundled
+    demo checkpoint directory if present, else the "tiny" preset (random weights)."""
+    if (bundled / "config.json").is_file() and (bundled / "model.safetensors").is_file():
+        return str(bundled)
+    return "tiny"
+
+
+def is_random(model) -> bool:
+    """Whether resolve_model(model) has random weights: a preset other than the trained ones."""
+    return isinstance(model, str) and model in PRESETS and model not in TRAINED_PRESETS
+
+
 def resolve_model(model) -> InfGen:
-    """InfGen instance (returned as is) | preset name (random weights) | checkpoint directory -> InfGen."""
+    """InfGen instance (returned as is) | preset name | checkpoint directory -> InfGen.
+    Presets: "demo" is the bundled trained checkpoint; "paper" and "tiny" have random weights."""
     if isinstance(model, InfGen):
         return model  # used as given: backends copy it, nothing changes it (not even .eval())
     if not isinstance(model, (str, Path)):
         raise TypeError(f"model must be a preset name, a checkpoint directory or an InfGen, got {type(model).__name__}")
     if isinstance(model, str) and model in PRESETS:
-        with torch.random.fork_rng(devices=[]):  # same random weights every time, global RNG untouched
-            torch.manual_seed(0)
-            return InfGen(preset(model)).eval()
+        return preset_model(model)  # the same weights every time
     if Path(model).is_dir():
         return load_checkpoint(model)
     raise ValueError(f"model must be a preset ({', '.join(sorted(PRESETS))}) or a checkpoint directory, got {str(model)!r}")
@@ -103,8 +116,10 @@ def auto_chain(device: torch.device) -> list[str]:
 class InfGenEngine:
     """decode(latent, h, w) -> (B, 3, h, w) float32 in [-1, 1] on the engine's device.
 
-    model: preset name (random weights), checkpoint directory, or an InfGen module (never modified:
-    each backend decodes on its own copy of the weights, encode on an fp32 copy).
+    model: checkpoint directory, preset name ("demo": the bundled trained checkpoint; "paper",
+    "tiny": random weights), or an InfGen module (never modified: each backend decodes on its own
+    copy of the weights, encode on an fp32 copy); default: default_model(), the bundled demo
+    checkpoint, as the command-line tools.
     backend: "torch" | "triton" | "onnxruntime" | "tensorrt" | "auto". "auto" builds a chain
     (tensorrt, triton where available, torch last) and each decode runs on the first backend that
     covers the request, so "auto" accepts exactly the sizes of "torch"; .backend_name says which
@@ -116,15 +131,16 @@ class InfGenEngine:
     caches and raises it too (docs/robustness.md). Thread-safe: one engine may serve several threads.
     backend_options go to the backend's constructor (with "auto": to each backend that takes them)."""
 
-    def __init__(self, model="tiny", backend: str = "torch", device="cpu", dtype=None, max_memory=None,
+    def __init__(self, model=None, backend: str = "torch", device="cpu", dtype=None, max_memory=None,
                  banded="auto", band_rows=None, **backend_options):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.device = resolve_device(device)
         self.dtype = parse_dtype(dtype if dtype is not None else ("bf16" if self.device.type == "cuda" else "fp32"))
+        model = default_model() if model is None else model
         self.model = resolve_model(model)
         self.config = self.model.config
-        self.random_weights = isinstance(model, str) and model in PRESETS
+        self.random_weights = is_random(model)
         self.skipped: dict[str, str] = {}  # auto: backend name -> why it is not in the chain
         if backend == "auto":
             self.backends = self._build_chain(auto_chain(self.device), backend_options)
@@ -193,12 +209,15 @@ class InfGenEngine:
         raise ValueError(f"no backend of {[b.name for b in self.backends]} covers batch {batch} at token grid "
                          f"{Hp}x{Wp} (output up to {u * Hp}x{u * Wp}); use backend='auto' or 'torch'")
 
-    def decode(self, latent, h, w) -> torch.Tensor:
+    def decode(self, latent, h, w, progress=None) -> torch.Tensor:
+        """Scaled latent (B, C, h_l, w_l) -> image (B, 3, h, w) in [-1, 1], float32. progress: None, or
+        progress(done, total) called after each plain sub-batch (samples) or banded conv band (bands):
+        the hook of the command-line progress bars; the engine itself never prints."""
         z, h, w = self.check(latent, h, w)
         Hp, Wp = token_grid(h, w, self.config)
         backend = self.backend_for(z.shape[0], Hp, Wp)
         from infgen.runtime.anysize import run_planned  # plain, or banded past the memory budget
-        img = run_planned(self, backend, z, h, w, Hp, Wp)
+        img = run_planned(self, backend, z, h, w, Hp, Wp, progress)
         self._last = backend
         return check_output(img[:, :, :h, :w].float(), "decode").clamp(-1, 1)
 

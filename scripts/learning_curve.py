@@ -78,7 +78,7 @@ def plot(points: list[dict], l1: list[tuple[int, float]], path: Path, title: str
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run", type=Path, help="a training --out directory with snapshots/")
+    p.add_argument("run", type=Path, help="a training --out-dir directory with snapshots/")
     p.add_argument("--png", type=Path, default=None, help="write the plot here")
     p.add_argument("--json", type=Path, default=None, help="write the scores here")
     p.add_argument("--device", default="cpu")

@@ -147,7 +147,7 @@ def test_encode_then_decode(tmp_path, capsys):
 def test_info(capsys):
     rc, out, err = run_main(["info", "--preset", "paper", "--size", "1024x1024", "2048"], capsys)
     assert rc == 0, err
-    assert re.search(r"decoder, shared with the VAE\s+49,490,199 ", out)  # DESIGN.md: 49.5 M
+    assert re.search(r"decoder, shared with the VAE\s+49,490,199 ", out)  # docs/design.md: 49.5 M
     assert "to 1024x1024" in out and "to 2048x2048" in out
     assert re.search(r"total\s+12.3238 TFLOP", out) and re.search(r"total\s+55.7225 TFLOP", out)
     assert re.search(r"H100 floor\s+15.60 ms", out)

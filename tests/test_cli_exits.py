@@ -39,9 +39,9 @@ def test_profile_out_being_a_file_fails_before_profiling(tmp_path, capsys, monke
     import infgen.runtime.cli.profile_measure as pm
 
     def never(*a, **k):
-        raise AssertionError("profiled before checking --out")
+        raise AssertionError("profiled before checking --out-dir")
     monkeypatch.setattr(pm, "profile", never)
-    line = one_error_line(capsys, runtime_main(["profile", "--preset", "tiny", "--size", "64x64", "--out", str(out)]))
+    line = one_error_line(capsys, runtime_main(["profile", "--preset", "tiny", "--size", "64x64", "--out-dir", str(out)]))
     assert str(out) in line and "is a file" in line
 
 
@@ -90,18 +90,18 @@ def test_export_trt_user_errors(tmp_path, capsys, extra, match):
     assert not (tmp_path / "e").exists() or extra[0] != "--engine-dir"
 
 
-@pytest.mark.parametrize("extra,match", [(["--out", "{file}"], "is a file"), (["--device", "gpu9"], "gpu9"),
+@pytest.mark.parametrize("extra,match", [(["--out-dir", "{file}"], "is a file"), (["--device", "gpu9"], "gpu9"),
                                          (["--config", "{tmp}/none.json"], "none.json")])
 def test_train_user_errors(tmp_path, capsys, monkeypatch, extra, match):
     f = tmp_path / "file"
     f.write_text("x")
     monkeypatch.setattr(trainer, "train", lambda a: pytest.fail("trained before checking the arguments"))
-    argv = ["--preset", "tiny", "--out", str(tmp_path / "run"), *[a.format(file=f, tmp=tmp_path) for a in extra]]
+    argv = ["--preset", "tiny", "--out-dir", str(tmp_path / "run"), *[a.format(file=f, tmp=tmp_path) for a in extra]]
     assert match in one_error_line(capsys, trainer.main(argv))
 
 
 @pytest.mark.parametrize("module,argv", [("infgen.export.onnx", ["--preset", "tiny", "--opset", "5"]),
-                                         ("train", ["--out", "/dev/null/x"])])
+                                         ("infgen.train", ["--out-dir", "/dev/null/x"])])
 def test_as_a_process_no_traceback(module, argv):
     r = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr

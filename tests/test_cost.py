@@ -1,4 +1,4 @@
-"""Cost model: DESIGN.md's table for the paper preset, and torch's FlopCounterMode as the oracle."""
+"""Cost model: docs/design.md's table for the paper preset, and torch's FlopCounterMode as the oracle."""
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -9,7 +9,7 @@ from infgen.ref.cost import H100_BF16_FLOPS, STAGES, decode_flops, floor_seconds
 from infgen.ref.model import InfGen, token_grid
 from infgen.runtime.torch_backend import TorchBackend
 
-# DESIGN.md, "Cost model": output side -> TFLOP (total, up-block convs, cross-attention blocks,
+# docs/design.md, "Cost model": output side -> TFLOP (total, up-block convs, cross-attention blocks,
 # VAE-decoder part) and the H100 floor in ms (the table rounds it to two or three digits).
 TABLE = {1024: (12.3, 9.6, 1.8, 10.5, 16), 2048: (55.7, 38.3, 7.2, 48.5, 70), 4096: (328, 153, 28.6, 299.5, 415)}
 
@@ -83,7 +83,7 @@ def test_paper_model_on_meta_matches_flop_counter(side):
 
 @pytest.mark.parametrize("side", [1024, 2048])
 def test_vae_part_matches_diffusers_sdxl_decoder(side):
-    """DESIGN.md: the VAE-decoder part equals FlopCounterMode on diffusers' SDXL-config decoder."""
+    """docs/design.md: the VAE-decoder part equals FlopCounterMode on diffusers' SDXL-config decoder."""
     diffusers = pytest.importorskip("diffusers", reason="diffusers' SDXL decoder is the oracle")
     with torch.device("meta"):
         vae = diffusers.AutoencoderKL(

@@ -80,7 +80,8 @@ def test_distributed_decode_equals_single_process(world, h, w):
 
 
 def test_torchrun_entry_point_writes_the_plain_decode(tmp_path):
-    """torchrun --nproc-per-node 2 -m infgen.runtime.distributed: rank 0 writes the same PNG as the engine."""
+    """torchrun --nproc-per-node 2 -m infgen.runtime.distributed with decode's flags (--preset, several
+    --size, --device, --dtype, -o): rank 0 writes, per size, the same PNG as the engine."""
     import os
     import subprocess
     import sys
@@ -92,11 +93,30 @@ def test_torchrun_entry_point_writes_the_plain_decode(tmp_path):
     z = np.random.default_rng(3).standard_normal((4, 8, 8)).astype("float32")
     np.save(tmp_path / "z.npy", z)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "infgen.runtime.distributed",
-           str(tmp_path / "z.npy"), "--size", "40x56", "--model", "tiny", "--out", str(tmp_path / "d.png")]
+           str(tmp_path / "z.npy"), "--size", "40x56", "24x32", "--preset", "tiny", "--device", "cpu",
+           "--dtype", "fp32", "-o", str(tmp_path / "d.png")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
-    got = np.asarray(Image.open(tmp_path / "d.png")).astype(int)
-    want = InfGenEngine.to_uint8(InfGenEngine("tiny").decode(z, 56, 40))[0].astype(int)
-    assert got.shape == want.shape == (56, 40, 3)
-    assert np.abs(got - want).max() <= 1  # rounding to uint8 of values equal within 1e-5
+    engine = InfGenEngine("tiny")
+    for w, h in ((40, 56), (24, 32)):
+        got = np.asarray(Image.open(tmp_path / f"d_{w}x{h}.png")).astype(int)
+        want = InfGenEngine.to_uint8(engine.decode(z, h, w))[0].astype(int)
+        assert got.shape == want.shape == (h, w, 3)
+        assert np.abs(got - want).max() <= 1  # rounding to uint8 of values equal within 1e-5
+    assert sorted(p.name for p in tmp_path.glob("d*.png")) == ["d_24x32.png", "d_40x56.png"]
+
+
+def test_entry_point_user_errors_are_one_line_before_any_rank_starts(tmp_path, capsys):
+    """A bad size, device or output path: one `error:` line and exit status 2, no process group."""
+    import numpy as np
+
+    from infgen.runtime.distributed import main
+    np.save(tmp_path / "z.npy", np.zeros((4, 8, 8), "float32"))
+    z = str(tmp_path / "z.npy")
+    for argv, match in (([z, "--size", "40x99999", "--preset", "tiny"], "99999"),
+                        ([z, "--size", "40x56", "--preset", "tiny", "--device", "cuda:1"], "'cuda:1'"),
+                        ([z, "--size", "40x56", "--preset", "tiny", "-o", str(tmp_path / "x.gif")], "x.gif")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and match in err[0], err

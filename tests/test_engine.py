@@ -1,4 +1,5 @@
 """InfGenEngine on the CPU: inputs, outputs, helpers, and every kind of bad request."""
+import argparse
 import json
 
 import numpy as np
@@ -6,8 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from infgen.ref.weights import CheckpointError, save_checkpoint
-from infgen.runtime.engine import InfGenEngine
+from safetensors.torch import load_file
+
+from infgen.ref import DEMO_CHECKPOINT
+from infgen.ref.weights import CheckpointError, checkpoint_config, save_checkpoint
+from infgen.runtime.cli import options
+from infgen.runtime.engine import InfGenEngine, default_model, resolve_model
 
 from conftest import rel_err
 
@@ -53,6 +58,42 @@ def test_engine_from_preset_is_deterministic_and_says_random():
     assert a.random_weights
     z = torch.randn(1, 4, 4, 4)
     assert torch.equal(a.decode(z, 16, 16), b.decode(z, 16, 16))
+
+
+def test_demo_preset_is_the_bundled_trained_checkpoint():
+    """InfGenEngine("demo") loads DEMO_CHECKPOINT's weights; it is not the architecture at random."""
+    eng = InfGenEngine("demo")
+    assert not eng.random_weights
+    shipped = load_file(str(DEMO_CHECKPOINT / "model.safetensors"))
+    state = eng.model.state_dict()
+    assert set(state) == set(shipped)
+    assert all(torch.equal(state[k], shipped[k]) for k in shipped)
+    assert eng.config == checkpoint_config(DEMO_CHECKPOINT)
+    random = resolve_model("tiny")  # the other presets keep their seed-0 random weights
+    assert torch.equal(random.decoder.conv_in.weight, resolve_model("tiny").decoder.conv_in.weight)
+
+
+def test_default_engine_is_the_cli_default_model():
+    """InfGenEngine() decodes with the model the command-line tools use without --preset/--checkpoint."""
+    assert options.default_model() == default_model() == str(DEMO_CHECKPOINT)
+    args = argparse.Namespace(checkpoint=None, preset=None)
+    assert options.model_spec(args) == default_model()
+    assert options.model_spec(argparse.Namespace(checkpoint=None, preset="demo")) == str(DEMO_CHECKPOINT)
+    a, b = InfGenEngine(), InfGenEngine(options.model_spec(args))
+    assert not a.random_weights and a.config == b.config
+    z = torch.randn(1, 4, 6, 5)
+    assert torch.equal(a.decode(z, 40, 24), b.decode(z, 40, 24))
+
+
+def test_default_model_without_a_bundled_checkpoint_is_tiny(tmp_path):
+    assert default_model(tmp_path / "missing") == "tiny"
+
+
+def test_demo_preset_without_its_checkpoint_says_so(tmp_path, monkeypatch):
+    from infgen.ref import weights
+    monkeypatch.setitem(weights.TRAINED_PRESETS, "demo", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match=r"preset 'demo' is the bundled checkpoint .*missing.*not installed"):
+        InfGenEngine("demo")
 
 
 def test_engine_from_checkpoint(tiny_model, z, tmp_path):

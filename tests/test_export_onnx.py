@@ -226,3 +226,36 @@ def test_polygraphy_lint_is_clean_on_the_tensorrt_flavour(exported):
         lint = json.loads(report.read_text())
     issues = [e for e in lint.get("lint_entries", []) if e.get("level") in ("exception", "error")]
     assert proc.returncode == 0 and issues == [], issues or proc.stderr[-2000:]
+
+
+def test_cli_shows_stage_progress_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """On a terminal, python -m infgen.export.onnx shows a bar naming each export stage on stderr (tqdm
+    is in the test extra); --no-progress, or a stderr that is not a terminal, shows none."""
+    import sys
+
+    from infgen.export import onnx as export_cli
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert export_cli.main(["--preset", "tiny", "-o", str(tmp_path / "m.onnx")]) == 0
+    err = capsys.readouterr().err
+    assert all(stage in err for stage in export_cli.EXPORT_STAGES), err
+    quiet = export_cli.StageBar(enabled=False)
+    for stage in export_cli.EXPORT_STAGES:
+        quiet(stage)
+    quiet.close()
+    assert export_cli.build_parser().parse_args(["--no-progress"]).no_progress
+    assert capsys.readouterr().err == ""
+
+
+def test_cli_says_random_weights_in_one_line_and_nothing_else(tmp_path):
+    """A preset with random weights: one `warning:` line on stderr; torch.onnx's torchvision lines and its
+    pytree FutureWarning (nothing to do with this graph) are silenced. A process: those lines come from
+    loggers set up once per process."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "infgen.export.onnx", "--preset", "tiny", "-o", str(tmp_path / "m.onnx")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: exporting RANDOM weights (--preset tiny)"), lines
+    assert r.stdout.startswith(f"wrote {tmp_path / 'm.onnx'}")

@@ -22,12 +22,14 @@ EXPECTED = {
     "loadtest": {"--size", *MODEL},
     "infgen.export.onnx": {"--preset", "--checkpoint", "--dtype"},
     "infgen.export.trt": {"--preset", "--checkpoint", "--dtype"},
+    "infgen.runtime.distributed": {"--size", "--preset", "--checkpoint", "--device", "--dtype"},  # decode's, no engine
+    "infgen.train.trainer": {"--preset", "--device"},
 }
 CHOICES = {"--preset": sorted(PRESETS), "--backend": list(BACKENDS), "--dtype": sorted(DTYPES)}
 
 
 def help_text(tool: str, capsys) -> str:
-    if tool.startswith("infgen.export."):
+    if tool.startswith("infgen."):
         import importlib
         entry = importlib.import_module(tool).main
         argv = ["--help"]
@@ -69,7 +71,7 @@ def test_the_standalone_entry_points_have_the_same_flags(capsys):
 REQUIRED = {"decode": ["z.npy"], "client": ["z.npy"]}
 
 
-@pytest.mark.parametrize("tool", [t for t, flags in EXPECTED.items() if "--size" in flags])
+@pytest.mark.parametrize("tool", [t for t, flags in EXPECTED.items() if "--size" in flags and "." not in t])
 def test_size_is_width_by_height_everywhere(tool):
     """--size 96x64 is 96 wide and 64 high: (h, w) = (64, 96) in every tool; one number is a square."""
     parser = build_parser()
@@ -138,3 +140,125 @@ def test_library_and_applications_are_apart():
     for gone in ("runtime/profile.py", "runtime/demo.py", "runtime/demo_photo.py", "infgen_ref/train.py",
                  "benchmarks/decode.py"):
         assert not (root / gone).exists(), gone
+
+
+# ----------------------------------------------------------------------------- one parser convention (docs/cli.md)
+def tool_parsers() -> dict:
+    """Every tool's parser by name: each runtime command as `infgen COMMAND`, and the tools run on
+    their own (distributed, train, export.onnx, export.trt)."""
+    import argparse
+
+    from infgen.export import onnx, trt
+    from infgen.runtime import distributed
+    from infgen.train import trainer
+    top = build_parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return {**{f"infgen {c}": p for c, p in sub.choices.items()}, "infgen": top,
+            "infgen.runtime.distributed": distributed.build_parser(), "infgen.train": trainer.build_parser(),
+            "infgen.export.onnx": onnx.build_parser(), "infgen.export.trt": trt.build_parser()}
+
+
+TOOLS = ["infgen", *[f"infgen {c}" for c in EXPECTED if "." not in c], "infgen.runtime.distributed", "infgen.train",
+         "infgen.export.onnx", "infgen.export.trt"]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_flag_with_a_default_says_it_in_help(tool):
+    """A flag whose default is something (not None, False or an empty list) mentions it in --help;
+    the rendered help formats (no stray %)."""
+    import argparse
+    parser = tool_parsers()[tool]
+    silent = [a.option_strings[-1] for a in parser._actions
+              if a.option_strings and a.default not in (None, False, argparse.SUPPRESS)
+              and not (isinstance(a.default, (list, tuple)) and not a.default) and "default" not in (a.help or "")]
+    assert silent == [], f"{tool}: flags with a default their help does not state: {silent}"
+    parser.format_help()
+
+
+def test_defaults_are_shown_as_typed():
+    """Lists space-separated, sizes WIDTHxHEIGHT: what the user would type."""
+    parsers = tool_parsers()
+    train = " ".join(parsers["infgen.train"].format_help().split())
+    assert "--batch-size BATCH_SIZE default: 8" in train and "(default: 1 2 4)" in train  # --batch-size, --pyramid
+    trt = " ".join(parsers["infgen.export.trt"].format_help().split())
+    assert "(default: 1024x1024 1920x1080 2048x2048 3840x2160 4096x4096)" in trt
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_lists_are_one_flag_with_space_separated_values(tool):
+    """No tool takes a repeated flag (action="append") or a comma list: every list is nargs="+"."""
+    import argparse
+    parser = tool_parsers()[tool]
+    for a in parser._actions:
+        assert not isinstance(a, (argparse._AppendAction, argparse._ExtendAction)), (tool, a.option_strings)
+        assert not re.search(r"\bcomma\b|comma-sep", a.help or "", re.I), (tool, a.option_strings, a.help)
+        if isinstance(a.default, (list, tuple)) and a.default and a.option_strings:
+            assert a.nargs == "+", (tool, a.option_strings)
+
+
+def test_out_is_a_file_and_out_dir_a_directory():
+    """-o/--out FILE names one output file (decode, encode, client, loadtest, distributed,
+    export.onnx); --out-dir DIR a directory the tool fills (demo, profile, train)."""
+    parsers = tool_parsers()
+    for tool, parser in parsers.items():
+        flags = {s: a for a in parser._actions for s in a.option_strings}
+        if "--out" in flags:
+            assert "-o" in flags and flags["-o"] is flags["--out"], tool
+            assert "--out-dir" not in flags, tool
+    have = {t for t, p in parsers.items() if "--out" in {s for a in p._actions for s in a.option_strings}}
+    assert have == {"infgen decode", "infgen encode", "infgen client", "infgen loadtest",
+                    "infgen.runtime.distributed", "infgen.export.onnx"}
+    dirs = {t for t, p in parsers.items() if "--out-dir" in {s for a in p._actions for s in a.option_strings}}
+    assert dirs == {"infgen demo", "infgen profile", "infgen.train"}
+
+
+def usage(capsys, entry, argv) -> str:
+    """The program name in the usage line that entry(argv) prints."""
+    with pytest.raises(SystemExit) as info:
+        entry(argv)
+    assert info.value.code == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("usage: ")
+    return line.removeprefix("usage: ").split(" [")[0].split(" {")[0]
+
+
+@pytest.mark.parametrize("argv0,want", [("/venv/bin/infgen", "infgen decode"),
+                                        ("/venv/bin/infgen-decode", "infgen-decode"),
+                                        ("/src/runtime/__main__.py", "python -m infgen.runtime decode")])
+def test_usage_names_the_program_that_ran(monkeypatch, capsys, argv0, want):
+    """The console scripts print their own name; `python -m` (and anything else) the module spelling."""
+    from infgen.runtime.cli import tool
+    monkeypatch.setattr("sys.argv", [argv0])
+    entry, argv = (tool("decode").main, ["--help"]) if "infgen-" in argv0 else (main, ["decode", "--help"])
+    assert usage(capsys, entry, argv) == want
+
+
+@pytest.mark.parametrize("module,script,fallback", [
+    ("infgen.export.onnx", "infgen-export-onnx", "python -m infgen.export.onnx"),
+    ("infgen.export.trt", "infgen-export-trt", "python -m infgen.export.trt"),
+    ("infgen.train.trainer", "infgen-train", "python -m infgen.train"),
+    ("infgen.runtime.cli.profiler", "infgen-profile", "python -m infgen.runtime profile"),
+    ("infgen.runtime.distributed", None, "torchrun --nproc-per-node N -m infgen.runtime.distributed")])
+def test_usage_of_the_standalone_tools(monkeypatch, capsys, module, script, fallback):
+    import importlib
+    entry = importlib.import_module(module).main
+    if script is not None:
+        monkeypatch.setattr("sys.argv", [f"/venv/bin/{script}"])
+        assert usage(capsys, entry, ["--help"]) == script
+    monkeypatch.setattr("sys.argv", [f"/src/{module.replace('.', '/')}.py"])
+    assert usage(capsys, entry, ["--help"]) == fallback
+
+
+def test_installed_console_script_prints_its_own_name():
+    """The real entry point, as installed (`pip install -e .`): infgen-decode --help says infgen-decode."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(sys.executable).parent / "infgen-decode"
+    if not script.is_file():
+        pytest.skip(f"{script} is not installed beside this interpreter")
+    r = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("usage: infgen-decode "), r.stdout[:200] + r.stderr[-500:]
+    r = subprocess.run([sys.executable, "-m", "infgen.runtime", "decode", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m infgen.runtime decode "), r.stdout[:200]

@@ -35,7 +35,7 @@ def cli_run(tmp_path_factory):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = main(["profile", "--preset", "tiny", "--size", *SIZES, "--backend", "torch", "tensorrt",
-                   "--baselines", "none", "--warmup", "3", "--iters", "15", "--out", str(out), "--no-progress"])
+                   "--baselines", "none", "--warmup", "3", "--iters", "15", "--out-dir", str(out), "--no-progress"])
     return rc, buf.getvalue(), out
 
 
@@ -203,7 +203,7 @@ def test_runs_without_tqdm_and_matplotlib(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_optional)
     rc = main(["profile", "--preset", "tiny", "--size", "96x64", "--backend", "torch", "--baselines", "none",
-               "--warmup", "0", "--iters", "1", "--out", str(tmp_path)])
+               "--warmup", "0", "--iters", "1", "--out-dir", str(tmp_path)])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "matplotlib is not installed" in out and not (tmp_path / "profile.png").exists()

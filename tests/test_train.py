@@ -8,6 +8,8 @@ from infgen.ref.decode import TORCH_OPS, tokens
 from infgen.ref.data import HELD_OUT, TRAIN_PHOTOS, photo_paths
 from infgen.train.data import generated_image
 from infgen.train.trainer import CropSampler, Trainer, decode_window, parse_args, positional_warm_start
+from infgen.ref import DEMO_CHECKPOINT
+from infgen.ref.config import preset
 from infgen.ref.weights import load_checkpoint
 
 
@@ -16,7 +18,7 @@ def _images(n=3, size=64):
 
 
 def _args(tmp_path, *extra):
-    return parse_args(["--preset", "tiny", "--out", str(tmp_path), "--batch-size", "2", "--grid-min", "3",
+    return parse_args(["--preset", "tiny", "--out-dir", str(tmp_path), "--batch-size", "2", "--grid-min", "3",
                        "--grid-max", "4", "--window", "5", "--max-scale", "2", "--warmup", "2",
                        "--quiet", "--log-every", "1", "--warm-start-steps", "0", *extra])
 
@@ -85,6 +87,17 @@ def test_positional_warm_start_learns_lookup_and_touches_only_its_layers():
                    for k in changed), sorted(changed)
 
 
+def test_demo_preset_trains_the_architecture_from_scratch(tmp_path):
+    """`python -m infgen.train --preset demo` starts from random weights of the demo architecture,
+    not from the bundled checkpoint that InfGenEngine("demo") loads."""
+    t = Trainer(parse_args(["--preset", "demo", "--out-dir", str(tmp_path), "--quiet"]))
+    shipped = load_checkpoint(DEMO_CHECKPOINT)
+    assert t.model.config == preset("demo")
+    assert t.model.config.block_out_channels == shipped.config.block_out_channels
+    assert not torch.equal(t.model.decoder.conv_in.weight, shipped.decoder.conv_in.weight)
+    assert torch.equal(t.model.quant_conv.bias[4:], torch.full((4,), -10.0))  # the trainer's own init
+
+
 def test_short_run_losses_finite_and_weights_change(tmp_path):
     args = _args(tmp_path, "--stage1-steps", "3", "--stage2-steps", "3", "--gan-start", "0")
     torch.manual_seed(0)
@@ -148,7 +161,7 @@ def test_snapshots_every_n_steps(tmp_path):
         assert torch.equal(v, last.state_dict()[k]), k
     assert any(not torch.equal(v, first.state_dict()[k]) for k, v in t.model.state_dict().items())
     with pytest.raises(SystemExit):
-        parse_args(["--out", "x", "--snapshot-every", "-1"])
+        parse_args(["--out-dir", "x", "--snapshot-every", "-1"])
 
 
 def test_scaling_factor_goes_through_config_validation(tmp_path):
@@ -178,9 +191,9 @@ def test_lpips_only_from_a_local_file(tmp_path):
 
 def test_bad_arguments():
     with pytest.raises(SystemExit):
-        parse_args(["--out", "x", "--stage1-steps", "-1"])
+        parse_args(["--out-dir", "x", "--stage1-steps", "-1"])
     with pytest.raises(SystemExit):
-        parse_args(["--out", "x", "--grid-min", "9", "--grid-max", "4"])
+        parse_args(["--out-dir", "x", "--grid-min", "9", "--grid-max", "4"])
 
 
 def test_training_data_offline_and_held_out():
@@ -198,7 +211,7 @@ def test_python_dash_m_train(tmp_path):
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, "-m", "infgen.train", "--preset", "tiny", "--out", str(tmp_path), "--batch-size", "1",
+    r = subprocess.run([sys.executable, "-m", "infgen.train", "--preset", "tiny", "--out-dir", str(tmp_path), "--batch-size", "1",
                         "--grid-min", "3", "--grid-max", "3", "--window", "3", "--max-scale", "2", "--warmup", "1",
                         "--stage1-steps", "1", "--stage2-steps", "1", "--warm-start-steps", "0", "--num-generated", "2",
                         "--quiet", "--threads", "1"], cwd=root, capture_output=True, text=True, timeout=600)

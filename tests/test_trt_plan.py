@@ -224,13 +224,45 @@ def run_cli(*args, cwd):
 
 
 def test_cli_dry_run_writes_plan_and_prints_commands(tmp_path):
-    r = run_cli("--max-res", "4096", "--dry-run", "--engine-dir", str(tmp_path / "eng"), cwd=tmp_path)
+    r = run_cli("--max-res", "4096", "--dry-run", "--write-plan", "--engine-dir", str(tmp_path / "eng"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "eng").iterdir()) == ["plan.json"]
     plan = Plan.from_json((tmp_path / "eng" / "plan.json").read_text())
     assert plan.max_res == 4096 and plan.max_elements == 2**31 - 1
     # 5 intervals; the 3840x2160 and 4096 ones split into landscape + portrait boxes
     assert len(plan.profiles) == 7 and all(p.elements < 2**31 for p in plan.profiles)
     assert "trtexec --onnx=" in r.stdout and "polygraphy convert" in r.stdout
+
+
+def test_cli_dry_run_writes_nothing_and_its_commands_make_the_onnx_they_read(tmp_path):
+    """--dry-run in an empty directory (HOME there too) leaves it empty; then the printed export line,
+    run as printed in a shell, writes exactly the ONNX file the trtexec and polygraphy lines read."""
+    import os
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    home.mkdir()
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(home), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "infgen.export.trt", "--preset", "tiny", "--dtype", "fp32",
+                        "--max-res", "1024", "--dry-run"], capture_output=True, text=True, cwd=work, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert list(work.iterdir()) == [] and list(home.iterdir()) == []
+    assert "not written" in r.stdout
+    lines = r.stdout.splitlines()
+    export = next(ln for ln in lines if "-m infgen.export.onnx" in ln)
+    trtexec = shlex.split(next(ln for ln in lines if ln.startswith("trtexec ")))
+    polygraphy = shlex.split(next(ln for ln in lines if ln.startswith("polygraphy ")))
+    out = shlex.split(export.split("&&")[-1])
+    out = out[out.index("--out") + 1]
+    onnx_read = next(a.removeprefix("--onnx=") for a in trtexec if a.startswith("--onnx="))
+    assert onnx_read == polygraphy[2] == out
+    assert "--preset tiny" in export and "--dtype fp32" in export and "--flavour onnxruntime" in export
+    r = subprocess.run(["bash", "-c", export], capture_output=True, text=True, cwd=work,
+                       env={**os.environ, **env}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (work / onnx_read).is_file()
+    assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == sorted(
+        [str(Path(onnx_read).parent), onnx_read])
 
 
 def test_cli_build_without_tensorrt_names_the_package(tmp_path):
@@ -240,8 +272,9 @@ def test_cli_build_without_tensorrt_names_the_package(tmp_path):
     except ImportError:
         pass
     r = run_cli("--max-res", "2048", "--preset", "tiny", "--engine-dir", str(tmp_path / "eng"), cwd=tmp_path)
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert "pip install 'tensorrt" in r.stderr and "tensorrt" in r.stderr
+    assert not (tmp_path / "eng").exists()  # checked before anything is written
 
 
 def test_cli_rejects_max_res_beyond_the_model(tmp_path):

@@ -1,4 +1,4 @@
-"""Train an InfGen model from scratch: `python -m infgen.train --preset demo --out out/demo`.
+"""Train an InfGen model from scratch: `python -m infgen.train --preset demo --out-dir out/demo`.
 
 Two stages, as the paper's setup implies when no SDXL VAE weights are at hand:
   1. steps [0, stage1_steps): encoder + InfGen decoder trained together as a plain VAE at the
@@ -11,7 +11,7 @@ Two stages, as the paper's setup implies when no SDXL VAE weights are at hand:
      cost flat across scales; the mask tokens keep their positions in the full grid.
 Loss (paper): L1 + 0.1 LPIPS (only when --lpips names a local TorchScript LPIPS file) + 0.1 PatchGAN
 hinge loss (from --gan-start, a fraction of stage 2). AdamW, warmup then cosine decay per stage.
-Checkpoints: <out>/train_state.pt (resume with --resume) and <out>/model/ (config.json +
+Checkpoints: <out-dir>/train_state.pt (resume with --resume) and <out-dir>/model/ (config.json +
 model.safetensors, loadable with infgen.ref.weights.load_checkpoint).
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import math
+import pickle
 import random
 import time
 from pathlib import Path
@@ -137,9 +138,22 @@ def load_lpips(path: str | None):
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"--lpips {path!r}: no such file (a TorchScript LPIPS module is expected)")
-    m = torch.jit.load(str(p), map_location="cpu").eval()
+    try:
+        m = torch.jit.load(str(p), map_location="cpu").eval()
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ValueError(f"--lpips {path!r} is not a TorchScript module: {str(exc).splitlines()[0][:200]}") from exc
     for q in m.parameters():
         q.requires_grad_(False)
+    x = torch.linspace(-1, 1, 3 * 64 * 64).reshape(1, 3, 64, 64)  # (1, 3, 64, 64): one probe call
+    try:
+        with torch.no_grad():
+            d = m(x, x.flip(-1))
+    except Exception as exc:  # noqa: BLE001 - any failure of a foreign module: not an LPIPS f(x, y)
+        raise ValueError(f"--lpips {path!r} does not compute f(x, y) on two (1, 3, 64, 64) images: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
+    if not isinstance(d, torch.Tensor) or not d.is_floating_point() or d.numel() < 1 or not bool(d.isfinite().all()):
+        raise ValueError(f"--lpips {path!r} must return a finite floating distance tensor, got "
+                         f"{type(d).__name__} {getattr(d, 'dtype', '')}")
     return m
 
 
@@ -275,14 +289,29 @@ class Trainer:
         path = self.out / "train_state.pt"
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no {path}")
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.set_config_scaling(state["config"]["scaling_factor"])
-        self.model.load_state_dict(state["model"])
-        self.disc.load_state_dict(state["disc"])
-        self.step = state["step"]
-        self.make_optimizers(state["stage"])
-        self.opt.load_state_dict(state["opt"])
-        self.opt_d.load_state_dict(state["opt_d"])
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+            raise ValueError(f"--resume: {path} is not a readable train state (weights-only torch file): "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
+        from infgen.ref.options import check_number
+        try:
+            scaling = check_number("config.scaling_factor", state["config"]["scaling_factor"])
+            step = check_number("step", state["step"], int, 0)
+            stage = check_number("stage", state["stage"], int, 1, 2)
+            if scaling == 0:
+                raise ValueError("config.scaling_factor must be non-zero, got 0")
+            self.set_config_scaling(scaling)
+            self.model.load_state_dict(state["model"])
+            self.disc.load_state_dict(state["disc"])
+            self.step = step
+            self.make_optimizers(stage)
+            self.opt.load_state_dict(state["opt"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            what = f"no entry {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:300]
+            raise ValueError(f"--resume: {path} does not match this model and run: {what}") from exc
+        state["stage"] = stage
         if self.stage(self.step) != state["stage"]:  # saved at the end of stage 1
             self.make_optimizers(self.stage(self.step))
 
@@ -374,51 +403,62 @@ class Trainer:
         return history
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m infgen.train", description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    from infgen.ref.options import tool_parser
+    return tool_parser("python -m infgen.train", __doc__.split("\n")[0], add_arguments)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags; every number is bounded and finite (infgen.ref.options.number), else one `error:` line."""
+    from infgen.ref.options import number
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
     p.add_argument("--config", default=None, help="an InfGenConfig JSON file instead of --preset")
     p.add_argument("--init", default=None,
                    help="checkpoint directory to fine-tune from (its config replaces --preset; no warm start)")
-    p.add_argument("--out", required=True, help="directory for train_state.pt, model/ and log.jsonl")
+    p.add_argument("--out-dir", dest="out", metavar="DIR", required=True,
+                   help="directory for train_state.pt, model/ and log.jsonl")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--stage1-steps", type=int, default=1500, help="plain-VAE steps (encoder + decoder)")
-    p.add_argument("--stage2-steps", type=int, default=2500, help="InfGen steps (encoder frozen)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--grid-min", type=int, default=12, help="smallest input latent grid side (tokens)")
-    p.add_argument("--grid-max", type=int, default=16, help="largest input latent grid side (tokens)")
-    p.add_argument("--max-scale", type=float, default=4.0, help="largest target / input size in stage 2")
-    p.add_argument("--window", type=int, default=16, help="decoded window side, tokens (8 px each)")
-    p.add_argument("--warm-start-steps", type=int, default=200,
+    p.add_argument("--stage1-steps", type=number(int, 0), default=1500, help="plain-VAE steps (encoder + decoder)")
+    p.add_argument("--stage2-steps", type=number(int, 0), default=2500, help="InfGen steps (encoder frozen)")
+    p.add_argument("--batch-size", type=number(int, 1), default=8)
+    p.add_argument("--grid-min", type=number(int, 1), default=12, help="smallest input latent grid side (tokens)")
+    p.add_argument("--grid-max", type=number(int, 1), default=16, help="largest input latent grid side (tokens)")
+    p.add_argument("--max-scale", type=number(float, 1), default=4.0, help="largest target / input size in stage 2")
+    p.add_argument("--window", type=number(int, 1), default=16, help="decoded window side, tokens (8 px each)")
+    p.add_argument("--warm-start-steps", type=number(int, 0), default=200,
                    help="positional warm start of cross-attention block 0 before stage 1 (0: off)")
-    p.add_argument("--warm-start-lr", type=float, default=3e-3)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--kl-weight", type=float, default=1e-6)
-    p.add_argument("--init-logvar", type=float, default=-10.0, help="initial posterior log-variance (bias)")
+    p.add_argument("--warm-start-lr", type=number(float, 0, lo_open=True), default=3e-3)
+    p.add_argument("--lr", type=number(float, 0, lo_open=True), default=2e-4)
+    p.add_argument("--warmup", type=number(int, 0), default=100)
+    p.add_argument("--weight-decay", type=number(float, 0), default=0.01)
+    p.add_argument("--kl-weight", type=number(float, 0), default=1e-6)
+    p.add_argument("--init-logvar", type=number(float, -30, 30), default=-10.0, help="initial posterior log-variance (bias)")
     p.add_argument("--lpips", default=None, help="local TorchScript LPIPS file; without it LPIPS is off")
-    p.add_argument("--lpips-weight", type=float, default=0.1)
-    p.add_argument("--gan-weight", type=float, default=0.1)
-    p.add_argument("--gan-start", type=float, default=0.5, help="fraction of stage 2 before the GAN loss starts")
-    p.add_argument("--colour-aug", type=float, default=0.5,
+    p.add_argument("--lpips-weight", type=number(float, 0), default=0.1)
+    p.add_argument("--gan-weight", type=number(float, 0), default=0.1)
+    p.add_argument("--gan-start", type=number(float, 0, 1), default=0.5, help="fraction of stage 2 before the GAN loss starts")
+    p.add_argument("--colour-aug", type=number(float, 0, 1), default=0.5,
                    help="probability of a random channel order per photo crop; grayscale crops are tinted (0: off)")
-    p.add_argument("--num-generated", type=int, default=48, help="procedural training images")
-    p.add_argument("--photo-dir", action="append", default=[],
-                   help="extra folder of training photos (repeatable; scripts/fetch_photos.py makes one)")
-    p.add_argument("--pyramid", default="1,2,4",
+    p.add_argument("--num-generated", type=number(int, 0), default=48, help="procedural training images")
+    p.add_argument("--photo-dir", nargs="+", default=[], metavar="DIR",
+                   help="extra folders of training photos (scripts/fetch_photos.py makes one)")
+    p.add_argument("--pyramid", type=number(int, 1), nargs="+", default=[1, 2, 4], metavar="F",
                    help="downscale factors at which --photo-dir images are kept (multi-scale crops)")
-    p.add_argument("--photo-fraction", type=float, default=0.6, help="share of crops taken from photos")
-    p.add_argument("--scales", default=None,
-                   help="stage-2 target scales to draw from, e.g. 1,2,4 (default: uniform in [1, max-scale])")
-    p.add_argument("--save-every", type=int, default=200)
-    p.add_argument("--snapshot-every", type=int, default=0,
-                   help="also keep <out>/snapshots/stepNNNNNN/ every N steps (learning curves; 0: off)")
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
+    p.add_argument("--photo-fraction", type=number(float, 0, 1), default=0.6, help="share of crops taken from photos")
+    p.add_argument("--scales", type=number(float, 1), nargs="+", default=None, metavar="S",
+                   help="stage-2 target scales to draw from, e.g. 1 2 4 (default: uniform in [1, max-scale])")
+    p.add_argument("--save-every", type=number(int, 1), default=200)
+    p.add_argument("--snapshot-every", type=number(int, 0), default=0,
+                   help="also keep <out-dir>/snapshots/stepNNNNNN/ every N steps (learning curves; 0: off)")
+    p.add_argument("--log-every", type=number(int, 1), default=10)
+    p.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=0)
+    p.add_argument("--threads", type=number(int, 0, 4096), default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/train_state.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_args(argv=None):
+    p = build_parser()
     a = p.parse_args(argv)
     for name in ("stage1_steps", "stage2_steps", "snapshot_every"):
         if getattr(a, name) < 0:
@@ -426,11 +466,8 @@ def parse_args(argv=None):
     if a.batch_size < 1 or not 1 <= a.grid_min <= a.grid_max or a.window < 1 or a.max_scale < 1:
         p.error(f"need batch-size >= 1, 1 <= grid-min <= grid-max, window >= 1, max-scale >= 1; got "
                 f"{a.batch_size}, {a.grid_min}, {a.grid_max}, {a.window}, {a.max_scale}")
-    try:
-        a.pyramid = tuple(int(f) for f in a.pyramid.split(","))
-        a.scales = None if a.scales is None else tuple(float(s) for s in a.scales.split(","))
-    except ValueError:
-        p.error(f"--pyramid and --scales take comma-separated numbers, got {a.pyramid!r}, {a.scales!r}")
+    a.pyramid = tuple(a.pyramid)
+    a.scales = None if a.scales is None else tuple(a.scales)
     if a.scales is not None and any(not 1 <= s <= a.max_scale for s in a.scales):
         p.error(f"--scales must lie in [1, max-scale={a.max_scale}], got {a.scales}")
     if not 0 <= a.photo_fraction <= 1:
@@ -439,7 +476,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    """python -m infgen.train: user errors (bad --out, --config, --lpips, --device) are one `error:` line and
+    """python -m infgen.train: user errors (bad --out-dir, --config, --lpips, --device) are one `error:` line and
     exit status 2, checked before training starts."""
     from infgen.ref.options import check_out_dir, guarded
     a = parse_args(argv)
@@ -449,7 +486,7 @@ def main(argv=None):
             torch.device(a.device)
         except RuntimeError as exc:
             raise ValueError(f"--device must be cpu or cuda[:N], got {a.device!r}") from exc
-        check_out_dir(a.out, "--out")
+        check_out_dir(a.out, "--out-dir")
         for flag, path in (("--config", a.config), ("--lpips", a.lpips)):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{flag}: no such file {path!r}")

@@ -34,8 +34,10 @@ def tool(command: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m infgen.runtime",
+    """`infgen COMMAND ...` (usage: infgen decode ...) or `python -m infgen.runtime COMMAND ...`."""
+    from infgen.ref.options import ToolParser, prog_name, show_defaults
+    parser = ToolParser(  # a usage error is one `error:` line, as every tool's
+        prog=prog_name("python -m infgen.runtime"),
         description="InfGen runtime: decode one latent into an image of any size in one pass.",
         epilog="Sizes are WIDTHxHEIGHT (3840x2160 is landscape 4K); one number means a square.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(module=mod)
-    return parser
+    return show_defaults(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from infgen.runtime.cli.options import add_size_option, tool_main
+from infgen.runtime.cli.progress import Bar, add_progress_option
 
 EXIT_UNAVAILABLE = 1
 HELP = "decode a latent file on an InfGen server (runtime serve), over HTTP or gRPC"
@@ -36,6 +37,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--server-png", action="store_true",
                         help="have the server encode the PNG files (output 'png') instead of sending pixels")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default: %(default)s)")
+    add_progress_option(parser)
 
 
 def out_paths(out: str | None, stem: str, size: tuple[int, int], several_sizes: bool, batch: int) -> list[Path]:
@@ -59,22 +61,28 @@ def run(args) -> int:
         raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
     from infgen.runtime.io import IMAGE_SUFFIXES, check_writable
     check_writable(args.out or f"{Path(args.latent).stem}.png", IMAGE_SUFFIXES, "--out")  # before any request
-    latent = load_latent(args.latent).float().numpy()
+    from infgen.ref.model import check_floating
+    latent = check_floating(load_latent(args.latent), f"latent file {args.latent!r}").float().numpy()
     batch = latent.shape[0] if latent.ndim == 4 else 1
     with InfGenClient(args.url, protocol=args.protocol, model_name=args.model_name, timeout_s=args.timeout) as client:
         if not client.ready():
             print(f"error: no ready model {args.model_name!r} at {args.protocol}://{args.url}", file=sys.stderr)
             return EXIT_UNAVAILABLE
-        for size in args.size:
-            paths = out_paths(args.out, Path(args.latent).stem, size, len(args.size) > 1, batch)
-            if args.server_png:
-                for p, data in zip(paths, client.decode_png(latent, *size)):
-                    p.write_bytes(data)
-            else:
-                for p, pixels in zip(paths, client.decode(latent, *size)):
-                    Image.fromarray(pixels).save(p, **({} if p.suffix.lower() == ".png" else {"quality": 95}))
-            for p in paths:
-                print(f"wrote {p} ({size[1]}x{size[0]})")
+        bar = Bar("decode on the server", "image", total=len(args.size) * batch,
+                  enabled=False if args.no_progress else None)
+        with bar:  # shown past a few seconds: elapsed time while a request is in flight, images done
+            for size in args.size:
+                paths = out_paths(args.out, Path(args.latent).stem, size, len(args.size) > 1, batch)
+                bar.describe(f"decode {size[1]}x{size[0]} on the server")
+                if args.server_png:
+                    for p, data in zip(paths, bar.wait(lambda: client.decode_png(latent, *size))):
+                        p.write_bytes(data)
+                else:
+                    for p, pixels in zip(paths, bar.wait(lambda: client.decode(latent, *size))):
+                        Image.fromarray(pixels).save(p, **({} if p.suffix.lower() == ".png" else {"quality": 95}))
+                bar.update(batch)
+                for p in paths:
+                    print(f"wrote {p} ({size[1]}x{size[0]})")
     return 0
 
 

@@ -3,13 +3,15 @@
     python -m infgen.runtime decode z.npy --size 3840x2160 1024 -o out.png
 
 The latent is the diffusion model's scaled latent, (C, h, w) or (B, C, h, w). Several sizes add
-_WxH to the file name, a batch adds _0, _1, ...
+_WxH to the file name, a batch adds _0, _1, ... A decode still running after a few seconds shows a
+progress bar on stderr (per conv band when banded, per sub-batch when plain; runtime/cli/progress.py).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from infgen.runtime.cli.options import add_memory_options, add_model_options, add_size_option, load_engine, tool_main
+from infgen.runtime.cli.progress import Bar, add_progress_option
 
 HELP = "latent (.npy/.pt/.safetensors) -> PNG or JPEG at one or more sizes"
 
@@ -22,6 +24,7 @@ def add_arguments(p) -> None:
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="format when --out is not given")
     add_model_options(p)
     add_memory_options(p)
+    add_progress_option(p)
 
 
 def out_path(out: str | None, default_stem: str, size: tuple[int, int], several: bool, fmt: str) -> Path:
@@ -42,7 +45,8 @@ def run(args) -> int:
     for size in args.size:  # every size checked before the first decode
         check_size(*size, engine.config)
     for size, out in zip(args.size, outs):
-        image = engine.decode(latent, *size)
+        with Bar(f"decode {size[1]}x{size[0]}", "step", enabled=False if args.no_progress else None) as bar:
+            image = engine.decode(latent, *size, progress=bar if bar.enabled else None)
         paths = engine.save(image, out)
         for p in paths:
             print(f"wrote {p} ({size[1]}x{size[0]})")

@@ -9,13 +9,17 @@ user count: first the engine's direct decode time (median and range of --repeats
 uint8 conversion included, server idle), then a headless Locust run, each user sending requests
 back to back for --run-time seconds; in-flight requests are let finish. Timing the baseline
 right before each run keeps both under similar load on a shared machine. Per run: requests,
-errors, images/s over the run's window, latency p50/p90/p99 from the raw samples. Prints a
+errors, images/s over the run's window, latency p50/p90/p99 from the raw samples. Says up front
+how long it will run (duration_line), shows a progress bar over the runs on stderr (a terminal,
+tqdm installed) and stops its own server without Triton's `Signal (2) received.` (stop_quietly). Prints a
 Markdown table and writes JSON with machine, date, commit, model and backend. Exits 1 if any
 request failed.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import json
 import os
 import platform
@@ -30,6 +34,7 @@ import numpy as np
 
 from infgen.ref.options import positive_int
 from infgen.runtime.cli.options import add_model_options, add_size_option, tool_main
+from infgen.runtime.cli.progress import Bar, add_progress_option
 from infgen.runtime.cli.serve import add_limit_arguments, engine_and_name, limits_from_args, warm_up
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -47,9 +52,33 @@ def add_arguments(parser) -> None:
                         help="latent h_l = w_l (default: the model's latent_size)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="direct decode timings (default: %(default)s)")
     parser.add_argument("--model-name", default="infgen")
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("-o", "--out", metavar="FILE", help="write the results as JSON here")
     add_model_options(parser)
     add_limit_arguments(parser)
+    add_progress_option(parser)
+
+
+def duration_line(sizes: list, users: list, run_time: int, repeats: int) -> str:
+    """What the load test will do and for how long, said before it starts: one Locust run per
+    (size, user count), run_time seconds each, after repeats + 1 direct decodes of that size."""
+    runs = len(sizes) * len(users)
+    load = runs * run_time
+    return (f"load test: {len(sizes)} size(s) x {len(users)} user count(s) = {runs} run(s) of {run_time} s: "
+            f"{load} s ({load / 60:.1f} min) of load, plus {repeats + 1} direct decodes before each run, "
+            f"the server start and the last requests' finish")
+
+
+def stop_quietly(server) -> None:
+    """server.stop() without its stray `Signal (2) received.` line on stdout: tritonserver
+    acknowledges the SIGINT that PyTriton stops it with, and PyTriton echoes tritonserver's stdout
+    to ours (print from its reader thread; tritonserver's log proper goes to the log file). Any
+    other line echoed while stopping goes to stderr."""
+    echoed = io.StringIO()
+    with contextlib.redirect_stdout(echoed):
+        server.stop()
+    for line in echoed.getvalue().splitlines():
+        if line.strip() and not line.strip().startswith("Signal (2) received"):
+            print(line, file=sys.stderr)
 
 
 def free_port() -> int:
@@ -139,6 +168,7 @@ def run(args) -> int:
         raise ImportError(f"the load test needs locust: {SERVE_EXTRA}")
     if args.url is None:
         require_pytriton()
+    print(duration_line(args.size, args.users, args.run_time, args.repeats), file=sys.stderr, flush=True)
     engine, what = engine_and_name(args)
     warm_up(engine)
     grid = args.latent_grid or engine.config.latent_size
@@ -157,19 +187,23 @@ def run(args) -> int:
         url = f"127.0.0.1:{ports[0]}"
         result["server"] = {"max_batch": limits.max_batch, "max_queue_delay_us": limits.max_queue_delay_us}
     result["url"] = url
+    bar = Bar("load test", "run", total=len(args.size) * len(args.users), enabled=False if args.no_progress else None)
     try:
         for h, w in args.size:
             for users in args.users:
+                bar.describe(f"{w}x{h}, {users} user(s): direct decode")
                 direct = direct_decode_ms(engine, latent, h, w, args.repeats)
-                row = locust_run(url, (h, w), latent.shape, users, args.run_time, args.model_name)
+                bar.describe(f"{w}x{h}, {users} user(s): Locust")
+                row = bar.wait(lambda: locust_run(url, (h, w), latent.shape, users, args.run_time, args.model_name))
                 row["direct"] = direct
-                print(f"{row['size']} users {users}: {row['requests']} requests, {row['errors']} errors, "
-                      f"{row.get('images_per_s', 0):.2f} images/s, p50 {row.get('p50_ms', float('nan')):.0f} ms",
-                      file=sys.stderr, flush=True)
+                bar.write(f"{row['size']} users {users}: {row['requests']} requests, {row['errors']} errors, "
+                          f"{row.get('images_per_s', 0):.2f} images/s, p50 {row.get('p50_ms', float('nan')):.0f} ms")
+                bar.update()
                 result["runs"].append(row)
     finally:
+        bar.close()
         if triton is not None:
-            triton.stop()
+            stop_quietly(triton)
         log_dir.cleanup()
     print(f"machine: {result['machine']}\ndate: {result['date']}, commit {result['commit']}\nmodel: {result['model']}, "
           f"batch {args.batch}, latent {tuple(latent.shape)}, {args.run_time} s per run")

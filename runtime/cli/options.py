@@ -10,8 +10,10 @@ from pathlib import Path
 from infgen.ref import DEMO_CHECKPOINT
 from infgen.ref import options as _options
 from infgen.ref.options import guarded
+from infgen.ref.weights import TRAINED_PRESETS
 from infgen.ref.options import add_size_option, positive_int, size_type  # noqa: F401 - add_size_option, size_type re-exported
 from infgen.runtime.engine import BACKENDS
+from infgen.runtime.engine import default_model as engine_default_model
 
 RANDOM_NOTICE = "weights are random: the images are noise (no trained checkpoint was given or bundled)"
 DEFAULT_MODEL_HELP = ("InfGen checkpoint directory (config.json + model.safetensors); default: the bundled demo "
@@ -39,18 +41,20 @@ def add_memory_options(p: argparse.ArgumentParser, banded: bool = True) -> None:
 
 
 def default_model() -> str:
-    """The bundled demo checkpoint directory if present, else the "tiny" preset (random weights)."""
-    if (DEMO_CHECKPOINT / "config.json").is_file() and (DEMO_CHECKPOINT / "model.safetensors").is_file():
-        return str(DEMO_CHECKPOINT)
-    return "tiny"
+    """The bundled demo checkpoint directory if present, else the "tiny" preset (random weights):
+    engine.default_model, the model of InfGenEngine() too."""
+    return engine_default_model(DEMO_CHECKPOINT)
 
 
 def model_spec(args) -> str:
-    """--checkpoint DIR, else --preset NAME, else default_model()."""
+    """--checkpoint DIR, else --preset NAME (--preset demo: the bundled checkpoint's directory), else
+    default_model()."""
     if args.checkpoint is not None:
         if not Path(args.checkpoint).is_dir():
             raise FileNotFoundError(f"--checkpoint must be a directory, got {args.checkpoint!r}")
         return args.checkpoint
+    if args.preset in TRAINED_PRESETS:
+        return str(TRAINED_PRESETS[args.preset])
     return args.preset or default_model()
 
 
@@ -68,11 +72,11 @@ def load_engine(args):
 
 
 def tool_main(prog: str, doc: str, add_arguments, run, argv=None, errors: tuple = ()) -> int:
-    """A tool run on its own (`python -m infgen.runtime.cli.serve`, the infgen-serve entry point): parse, run,
+    """A tool run on its own (the infgen-serve entry point, `python -m infgen.runtime.cli.serve`): parse, run,
     turn user errors into one line and exit status 2 (infgen.ref.options.guarded). ImportError: an
-    optional package is missing (its message says which)."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
+    optional package is missing (its message says which). prog: the console script, infgen-COMMAND;
+    the usage line says it when that is what ran, else `python -m infgen.runtime COMMAND`."""
+    command = prog.removeprefix("infgen-")
+    parser = _options.tool_parser(f"python -m infgen.runtime {command}", doc.split("\n\n")[0], add_arguments)
     args = parser.parse_args(argv)
     return guarded(run, args, errors=errors)

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import subprocess
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,9 @@ from infgen.ref.cost import H100_BF16_FLOPS
 from infgen.runtime.cli.profile_measure import STATUSES
 
 FLOOR_NOTE = f"cost-model FLOPs at {H100_BF16_FLOPS / 1e12:.0f} TFLOP/s (bf16 matrix product on the lent H100)"
+FLOOR_GAP = 100        # the plot leaves out a floor this many times below every measured latency (notes it instead)
+MESSAGE_WIDTH = 100    # columns of a wrapped error message
+MESSAGE_LINES = 3      # at most this many lines of it; the rest ends in " ..."
 
 _num = {"type": ["number", "null"]}
 _stage_schema = {
@@ -127,6 +131,14 @@ def make_report(rows: list[dict], device: torch.device, model_source: str, cfg, 
     }
 
 
+def wrap_message(text: str, width: int = MESSAGE_WIDTH, max_lines: int = MESSAGE_LINES) -> list[str]:
+    """An error message as lines of at most `width` characters, broken at spaces (a word longer than
+    a line, e.g. a path, gets a line of its own and is only then broken), at most max_lines lines,
+    the last ending in " ..." (at a word boundary) when the message is longer."""
+    return textwrap.wrap(" ".join(str(text).split()), width, break_on_hyphens=False, max_lines=max_lines,
+                         placeholder=" ...")
+
+
 def _ms(x):
     return "-" if x is None else f"{x * 1e3:.2f}"
 
@@ -146,7 +158,7 @@ def format_table(report: dict) -> str:
             f"{'-' if r['tflops'] is None else format(r['tflops'], '.3g'):>9}"
             f"{'-' if r['floor_share'] is None else format(100 * r['floor_share'], '.3g'):>9}")
         if r["message"] and (r["target"], r["message"]) != prev:  # a build failure: once per target
-            lines.append(f"    ! {r['message'][:160]}")
+            lines += [f"    {'!' if i == 0 else ' '} {ln}" for i, ln in enumerate(wrap_message(r["message"]))]
         prev = (r["target"], r["message"])
         for s in r["stages"] or []:
             lines.append(f"    {s['name']:<28}{_ms(s['median_s']):>10}{_ms(s['p10_s']):>9}{_ms(s['p90_s']):>9}"
@@ -156,16 +168,57 @@ def format_table(report: dict) -> str:
             lines.append(f"    {'sum of stages / end-to-end':<28}{r['stage_sum_over_end_to_end']:>10.3f}"
                          "  (median over iterations of the paired ratio)")
         if r["stages_error"]:
-            lines.append(f"    ! stage breakdown: {r['stages_error'][:160]}")
+            lines += [f"    {'!' if i == 0 else ' '} {ln}"
+                      for i, ln in enumerate(wrap_message(f"stage breakdown: {r['stages_error']}"))]
     for a, b in report["aliases"].items():
         lines.append(f"({a} is the same configuration as {b}: see that row)")
     return "\n".join(lines)
 
 
-def plot(report: dict, path: Path) -> None:
-    """Latency against output megapixels, log-log: one line per target, the cost-model floor dashed."""
+def floor_gap(report: dict) -> float | None:
+    """How many times the cost-model floor lies below the fastest measured latency, taken per row
+    (median_s / floor_s, the smallest over the rows that ran); None without such rows."""
+    ratios = [r["median_s"] / r["floor_s"] for r in report["rows"]
+              if r["status"] == "ok" and r["median_s"] and r["floor_s"]]
+    return min(ratios) if ratios else None
+
+
+def failed_lines(report: dict, width: int = 96, max_lines: int = 2, max_rows: int = 8) -> list[str]:
+    """The PNG's text rows for the runs that did not succeed: 'target WxH status: message', wrapped
+    at word boundaries (wrap_message; continuation lines indented 4), the same message once per
+    target, at most max_rows rows."""
+    rows, seen = [], set()
+    for r in report["rows"]:
+        if r["status"] == "ok" or (r["target"], r["message"]) in seen:
+            continue
+        seen.add((r["target"], r["message"]))
+        rows.append(wrap_message(f"{r['target']} {r['width']}x{r['height']} {r['status']}: {r['message'] or '-'}",
+                                 width, max_lines))
+    lines = [f"{'' if i == 0 else '    '}{ln}" for row in rows[:max_rows] for i, ln in enumerate(row)]
+    return lines + ([f"... {len(rows) - max_rows} more in profile.json"] if len(rows) > max_rows else [])
+
+
+def figure(report: dict):
+    """The latency plot as a matplotlib Figure: latency against output megapixels, log-log, one line
+    per target. The cost-model floor is drawn dashed on the same axes, unless it lies FLOOR_GAP times
+    or more below every measured latency (a CPU run against the H100's floor): then a note under the
+    plot states it and the data keep the whole axis. Failed runs are listed under the plot."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
-    fig = Figure(figsize=(8, 5.5))
+    peak = f"{report['floor']['peak_flops'] / 1e12:.0f} TFLOP/s"
+    floor = sorted({(r["megapixels"], r["floor_s"]) for r in report["rows"]})
+    gap = floor_gap(report)
+    notes = []
+    if floor and gap is not None and gap >= FLOOR_GAP:
+        notes += wrap_message(f"cost-model floor ({peak}): {floor[0][1]:.2g} s at {floor[0][0]:.3g} MP to "
+                              f"{floor[-1][1]:.2g} s at {floor[-1][0]:.3g} MP, not drawn: {gap:.0f}x below the "
+                              "fastest measured latency", 100, 2)
+        floor = []
+    failed = failed_lines(report)
+    if failed:
+        notes += ["runs that did not succeed:"] + failed
+    line_in = 0.14  # inches per note line (7 pt monospace: 100 columns fit the 8-inch width)
+    height = 5.5 + line_in * (len(notes) + 1 if notes else 0)
+    fig = Figure(figsize=(8, height))
     ax = fig.subplots()
     names = list(dict.fromkeys(r["target"] for r in report["rows"]))
     for name in names:
@@ -173,9 +226,8 @@ def plot(report: dict, path: Path) -> None:
                      if r["target"] == name and r["status"] == "ok")
         if pts:
             ax.plot(*zip(*pts), marker="o", label=name)
-    floor = sorted({(r["megapixels"], r["floor_s"]) for r in report["rows"]})
     if floor:
-        ax.plot(*zip(*floor), "k--", label=f"cost-model floor ({report['floor']['peak_flops'] / 1e12:.0f} TFLOP/s)")
+        ax.plot(*zip(*floor), "k--", label=f"cost-model floor ({peak})")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("output megapixels")
@@ -183,9 +235,18 @@ def plot(report: dict, path: Path) -> None:
     dev = report["device"]
     ax.set_title(f"InfGen decode, {report['model']['source']}; {dev['type']}: {dev['name']}"[:100], fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if ax.get_lines():
+        ax.legend(fontsize=8)
+    bottom = line_in * (len(notes) + 1) / height if notes else 0  # the notes' band, under the axes
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    if notes:
+        fig.text(0.02, bottom, "\n".join(notes), va="top", ha="left", fontsize=7, family="monospace")
+    return fig
+
+
+def plot(report: dict, path: Path) -> None:
+    """figure(report) saved as a PNG."""
+    figure(report).savefig(path, dpi=110)
 
 
 def write_json(report: dict, out_dir: str | Path) -> Path:
