@@ -1,7 +1,7 @@
 """The sm_90a compile report: every kernel configuration the runtime, the benchmark sweeps and the
 launch options can run, compiled for Hopper (H100) on a machine without a GPU.
 
-  python -m infgen.kernels.report [--out DIR] [--jobs N] [--used-by runtime] [--check]
+  python -m infgen.kernels.report [--out-dir DIR] [--jobs N] [--used-by runtime] [--check]
   python -m infgen.kernels.report --compare A/compile_report.json B/compile_report.json   # side by side
 
 Each entry is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`
@@ -539,7 +539,7 @@ def compare(reports: list[dict], used_by=("runtime", "plugin")) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m infgen.kernels.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="compile_report", help="directory for compile_report.json and .md")
+    p.add_argument("--out-dir", dest="out", default="compile_report", help="directory for compile_report.json and .md")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles (default: CPU count)")
     p.add_argument("--used-by", choices=USED_BY, action="append",
                    help=f"entries used by this (repeatable; default: {', '.join(DEFAULT_USED_BY)})")

@@ -1,9 +1,9 @@
 """Ahead-of-time kernels for libinfgen_kernels: the project's Triton kernels compiled for sm_90a
 on a machine without a GPU, written out as one C file with the cubins embedded.
 
-    python -m infgen.native.aot --out build/native_gen [--jobs 2]
+    python -m infgen.native.aot --out-dir build/native_gen [--jobs 2]
 
-CMake runs this (CMakeLists.txt, target infgen_kernels_gen). It writes, under --out:
+CMake runs this (CMakeLists.txt, target infgen_kernels_gen). It writes, under --out-dir:
     infgen_kernels_table.c   the kernel table: one infgen_kernel_info per variant, cubins as byte arrays
     manifest.json            the same table as JSON (+ cubin sha256, resource usage), for the tests
     <name>.ptx               each variant's PTX, for reading
@@ -271,7 +271,7 @@ def c_table(results: list[dict], build_info: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m infgen.native.aot", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, help="directory for the generated C file, manifest and PTX")
+    ap.add_argument("--out-dir", dest="out", type=Path, help="directory for the generated C file, manifest and PTX")
     ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compiles")
     ap.add_argument("--list", action="store_true", help="print the variants and exit")
     args = ap.parse_args(argv)
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
             print(v.name, v.tile, f"w{v.num_warps} s{v.num_stages}")
         return 0
     if args.out is None:
-        ap.error("--out DIR is required")
+        ap.error("--out-dir DIR is required")
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
     import triton

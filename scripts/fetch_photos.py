@@ -1,6 +1,6 @@
 """Fetch Debian's wallpaper packages and unpack their photos into a training folder (outside git).
 
-    python scripts/fetch_photos.py --out data/photos [--max-side 1536]
+    python scripts/fetch_photos.py --out-dir data/photos [--max-side 1536]
 
 For each package: `apt-get download` (no root install), `dpkg -x` into a temporary folder, every
 raster image under usr/share/backgrounds/ resized once (antialiased) to at most --max-side pixels
@@ -113,7 +113,7 @@ def data_card(rows: list[dict]) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="data/photos", help="output folder (git-ignored)")
+    p.add_argument("--out-dir", dest="out", default="data/photos", help="output folder (git-ignored)")
     p.add_argument("--max-side", type=int, default=1536, help="long side after resizing, pixels")
     p.add_argument("--packages", nargs="+", default=list(PACKAGES))
     a = p.parse_args(argv)

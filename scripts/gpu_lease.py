@@ -149,7 +149,7 @@ STEPS = [
          lambda out, py: [py, "benchmarks/kernels.py", "--out", str(out / "kernels.json")]),
     Step("report", 60, 30, "sm_90a compile report on this triton", ("compile_report/compile_report.json",),
          lambda out, py: [py, "-m", "infgen.kernels.report", "--jobs", str(os.cpu_count() or 1),
-                          "--out", str(out / "compile_report")]),
+                          "--out-dir", str(out / "compile_report")]),
     Step("native", 150, 60, "native AOT build + ctest (GPU test included)", (), _native),
 ]
 NAMES = [s.name for s in STEPS]

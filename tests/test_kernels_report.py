@@ -23,7 +23,7 @@ def compiled(tmp_path_factory):
     """One report run over the default entries (runtime, sweep, plugin; a few minutes on 2 shared cores)."""
     out = tmp_path_factory.mktemp("report")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "infgen.kernels.report", "--out", str(out), "--jobs", "2",
+    proc = subprocess.run([sys.executable, "-m", "infgen.kernels.report", "--out-dir", str(out), "--jobs", "2",
                            "--check"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     data = json.loads((out / "compile_report.json").read_text())
@@ -138,6 +138,6 @@ def test_a_failing_entry_is_a_row_saying_why():
 
 def test_the_report_refuses_to_run_under_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "infgen.kernels.report", "--used-by", "option", "--out", "unused"],
+    proc = subprocess.run([sys.executable, "-m", "infgen.kernels.report", "--used-by", "option", "--out-dir", "unused"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "TRITON_INTERPRET is set" in proc.stderr

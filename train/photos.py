@@ -25,7 +25,7 @@ def image_files(folders) -> list[Path]:
         d = Path(folder)
         if not d.is_dir():
             raise FileNotFoundError(f"photo folder {str(folder)!r} does not exist "
-                                    f"(scripts/fetch_photos.py --out {folder} creates one)")
+                                    f"(scripts/fetch_photos.py --out-dir {folder} creates one)")
         files += sorted(p for p in d.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
     return files
 
