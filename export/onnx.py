@@ -47,8 +47,8 @@ from torch import nn
 from infgen.export.spec import DYNAMIC_DIMS, FLAVOURS, INPUTS, OPSET, OUTPUTS, PLUGIN_VERSION  # the spec
 from infgen.export.spec import PLUGIN_NAME as PLUGIN_OP
 from infgen.export.spec import PLUGIN_NAMESPACE as PLUGIN_DOMAIN
-from infgen.ref.config import PRESETS, dtype_name, parse_dtype
-from infgen.ref.decode import TORCH_OPS, Ops, decode_grid, upsample_nearest2x
+from infgen.ref.config import dtype_name, parse_dtype
+from infgen.ref.decode import TORCH_OPS, Ops, decode_grid
 from infgen.ref.model import InfGen, copy_model
 
 # Sample shapes traced by torch.export: every dynamic size >= 2 (0 and 1 get specialised).

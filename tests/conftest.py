@@ -30,3 +30,13 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|, in float64."""
     a, b = a.double(), b.double()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def one_error_line(capsys, rc) -> str:
+    """A tool's user error as the tools' contract has it: exit status 2 and exactly one `error: ...`
+    line on stderr, no traceback; returns that line."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

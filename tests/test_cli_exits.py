@@ -11,15 +11,9 @@ from infgen.export import trt as export_trt
 from infgen.runtime.cli import main as runtime_main
 from infgen.train import trainer
 
+from conftest import one_error_line
+
 MISSING = "/nonexistent/infgen-checkpoint"
-
-
-def one_error_line(capsys, rc) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert rc == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.mark.parametrize("argv", [["decode", "{z}", "--size", "64x64"], ["info"], ["demo"], ["profile"],

@@ -17,13 +17,7 @@ from infgen.runtime.cli import main as runtime_main
 from infgen.runtime.io import load_image, rgb_pixels
 from infgen.train import trainer
 
-
-def one_error_line(capsys, rc) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert rc == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+from conftest import one_error_line
 
 
 # ----------------------------------------------------------------------------- images
