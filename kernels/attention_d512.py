@@ -36,7 +36,8 @@ import triton
 try:  # Gluon's Hopper API: triton >= 3.6 (the GPU image's version) and 3.9 (checked).
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                                  warpgroup_mma_wait)
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 except ImportError as exc:  # pragma: no cover - older triton
     raise ImportError("infgen.kernels.attention_d512 needs Gluon's Hopper API: pip install 'triton>=3.6'") from exc
@@ -153,6 +154,90 @@ def _softmax_partition(bufs, bars, o_ptr, stride_om, M, N, off_m, qk_scale,
 
 
 @gluon.jit
+def _softmax_step(s, m_i, l_i, n_left, qk_scale, Q_PRESCALED: gl.constexpr, layout: gl.constexpr):
+    """One tile's online softmax (log2 units): keys at or past n_left score -inf. Returns P (fp32),
+    the rescale alpha of the earlier tiles' sum, and the new row max and row sum."""
+    key = gl.arange(0, s.shape[1], gl.SliceLayout(0, layout))
+    if not Q_PRESCALED:
+        s = s * qk_scale
+    s = gl.where((key < n_left)[None, :], s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, axis=1))
+    p = gl.exp2(s - m_new[:, None])
+    alpha = gl.exp2(m_i - m_new)
+    return p, alpha, m_new, l_i * alpha + gl.sum(p, axis=1)
+
+
+@gluon.jit
+def _publish_p(p, alpha, j, p_smem, alpha_smem, p_ready, p_free):
+    """P and alpha of tile j into slot j % 2 for warpgroup 1, once it released that slot."""
+    buf = j % 2
+    mbarrier.wait(p_free.index(buf), ((j // 2) & 1) ^ 1)
+    p_smem.index(buf).store(p)
+    alpha_smem.index(buf).store(alpha)
+    fence_async_shared()  # generic-proxy stores before warpgroup 1's wgmma reads P
+    mbarrier.arrive(p_ready.index(buf), count=1)
+
+
+@gluon.jit
+def _softmax_partition_pipelined(bufs, bars, o_ptr, stride_om, M, N, off_m, qk_scale, Q_PRESCALED: gl.constexpr):
+    """Warpgroup 0, software-pipelined (D512Config.pipelined): per tile j it issues S(j+1) = Q K(j+1)^T
+    and then O[:, :HALF] += P(j) V(j)[:, :HALF] as async wgmma groups, waits with one group
+    outstanding (S(j+1) done, P V still on the tensor cores) and runs tile j+1's softmax while the
+    P V finishes; then waits for it and rescales O by alpha(j+1). Needs STAGES >= 2 for the K load
+    of tile j+1 to overlap tile j's work (one slot makes the load wait for S(j))."""
+    q_smem, k_smem, v0_smem, v1_smem, p_smem, alpha_smem, l_smem = bufs
+    q_ready, k_ready, k_free, v0_ready, v0_free, v1_ready, v1_free, p_ready, p_free, l_ready = bars
+    BM: gl.constexpr = q_smem.shape[0]
+    STAGES: gl.constexpr = k_smem.shape[0]
+    BLOCK_N: gl.constexpr = k_smem.shape[1]
+    HALF_D: gl.constexpr = v0_smem.shape[2]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HALF_D, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
+    l_i = gl.zeros([BM], gl.float32, gl.SliceLayout(1, s_layout))
+    acc = gl.zeros([BM, HALF_D], gl.float32, o_layout)                             # O[:, :HALF], unnormalised
+    s_zero = gl.zeros([BM, BLOCK_N], gl.float32, s_layout)
+    n_tiles = gl.cdiv(N, BLOCK_N)
+
+    mbarrier.wait(q_ready, 0)
+    mbarrier.wait(k_ready.index(0), 0)
+    s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False)  # (BM, BLOCK_N), tile 0
+    mbarrier.arrive(k_free.index(0), count=1)
+    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, N, qk_scale, Q_PRESCALED, s_layout)
+    p = p.to(q_smem.dtype)
+    _publish_p(p, alpha, 0, p_smem, alpha_smem, p_ready, p_free)
+    for j in range(n_tiles - 1):
+        cur = j % STAGES
+        nxt = (j + 1) % STAGES
+        mbarrier.wait(k_ready.index(nxt), ((j + 1) // STAGES) & 1)
+        s_tok = warpgroup_mma(q_smem, k_smem.index(nxt).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        mbarrier.wait(v0_ready.index(cur), (j // STAGES) & 1)
+        p_op = gl.convert_layout(p, p_layout)                      # registers the async P V reads until waited
+        acc_tok = warpgroup_mma(p_op, v0_smem.index(cur), acc, is_async=True)
+        s = warpgroup_mma_wait(1, deps=[s_tok])                    # S(j+1) done; P(j) V(j) may still run
+        mbarrier.arrive(k_free.index(nxt), count=1)
+        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, N - (j + 1) * BLOCK_N, qk_scale, Q_PRESCALED, s_layout)
+        p = p.to(q_smem.dtype)
+        _publish_p(p, alpha, j + 1, p_smem, alpha_smem, p_ready, p_free)
+        acc, p_op = warpgroup_mma_wait(0, deps=[acc_tok, p_op])    # p_op kept live: no reuse of its registers
+        mbarrier.arrive(v0_free.index(cur), count=1)
+        acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+    last = (n_tiles - 1) % STAGES
+    mbarrier.wait(v0_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
+    acc = warpgroup_mma(gl.convert_layout(p, p_layout), v0_smem.index(last), acc)
+    mbarrier.arrive(v0_free.index(last), count=1)
+
+    inv_l = 1.0 / l_i
+    l_smem.store(inv_l)
+    mbarrier.arrive(l_ready, count=1)
+    _store_half(acc, inv_l, o_ptr, stride_om, M, off_m, 0, o_layout)
+
+
+@gluon.jit
 def _pv_partition(bufs, bars, o_ptr, stride_om, M, N, off_m, SKIP_PV: gl.constexpr):
     """Warpgroup 1: O[:, HALF:] = sum over key tiles of alpha-rescaled P V[:, HALF:], P and alpha
     from warpgroup 0 through shared memory."""
@@ -198,6 +283,7 @@ def attn_d512_kernel(
     PV_REGS: gl.constexpr,       # registers per thread of warpgroup 1 after setmaxnreg
     SKIP_QK: gl.constexpr,       # ablation: no Q K^T (zero scores); False in use
     SKIP_PV: gl.constexpr,       # ablation: no P V; False in use
+    PIPELINED: gl.constexpr,     # warpgroup 0 overlaps tile j+1's softmax with tile j's P V (async wgmma)
 ):
     """Grid: (cdiv(M, BLOCK_M),); num_warps=4 (warpgroup 0) plus workers of 4 (warpgroup 1) and 1
     (loads). Program i writes out rows i*BLOCK_M.. of one (batch, head)."""
@@ -241,12 +327,19 @@ def attn_d512_kernel(
     bufs = (q_smem, k_smem, v0_smem, v1_smem, p_smem, alpha_smem, l_smem)
     bars = (q_ready, k_ready, k_free, v0_ready, v0_free, v1_ready, v1_free, p_ready, p_free, l_ready)
 
-    gl.warp_specialize([
-        (_softmax_partition, (bufs, bars, o_ptr, stride_om, M, N, off_m, qk_scale, Q_PRESCALED, SKIP_QK,
-                                SKIP_PV)),
-        (_pv_partition, (bufs, bars, o_ptr, stride_om, M, N, off_m, SKIP_PV)),
-        (_load_partition, (q_desc, k_desc, v_desc, bufs, bars, off_m, N)),
-    ], [4, 1], [PV_REGS, 24])
+    if PIPELINED:
+        gl.warp_specialize([
+            (_softmax_partition_pipelined, (bufs, bars, o_ptr, stride_om, M, N, off_m, qk_scale, Q_PRESCALED)),
+            (_pv_partition, (bufs, bars, o_ptr, stride_om, M, N, off_m, SKIP_PV)),
+            (_load_partition, (q_desc, k_desc, v_desc, bufs, bars, off_m, N)),
+        ], [4, 1], [PV_REGS, 24])
+    else:
+        gl.warp_specialize([
+            (_softmax_partition, (bufs, bars, o_ptr, stride_om, M, N, off_m, qk_scale, Q_PRESCALED, SKIP_QK,
+                                    SKIP_PV)),
+            (_pv_partition, (bufs, bars, o_ptr, stride_om, M, N, off_m, SKIP_PV)),
+            (_load_partition, (q_desc, k_desc, v_desc, bufs, bars, off_m, N)),
+        ], [4, 1], [PV_REGS, 24])
 
 
 # ----------------------------------------------------------------------------- configurations
@@ -256,12 +349,15 @@ class D512Config:
     + stages x (K + V) of block_n x 512 + two P tiles; 64 x 1 takes 208 KiB, 32 x 2 takes 200 KiB,
     64 x 2 would take 336 KiB). pv_regs: registers per thread of warpgroup 1 after setmaxnreg
     (warpgroup 0 gets 3 x MAXNREG - pv_regs - 24, the load warp 24). skip_qk / skip_pv: ablations
-    for the benchmark (Q K^T or P V removed; the output is then wrong)."""
+    for the benchmark (Q K^T or P V removed; the output is then wrong). pipelined: warpgroup 0
+    issues S for tile j+1 and P V for tile j as async wgmma and overlaps tile j+1's softmax with
+    that P V (_softmax_partition_pipelined; compiled, never run: PIPELINED_CONFIGS)."""
     block_n: int = 64
     stages: int = 1
     pv_regs: int = 232
     skip_qk: bool = False
     skip_pv: bool = False
+    pipelined: bool = False
 
 
 # 4 + 4 + 1 warps, allocated by warpgroup (12 warps): 12 * 32 * 168 <= 65,536 registers per SM.
@@ -271,6 +367,9 @@ RUNTIME_CONFIG = D512Config()
 RUNTIME_CONFIGS = [RUNTIME_CONFIG]                                      # what flash_attention_d512 launches
 SWEEP_CONFIGS = [D512Config(64, 1), D512Config(32, 2), D512Config(32, 1)]  # all fit in shared memory
 ABLATIONS = {"no_pv": D512Config(skip_pv=True), "no_qk": D512Config(skip_qk=True)}
+# Selectable, off by default, unvalidated (no GPU has run it): double-buffered 32-key K/V tiles with
+# warpgroup 0 software-pipelined (async wgmma, wait depth 1). 64-key tiles with one slot spill on 3.9.
+PIPELINED_CONFIGS = [D512Config(32, 2, pipelined=True)]
 DTYPES = (torch.bfloat16, torch.float16)
 SHARED_LIMIT = 232_448     # bytes of shared memory one block may use on an H100 / H200
 
@@ -290,7 +389,7 @@ def _layouts(config: D512Config, dtype: torch.dtype) -> dict:
 def _constexprs(config: D512Config, dtype: torch.dtype, q_prescaled: bool = False) -> dict:
     return {"Q_PRESCALED": bool(q_prescaled), "STAGES": config.stages, "P_LAYOUT": _layouts(config, dtype)["p"][1],
             "PV_REGS": config.pv_regs,
-            "SKIP_QK": config.skip_qk, "SKIP_PV": config.skip_pv}
+            "SKIP_QK": config.skip_qk, "SKIP_PV": config.skip_pv, "PIPELINED": config.pipelined}
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -506,23 +605,26 @@ def static_checks(config: D512Config = RUNTIME_CONFIG, dtype: torch.dtype = torc
                                                              compiled.asm["ptx"])})
     sass = row.pop("sass")
     row["scores"] = None if config.skip_qk else score_work(compiled.asm["ttgir"], sass, BLOCK_M, config.block_n)
+    waits = re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", compiled.asm["ptx"])
+    row["wgmma_wait_depths"] = sorted({int(n) for n in waits})  # 1: a wgmma group left running past a wait
     return row
 
 
 # ----------------------------------------------------------------------------- command line
 def main(argv=None) -> int:
-    """python -m infgen.kernels.attention_d512 [--configs runtime sweep ablations] [--dtypes bf16 fp16] [--json]
+    """python -m infgen.kernels.attention_d512 [--configs runtime sweep ablations pipelined] [--dtypes bf16 fp16] [--json]
     Compiles each configuration for sm_90a (no GPU needed) and prints its static checks. The runtime
     set is compiled as the triton backend launches it (q_prescaled); the others with unscaled queries."""
     import argparse
     import json
 
     p = argparse.ArgumentParser(prog="python -m infgen.kernels.attention_d512", description=main.__doc__)
-    p.add_argument("--configs", nargs="+", choices=["runtime", "sweep", "ablations"], default=["runtime"])
+    p.add_argument("--configs", nargs="+", choices=["runtime", "sweep", "ablations", "pipelined"], default=["runtime"])
     p.add_argument("--dtypes", nargs="+", choices=["bf16", "fp16"], default=["bf16", "fp16"])
     p.add_argument("--json", action="store_true", help="one JSON list on stdout instead of a table")
     a = p.parse_args(argv)
-    sets = {"runtime": RUNTIME_CONFIGS, "sweep": SWEEP_CONFIGS, "ablations": list(ABLATIONS.values())}
+    sets = {"runtime": RUNTIME_CONFIGS, "sweep": SWEEP_CONFIGS, "ablations": list(ABLATIONS.values()),
+            "pipelined": PIPELINED_CONFIGS}
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     rows = []
     for cfg, kind in [(c, kind) for kind in a.configs for c in sets[kind]]:
@@ -539,7 +641,7 @@ def main(argv=None) -> int:
         return 0
     for r in rows:
         c = r["config"]
-        ablation = "".join(f" {n}" for n in ("skip_qk", "skip_pv") if c[n])
+        ablation = "".join(f" {n}" for n in ("skip_qk", "skip_pv", "pipelined") if c[n])
         head = f"{r['set']}: block_n {c['block_n']} stages {c['stages']}{ablation} {r['dtype']}"
         if "error" in r:
             print(f"{head}: {r['error']}")

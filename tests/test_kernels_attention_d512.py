@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from infgen.kernels.attention import attention_ref, flash_attention
-from infgen.kernels.attention_d512 import (HEAD_DIM, RUNTIME_CONFIG, SHARED_LIMIT, SWEEP_CONFIGS, D512Config,
-                                    compile_d512, d512_applies, d512_unsupported_reason, flash_attention_d512,
+from infgen.kernels.attention_d512 import (HEAD_DIM, PIPELINED_CONFIGS, RUNTIME_CONFIG, SHARED_LIMIT, SWEEP_CONFIGS,
+                                    D512Config, compile_d512, d512_applies, d512_unsupported_reason, flash_attention_d512,
                                     gluon_interpreted, score_work)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +98,33 @@ def test_sweep_lists_only_configs_that_fit(compiled_rows):
         assert "error" not in r, r.get("error")
         assert r["fits_shared"] and r["spill_stores"] == 0, r
         assert r["scores"]["replication"] == 1, r["scores"]
+
+
+@pytest.fixture(scope="session")
+def pipelined_rows():
+    """static_checks rows of the pipelined option (bf16, fp16; q_prescaled False), compiled in a fresh process."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "infgen.kernels.attention_d512", "--configs", "pipelined", "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def test_pipelined_option_compiles_clean_with_an_async_wgmma_wait(pipelined_rows):
+    """Double-buffered 32-key K/V, warpgroup 0 pipelined: fits, no spills, scores once, and a
+    `wgmma.wait_group 1` (S of tile j+1 waited while P V of tile j still runs). Q K^T appears twice
+    in SASS (prologue and loop): 2 x 512/16 m64n32k16; P V: warpgroup 0 in loop and epilogue
+    (2 x 32/16) plus warpgroup 1 (32/16) m64n256k16."""
+    assert len(pipelined_rows) == 2 * len(PIPELINED_CONFIGS)
+    for r in pipelined_rows:
+        assert "error" not in r, r.get("error")
+        bn = r["config"]["block_n"]
+        assert r["config"]["pipelined"] and r["config"]["stages"] >= 2
+        assert r["fits_shared"] and r["shared_bytes"] <= SHARED_LIMIT, r["shared_bytes"]
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0 and r["stack_bytes"] == 0, r
+        assert r["hgmma"] == {f"64x{bn}x16": 2 * HEAD_DIM // 16, "64x256x16": 3 * bn // 16}, r["hgmma"]
+        assert 1 in r["wgmma_wait_depths"], r["wgmma_wait_depths"]
+        assert r["scores"]["replication"] == 1 and r["scores"]["issuing_warpgroups"] == 1, r["scores"]
 
 
 def test_compile_rejects_bad_dtype_and_the_interpreter():
@@ -197,6 +224,18 @@ def test_cuda_sweep_configs_match_tl_dot_kernel(config):
     ours = flash_attention_d512(q, k, v, config=config)
     check(ours, q, k, v)
     torch.testing.assert_close(ours.float(), flash_attention(q, k, v).float(), atol=2 * ATOL[q.dtype], rtol=0)
+
+
+@pytest.mark.gpu
+@sm90
+@pytest.mark.parametrize("config", PIPELINED_CONFIGS, ids=lambda c: f"n{c.block_n}s{c.stages}-pipelined")
+@pytest.mark.parametrize("B,M,N", [(1, 4097, 4097), (2, 41, 41), (1, 3, 1), (3, 1025, 777)])
+def test_cuda_pipelined_option_matches_reference(config, B, M, N):
+    """The pipelined option (never run yet): one key tile (no loop), ragged tails, M != N, batch > 1."""
+    torch.manual_seed(B * 7919 + N)
+    q = torch.randn(B, 1, M, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, 1, N, HEAD_DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    check(flash_attention_d512(q, k, v, out=poisoned(B, 1, M, q.dtype), config=config), q, k, v)
 
 
 @pytest.mark.gpu
