@@ -201,9 +201,11 @@ def conv_split_rows(B: int, Cin: int, Cout: int, W: int, k: int, max_elems: int 
 
 
 def conv2d_banded(conv: nn.Conv2d, x, band_rows: int, compute: torch.device,
-                  store: torch.device, out: torch.Tensor | None = None, on_band=None) -> torch.Tensor:
+                  store: torch.device, out: torch.Tensor | None = None, on_band=None, write=None) -> torch.Tensor:
     """conv(x) band by band. x: tensor or lazy source (B, Cin, H, W) -> (B, Cout, H, W) on `store`.
-    on_band: called with no arguments after each band (a progress hook), or None.
+    on_band: called with no arguments after each band (a progress hook), or None. write(out, r0,
+    band): stores a band's kept rows (B, Cout, rows, W) into out from row r0 (default write_rows;
+    the triton backend's takes GroupNorm statistics on the way).
 
     Each output band [r0, r1) reads input rows [r0 - p, r1 + p) clipped to the image (p = k//2):
     a view, or the rows of a lazy source, and convolves them with the conv's own padding; the rows
@@ -228,7 +230,7 @@ def conv2d_banded(conv: nn.Conv2d, x, band_rows: int, compute: torch.device,
     for r0, r1 in band_starts(H, band_rows):
         a, b = max(0, r0 - p), min(H, r1 + p)
         y = F.conv2d(rows_of(x, a, b, compute), conv.weight, conv.bias, padding=conv.padding)  # (B, Cout, b-a, W)
-        write_rows(out, r0, y[:, :, r0 - a: r1 - a])
+        (write or write_rows)(out, r0, y[:, :, r0 - a: r1 - a])
         if on_band is not None:
             on_band()
     return out

@@ -2,8 +2,8 @@
 
 Every backend runs these functions: the reference (`TORCH_OPS`), the runtime's torch and triton
 backends and the ONNX export each supply an `Ops` whose functions compute the heavy ops
-(convolutions, GroupNorm(+SiLU), nearest 2x, the two attentions); the residual adds, LayerNorms,
-linears, GELU and reshapes stay plain torch on the model's own modules. Nothing here patches a
+(convolutions, GroupNorm(+SiLU), nearest 2x, the two attentions, a resnet's residual add); the
+mid block's attention residual, LayerNorms, linears, GELU and reshapes stay plain torch on the model's own modules. Nothing here patches a
 module's forward.
 
     decode_grid = up_blocks . mid_block . tokens         (STAGES, in that order)
@@ -24,6 +24,10 @@ from torch import Tensor, nn
 STAGES = ("tokens+cross_attn", "mid_block", "up_blocks")
 
 
+def _residual_add(h: Tensor, x: Tensor) -> Tensor:
+    return h.add_(x)  # h is the conv's fresh output: add in place (one full-size tensor fewer)
+
+
 @dataclass(frozen=True)
 class Ops:
     """The ops a backend supplies. Each takes the reference module whose weights it uses."""
@@ -33,6 +37,8 @@ class Ops:
     upsample2x: Callable[[Tensor], Tensor]                      # nearest: (B, C, H, W) -> (B, C, 2H, 2W)
     cross_attention: Callable[[Tensor, Tensor, Tensor], Tensor]  # q (B, h, N, hd), k, v (B, h, T, hd) -> (B, h, N, hd)
     self_attention: Callable[[Tensor, Tensor, Tensor], Tensor]   # q, k, v (B, 1, N, C) -> (B, 1, N, C)
+    residual_add: Callable[[Tensor, Tensor], Tensor] = _residual_add  # a resnet's h (its conv's fresh output,
+                                                                       # may be overwritten), x -> h + x
 
 
 def _conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -87,7 +93,7 @@ def resnet(ops: Ops, block, x: Tensor) -> Tensor:
     h = ops.conv2d(block.conv2, ops.group_norm(block.norm2, h, True))
     if block.conv_shortcut is not None:
         x = ops.conv2d(block.conv_shortcut, x)
-    return h.add_(x)  # h is the conv's fresh output: add in place (one full-size tensor fewer)
+    return ops.residual_add(h, x)
 
 
 def mid_attention(ops: Ops, attn, x: Tensor) -> Tensor:

@@ -2,7 +2,10 @@
 project's Triton kernels, with per-size caches and CUDA graphs. Nothing patches a module's forward.
 
   op table (triton_ops)  conv2d: cuDNN, channels-last, split into row bands past 2^31 elements
-                         group_norm: infgen.kernels.groupnorm (fused GroupNorm+SiLU, split statistics)
+                         group_norm: infgen.kernels.groupnorm (fused GroupNorm+SiLU, split statistics;
+                           no stats pass where the input's producer took them: carried_moments)
+                         residual_add: infgen.kernels.groupnorm.add_stats (y = h + x and y's GroupNorm
+                           statistics in one pass)
                          upsample2x: infgen.ref.decode.upsample_nearest2x (a broadcast copy)
                          cross_attention: infgen.kernels.attention.flash_attention
                          self_attention (mid block, head dim 512): infgen.kernels.attention_d512's
@@ -60,21 +63,47 @@ def triton_available(device) -> bool:
     return unavailable_reason(device) is None
 
 
+def carry_moments(y: torch.Tensor, moments) -> torch.Tensor:
+    """Attach y's GroupNorm chunk moments (infgen.kernels.groupnorm.Moments, taken by the kernel that
+    wrote y) to y, for the next group_norm on y to use instead of a stats pass. Returns y."""
+    y._infgen_moments = (y.data_ptr(), moments)
+    return y
+
+
+def carried_moments(x: torch.Tensor):
+    """The moments carry_moments attached to x, removed (each is used once), or None. Sound because
+    the decode writes no tensor in place after its producer took its moments except residual_add's
+    h, which carries fresh ones (inference tensors have no version counter to check)."""
+    m = x.__dict__.pop("_infgen_moments", None)
+    return m[1] if m is not None and m[0] == x.data_ptr() else None
+
+
 def conv2d(x: torch.Tensor, conv: torch.nn.Conv2d, max_elems: int = MAX_CONV_ELEMS) -> torch.Tensor:
     """conv(x) for a stride-1 conv with symmetric 'same' padding; when the input or output has
     more than max_elems elements, the rows are split into bands (with a halo of k//2 rows), each
-    under the limit, so no kernel indexes past int32. x: (B, Cin, H, W) -> (B, Cout, H, W)."""
+    under the limit, so no kernel indexes past int32. x: (B, Cin, H, W) -> (B, Cout, H, W).
+    Each band is stored into the output by add_stats (a copy that takes the output's GroupNorm
+    statistics on the way: the GroupNorm that reads it next skips its stats pass)."""
     B, Cin, H, W = x.shape
     Cout, k = conv.out_channels, conv.kernel_size[0]
     if max(x.numel(), B * Cout * H * W) <= max_elems:
         return conv(x)
     if conv.stride != (1, 1) or conv.padding != (k // 2, conv.kernel_size[1] // 2) or conv.groups != 1:
         raise ValueError(f"banded conv needs stride 1, 'same' padding and groups 1, got {conv}")
+    from infgen.kernels.groupnorm import Moments, add_stats
+    cl = x.is_contiguous(memory_format=torch.channels_last)
     out = torch.empty((B, Cout, H, W), device=x.device, dtype=x.dtype,
-                      memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
-                      else torch.contiguous_format)
+                      memory_format=torch.channels_last if cl else torch.contiguous_format)
+    moments = []
+
+    def write(out: torch.Tensor, r0: int, band: torch.Tensor) -> None:  # band (B, Cout, rows, W) -> out's rows
+        band = band.contiguous(memory_format=torch.channels_last)  # a no-op for cuDNN's channels-last output
+        moments.append(add_stats(band, None, out[:, :, r0:r0 + band.shape[2]])[1])
+
     # bands of views with their halo, zero-padded by the conv itself (infgen.ref.banded, docs/anysize.md)
-    return conv2d_banded(conv, x, conv_split_rows(B, Cin, Cout, W, k, max_elems), x.device, x.device, out)
+    out = conv2d_banded(conv, x, conv_split_rows(B, Cin, Cout, W, k, max_elems), x.device, x.device, out,
+                        write=write if cl else None)
+    return carry_moments(out, Moments.cat(moments)) if moments else out
 
 
 def query_projections(model: InfGen) -> dict[str, tuple[torch.nn.Linear, int]]:
@@ -112,15 +141,21 @@ def triton_ops(q_prescaled: bool = True) -> Ops:
     from functools import partial
 
     from infgen.kernels.attention import flash_attention
-    from infgen.kernels.groupnorm import group_norm_silu
+    from infgen.kernels.groupnorm import add_stats, group_norm_silu
 
     def group_norm(norm: torch.nn.GroupNorm, x: torch.Tensor, silu: bool) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # (B, C, H, W), a no-op on the decode's path
-        return group_norm_silu(x, norm.weight, norm.bias, norm.num_groups, norm.eps, silu)
+        return group_norm_silu(x, norm.weight, norm.bias, norm.num_groups, norm.eps, silu,
+                               moments=carried_moments(x))
+
+    def residual_add(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # h (B, C, H, W) += x, in place
+        cl = torch.channels_last
+        return carry_moments(*add_stats(h.contiguous(memory_format=cl), x.contiguous(memory_format=cl)))
 
     cross = partial(flash_attention, q_prescaled=q_prescaled)
     return Ops(conv2d=lambda conv, x: conv2d(x, conv), group_norm=group_norm, upsample2x=upsample_nearest2x,
-               cross_attention=cross, self_attention=partial(self_attention, q_prescaled=q_prescaled))
+               cross_attention=cross, self_attention=partial(self_attention, q_prescaled=q_prescaled),
+               residual_add=residual_add)
 
 
 def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_prescaled: bool = False) -> torch.Tensor:

@@ -93,3 +93,31 @@ def test_vae_part_matches_diffusers_sdxl_decoder(side):
     counted = _count(lambda t: vae.decoder(vae.post_quant_conv(t)), z)
     f = decode_flops(preset("paper"), side, side)
     assert counted == pytest.approx(f["mid_block"] + f["up_blocks"], rel=2e-3)  # + diffusers' conv_in
+
+
+def test_up_block_traffic_by_hand():
+    """Two up blocks (16 then 8 channels), one resnet + 1 per block, a 4x4 token grid, fp32; convs
+    past 512 elements banded: the second block's 16-channel convs and the upsampler's conv."""
+    from infgen.ref.config import InfGenConfig
+    from infgen.ref.cost import up_block_traffic
+    cfg = InfGenConfig(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, num_heads=2,
+                       num_blocks=1, inpe_fourier_dim=4)
+    U0, V, U1 = 16 * 16 * 4, 16 * 64 * 4, 8 * 64 * 4  # 16 ch at 4x4; 16 ch at 8x8; 8 ch at 8x8 (bytes)
+    fused = dict(gn_stats=2 * U0 + U1,                              # norm2 of block 0's resnets, of block 1's resnet 1
+                 gn_apply=4 * 2 * U0 + 2 * V + 4 * 2 * U1,          # 4 norms in block 0; block 1: norm1 of 16 ch, 3 of 8 ch, conv_norm_out
+                 residual_add=2 * 3 * U0 + 2 * 3 * U1,
+                 upsample=U0 + 4 * U0,
+                 band_copy=2 * V + 2 * U1 + 2 * U1)                 # upsampler's conv; block 1 resnet 0's conv1 and shortcut
+    before = dict(fused, gn_stats=4 * U0 + V + 4 * U1)              # every GroupNorm takes its own statistics
+    for want, f in ((fused, True), (before, False)):
+        got = up_block_traffic(cfg, 8, 8, batch=1, itemsize=4, fused=f, max_elems=512)
+        assert got == dict(want, total=sum(want.values())), (f, got)
+    assert up_block_traffic(cfg, 8, 8, batch=3, itemsize=2, fused=True, max_elems=512)["gn_apply"] == 3 * fused["gn_apply"] // 2
+
+
+def test_up_block_traffic_paper_4096_is_design_figure():
+    """docs/design.md: about 330 GiB outside the convs at 4096^2 before the fusions."""
+    from infgen.ref.cost import up_block_traffic
+    before = up_block_traffic(preset("paper"), 4096, 4096, fused=False)["total"] / 2**30
+    after = up_block_traffic(preset("paper"), 4096, 4096, fused=True)["total"] / 2**30
+    assert 325 < before < 335 and after < before - 40, (before, after)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from infgen.kernels.groupnorm import group_norm_silu, group_norm_silu_ref
+from infgen.kernels.groupnorm import Moments, add_stats, add_stats_ref, group_norm_silu, group_norm_silu_ref
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -121,6 +121,62 @@ def test_cuda_past_2_31_elements():
         # spacing is 0.06-0.125: an absolute tolerance would fail correct results.
         tol = bf16_spacing(ref) + 1e-6
         assert (err <= tol).all(), (rows, (err / tol).max().item())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("B,C,H,W,G", [
+    (2, 64, 7, 9, 8),       # tiny preset's width; batch 2
+    (1, 96, 13, 5, 32),     # C not a power of two
+    (3, 24, 33, 17, 6),     # several chunks + a ragged one
+])
+def test_add_stats_is_the_residual_add_and_its_groupnorm_statistics(B, C, H, W, G, dtype):
+    """y = h + x in place, and GroupNorm+SiLU of y from the carried moments (no stats pass)."""
+    torch.manual_seed(C + W)
+    h = (torch.randn(B, C, H, W, device=DEV) * 3 + 5).to(dtype).contiguous(memory_format=CL)
+    x = torch.randn(B, C, H, W, device=DEV).to(dtype).contiguous(memory_format=CL)
+    ref = h.double() + x.double()
+    y, m = add_stats(h.clone(), x)
+    err = (y.double() - ref).abs()
+    err_torch = (add_stats_ref(h, x).double() - ref).abs()
+    # One rounding of the exact sum: half a spacing on a GPU (to nearest) and in PyTorch; Triton's
+    # interpreter rounds toward zero (up to one spacing), so allow one spacing of the dtype at |y|.
+    spacing = torch.finfo(dtype).eps * torch.exp2(torch.floor(torch.log2(ref.abs().clamp_min(1e-3))))
+    assert (err <= torch.maximum(2 * err_torch, spacing) + 1e-6).all(), (err.max().item(), err_torch.max().item())
+    assert m.shift0.shape == m.dmean.shape == m.m2.shape and m.n.sum().item() == H * W
+    w, b = torch.randn(C, device=DEV), torch.randn(C, device=DEV)
+    out = torch.full_like(y, float("nan"))
+    check(group_norm_silu(y, w, b, G, 1e-6, True, out=out, moments=m), y, w, b, G, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_add_stats_stores_bands_into_a_larger_tensor(dtype):
+    """The banded conv's store: each band (a row slice of a taller conv output: its own batch
+    stride) copied into rows of the output, moments of the bands concatenated = the whole image's."""
+    torch.manual_seed(7)
+    B, C, H, W, G = 2, 40, 11, 6, 5
+    full = (torch.randn(B, C, H, W, device=DEV) * 2 - 3).to(dtype).contiguous(memory_format=CL)
+    out = torch.full_like(full, float("nan"))
+    parts = []
+    for r0, r1 in ((0, 4), (4, 9), (9, 11)):  # each band computed with a row of halo on both sides
+        a, b = max(0, r0 - 1), min(H, r1 + 1)
+        conv_out = full[:, :, a:b].contiguous(memory_format=CL)  # (B, C, b-a, W), as a conv returns it
+        parts.append(add_stats(conv_out[:, :, r0 - a:r1 - a], None, out[:, :, r0:r1])[1])
+    assert torch.equal(out, full)
+    w, b = torch.randn(C, device=DEV), torch.randn(C, device=DEV)
+    check(group_norm_silu(out, w, b, G, 1e-6, False, moments=Moments.cat(parts)), out, w, b, G, False)
+
+
+def test_add_stats_bad_inputs_are_named():
+    x = torch.randn(1, 16, 4, 4, device=DEV).contiguous(memory_format=CL)
+    with pytest.raises(ValueError, match="r must have channels-last"):
+        add_stats(x, torch.randn(1, 16, 4, 4, device=DEV))
+    with pytest.raises(TypeError, match="r must have dtype"):
+        add_stats(x, x.half())
+    with pytest.raises(ValueError, match="out must have x's shape"):
+        add_stats(x, None, x[:, :, :2])
+    with pytest.raises(ValueError, match="moments must be"):
+        group_norm_silu(x, torch.ones(16, device=DEV), torch.zeros(16, device=DEV), 4,
+                        moments=add_stats(x[:, :8].contiguous(memory_format=CL))[1])
 
 
 def bf16_spacing(x: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@ import torch
 
 from infgen.runtime.engine import InfGenEngine
 from infgen.runtime.torch_backend import TorchBackend
-from infgen.runtime.triton_backend import (TritonBackend, conv2d, fold_query_scale, query_projections, self_attention,
-                                    triton_available, unavailable_reason)
+from infgen.runtime.triton_backend import (TritonBackend, carried_moments, conv2d, fold_query_scale, query_projections,
+                                    self_attention, triton_available, unavailable_reason)
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CPU = torch.device("cpu")
@@ -93,6 +93,34 @@ def test_banded_conv_equals_conv(k):
     with torch.no_grad():
         got = conv2d(x, conv, max_elems=2 * 7 * 9 * 4)  # forces bands of a few rows
         torch.testing.assert_close(got, conv(x), atol=1e-5, rtol=1e-5)
+        # each band's store took GroupNorm statistics: the next GroupNorm skips its stats pass
+        from infgen.kernels.groupnorm import group_norm_silu, group_norm_silu_ref
+        moments = carried_moments(got)
+        assert moments is not None and carried_moments(got) is None  # used once
+        w, b = torch.randn(7), torch.randn(7)
+        torch.testing.assert_close(group_norm_silu(got, w, b, 7, 1e-6, True, moments=moments),
+                                   group_norm_silu_ref(got, w, b, 7, 1e-6, True), atol=1e-5, rtol=1e-5)
+
+
+def test_decode_takes_groupnorm_statistics_in_the_residual_adds(tiny_model, monkeypatch):
+    """Every GroupNorm whose input is a resnet's output (a residual add) uses the statistics the
+    add took: tiny preset (2 + 4 x 2 resnets), 22 GroupNorms, 15 stats passes: each resnet's norm2
+    (10), the mid block's first norm1 (its input: the tokens) and second norm1 (after the attention's
+    own residual), and norm1 after each of the 3 upsamplers' convs (unbanded here)."""
+    from infgen.kernels import groupnorm
+    calls = {"stats": 0, "apply": 0}
+    for name, key in (("gn_stats_launch", "stats"), ("gn_apply_launch", "apply")):
+        def counted(*a, _f=getattr(groupnorm, name), _k=key, **k):
+            calls[_k] += 1
+            return _f(*a, **k)
+        monkeypatch.setattr(groupnorm, name, counted)
+    torch.manual_seed(2)
+    be = TritonBackend(tiny_model, DEV, torch.float32)
+    z = torch.randn(1, 4, 2, 2, device=DEV)
+    out = be.run(z, 2, 3)
+    ref = TorchBackend(tiny_model, DEV, torch.float64).run(z.double(), 2, 3)
+    assert calls == {"stats": 15, "apply": 22}, calls
+    assert (out.double() - ref).abs().max().item() < 1e-3
 
 
 def test_query_scale_is_folded_into_every_query_projection_once(decoded, tiny_model):
