@@ -22,8 +22,9 @@ function checks again and rejects the rest (NaN/inf, size out of range, over
 the pixel limit, latent grid too large) with a ValueError naming the problem, which Triton
 returns as the error response. PyTriton fails a whole execution at once, so a valid request that
 the batcher put into one execution with a malformed one gets that error too (it names the
-malformed request by position) and can be resent. Out of device memory: the chunk is halved and
-retried, down to one image; one image that does not fit is an error response, not a dead server.
+malformed request by position) and can be resent. Out of memory (the engine's guard refusing a
+chunk, or an OOM that slipped through it, both MemoryBudgetError): the chunk is halved and retried,
+down to one image; one image that does not fit is an error response, not a dead server.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from infgen.runtime.anysize import MemoryBudgetError
 
 MODEL_NAME = "infgen"
 DEFAULT_MAX_SIDE = 4096  # default per-request limit: one image of 4096^2 (or the model's max_size if smaller)
@@ -240,18 +243,18 @@ class InfGenModel:
         chunk = max(1, min(self.limits.max_batch, self.max_pixels // (h * w)))
         parts, i = [], 0
         while i < len(z):
-            oom = False
+            why = None
             try:
                 parts.append(self.engine.to_uint8(self.engine.decode(z[i:i + chunk], h, w)))
                 i += chunk
-            except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError on torch >= 2.5
-                oom = True  # handled outside the except block, so the failed decode's tensors are freed
-            if oom:
-                if self.engine.device.type == "cuda":
-                    torch.cuda.empty_cache()
+            except (MemoryBudgetError, torch.cuda.OutOfMemoryError) as exc:
+                # the engine's guard refused, or an OOM slipped through it (caches released): handled
+                # outside the except block, so the failed decode's tensors are freed
+                why = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if why is not None:
                 if chunk == 1:
-                    raise MemoryError(f"out of memory on {self.engine.device} decoding one {w}x{h} image; "
-                                      f"lower the server's --max-pixels below {h * w} or free the device")
+                    raise MemoryError(f"out of memory on {self.engine.device} decoding one {w}x{h} image "
+                                      f"({why}); lower the server's --max-pixels below {h * w} or free the device")
                 chunk //= 2
         return np.concatenate(parts)
 

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from infgen.runtime import InfGenEngine
+from infgen.runtime.anysize import MemoryBudgetError
 from infgen.runtime.serving import InfGenModel, Limits, check_request, libpython_on_library_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +79,8 @@ class Spy:
         self.oom_above, self.batches = oom_above, []
 
     def decode(self, z, h, w):
-        if self.oom_above is not None and z.shape[0] > self.oom_above:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        if self.oom_above is not None and z.shape[0] > self.oom_above:  # what the engine raises on OOM
+            raise MemoryBudgetError("decode ran out of memory (simulated); caches released")
         self.batches.append(z.shape[0])
         return self.engine.decode(z, h, w)
 
@@ -121,10 +122,24 @@ def test_model_out_of_memory_halves_the_chunk_then_is_an_error(engine):
         assert_same_image(o["image"], direct(engine, r["latent"], 24, 24))
 
     model = InfGenModel(Spy(engine, oom_above=0))
-    with pytest.raises(MemoryError, match=r"out of memory on cpu decoding one 24x24 image; lower .*--max-pixels"):
+    with pytest.raises(MemoryError, match=r"out of memory on cpu decoding one 24x24 image \(decode ran out of memory .*\); lower .*--max-pixels"):
         model(reqs[:1])
     model.engine.oom_above = None  # memory freed: the same model function serves again
     assert_same_image(model(reqs[:1])[0]["image"], direct(engine, reqs[0]["latent"], 24, 24))
+
+
+def test_model_out_of_memory_is_reachable_with_a_real_engine():
+    """The engine's guard refuses what does not fit its budget (MemoryBudgetError, not torch's OOM):
+    the model function halves down to one image, answers with a clear error, and serves on."""
+    from infgen.ref.config import preset
+    from infgen.ref.memory import predict_peak
+    budget = int(1.5 * predict_peak(preset("tiny"), 16, 16, 1))  # one 16x16 image fits, 256x256 does not
+    small = InfGenEngine("tiny", max_memory=budget, banded=False)
+    model = InfGenModel(small, Limits(max_batch=4))
+    with pytest.raises(MemoryError, match=r"decoding one 256x256 image \(decode of batch 1 at 256x256 refused"):
+        model([request(latent(0, b=2), 256, 256)])
+    (out,) = model([request(latent(1), 16, 16)])
+    assert_same_image(out["image"], direct(small, latent(1), 16, 16))
 
 
 def test_model_png_output_holds_the_same_pixels(engine):
