@@ -50,6 +50,7 @@ import torch
 from .attention import SWEEP_CONFIGS, attention_launch, pick_config, uses_kernel
 from .common import Launch, is_interpreted
 from .inpe import inpe_launch
+from .roofline import H100, AttentionTiling, attention_roofline
 
 # H100 SXM (sm_90): per-block and per-SM limits.
 SHARED_PER_BLOCK = 232_448     # bytes a block may use (227 KiB)
@@ -71,6 +72,9 @@ DEFAULT_USED_BY = ("runtime", "sweep", "plugin", "option")
 # Shapes of the call sites: a 1920x1080 decode (token grid 135 x 240 = 32,400 tokens; 64 x 64 latent
 # = 4,096 tokens). Only divisibility by 16 reaches the compiled code, and these are multiples of 16.
 TOKENS, LATENT_TOKENS = 135 * 240, 64 * 64
+# The attention rows' byte/FLOP accounting (roofline.py) is taken at the issue's target size: one
+# head of 65,536 tokens (a 2048^2 image's mid block), self-attention.
+ROOFLINE_TOKENS = 65_536
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class Entry:
     used_by: tuple[str, ...]             # a subset of USED_BY
     compile: Callable[[], object] = field(repr=False, compare=False)
     expect_hgmma: bool = False           # a check: tensor-core dots must use wgmma
+    tiling: AttentionTiling | None = field(default=None, compare=False)  # attention: bytes/FLOP and bound (roofline)
 
 
 # ----------------------------------------------------------------------------- compiling
@@ -210,6 +215,8 @@ def run_entry(e: Entry) -> dict:
             warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION.*")
             compiled = e.compile()
         row.update(analyse(compiled, log.getvalue()), ok=True)
+        if e.tiling is not None:
+            row.update(roofline_row(e.tiling, compiled))
         if not row["fits"]:
             row["error"] = f"needs {row['shared']:,} B of shared memory, over the {SHARED_PER_BLOCK:,} B an H100 block may use"
     except Exception as exc:  # noqa: BLE001 - a failing configuration is a row saying why
@@ -217,6 +224,29 @@ def run_entry(e: Entry) -> dict:
         row.update(ok=False, fits=False, error=f"{type(exc).__name__}: {msg[-1][:300] if msg else ''}")
     row["compile_s"] = round(time.perf_counter() - t0, 2)
     return row
+
+
+def roofline_row(tiling: AttentionTiling, compiled) -> dict:
+    """The byte/FLOP accounting of an attention entry (roofline.attention_roofline at
+    ROOFLINE_TOKENS), with what the compile says filled in: the score replication when the
+    tiling leaves it open (score_work on the TTGIR), and the wgmma wait depths in the PTX
+    (`wgmma.wait_group N`: N > 0 lets that many wgmma groups run on while the warps go on)."""
+    from dataclasses import replace
+
+    from .attention_d512 import score_work
+    ptx = compiled.asm.get("ptx", "")
+    if isinstance(ptx, bytes):
+        ptx = ptx.decode()
+    if tiling.score_replication is None:
+        sc = score_work(compiled.asm["ttgir"], "", tiling.block_m, tiling.block_n, tiling.head_dim)
+        tiling = replace(tiling, score_replication=sc["replication"],
+                         score_instr_n=tiling.score_instr_n or sc["dots"][0]["instr_n"])
+    r = attention_roofline(tiling, ROOFLINE_TOKENS)
+    waits = Counter(int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx))
+    return {"roofline": {"tokens": ROOFLINE_TOKENS, "tiling": tiling.__dict__, "flop_per_l2_byte": r["flop_per_l2_byte"],
+                         "smem_bytes_per_flop": r["smem_bytes_per_flop"], "flop_per_hbm_byte": r["flop_per_hbm_byte"],
+                         "tflops_by": r["tflops_by"], "bound_tflops": r["bound_tflops"], "limit": r["limit"]},
+            "wgmma_waits": {str(k): v for k, v in sorted(waits.items())}}
 
 
 @contextlib.contextmanager
@@ -271,6 +301,13 @@ ATTENTION_SITES = [("cross", 64, "cross-attention, paper (8 heads of 64)"),
                    ("self", 256, "head dim 256 (no preset)")]
 
 
+def _tldot_tiling(D: int, cfg) -> AttentionTiling | None:
+    """The tl.dot kernel's tiling at head dim 512 (the mid block's self-attention, set beside the
+    scores-once kernel): its score replication and Q K^T instruction width are read from its
+    TTGIR when compiled (roofline_row). Other head dims: no accounting yet."""
+    return AttentionTiling(cfg[0], cfg[1], D, score_replication=None) if D == 512 else None
+
+
 def attention_entries() -> list[Entry]:
     """attn_fwd_kernel: the runtime's call sites as the triton backend launches them (queries
     pre-scaled by scale * log2(e), folded into the query projections: q_prescaled; at head dim 512
@@ -286,14 +323,15 @@ def attention_entries() -> list[Entry]:
             cfg = pick_config(D, CUDA)
             out.append(Entry("attn_fwd_kernel", label + (", GPUs other than sm_90" if D == 512 else ""),
                              f"d{D} {_tile(cfg)} q_prescaled", name, ("runtime",),
-                             partial(_attention, site, dt, D, cfg, q_prescaled=True), expect_hgmma=True))
+                             partial(_attention, site, dt, D, cfg, q_prescaled=True), expect_hgmma=True,
+                             tiling=_tldot_tiling(D, cfg)))
     for D, cfgs in SWEEP_CONFIGS.items():
         site, label = ("cross", "sweep, cross-attention") if D == 64 else ("self", "sweep, mid-block attention")
         for *cfg, tma in cfgs:
             cfg = tuple(cfg)
             out.append(Entry("attn_fwd_kernel", label, f"d{D} {_tile(cfg)}" + (" kv_tma" if tma else ""), "bf16",
                              ("sweep",), partial(_attention, site, torch.bfloat16, D, cfg, kv_tma=tma),
-                             expect_hgmma=True))
+                             expect_hgmma=True, tiling=_tldot_tiling(D, cfg)))
     for site, D, label in ATTENTION_SITES[:2]:
         cfg = pick_config(D, CUDA)
         # Rejected: fp32 through the kernel (CUDA runs torch SDPA instead), at the bf16 tile.
@@ -337,6 +375,31 @@ def groupnorm_entries() -> list[Entry]:
     return out
 
 
+def _add_stats(dt, C, residual):
+    from .groupnorm import _tiles, add_stats_launch
+    B, H, W = 1, 270, 480  # as _groupnorm
+    x = meta(B, H * W, C, dtype=dt)
+    return compile_launch(add_stats_launch(x, torch.empty_like(x) if residual else None, torch.empty_like(x),
+                                           B, H * W, C, _tiles(H * W, C, B, CUDA))[0])
+
+
+def add_stats_entries() -> list[Entry]:
+    """add_stats_kernel (kernels/groupnorm.py): the resnets' residual add and the banded convs' band
+    store, each taking the next GroupNorm's statistics; the paper preset's up-block widths."""
+    from functools import partial
+
+    from .groupnorm import _tiles
+    out = []
+    for C in (512, 256, 128):
+        BP, BC, _ = _tiles(270 * 480, C, 1, CUDA)
+        for residual, site in ((True, f"residual add + GroupNorm stats, {GN_CHANNELS[C]}"),
+                               (False, f"conv band store + GroupNorm stats, {GN_CHANNELS[C]}")):
+            for name, dt in DTYPES.items():
+                out.append(Entry("add_stats_kernel", site, f"C{C} {BP}x{BC} w4" + (" +r" if residual else ""), name,
+                                 ("runtime",), partial(_add_stats, dt, C, residual)))
+    return out
+
+
 # INPE call sites: (D, F, with the mask token added, label).
 INPE_SITES = [(512, 64, True, "mask tokens, paper"), (512, 64, False, "latent positions, paper"),
               (64, 16, True, "mask tokens, tiny"), (64, 32, True, "mask tokens, demo")]
@@ -362,23 +425,63 @@ def inpe_entries() -> list[Entry]:
     return out
 
 
+def d512_tiling(block_n: int, cluster: int = 1) -> AttentionTiling:
+    """The scores-once kernel's tiling: 64 query rows per CTA, Q K^T once by warpgroup 0, P to
+    warpgroup 1 through shared memory; `cluster` CTAs sharing K/V (a design, see DESIGNS)."""
+    return AttentionTiling(64, block_n, 512, cluster=cluster, p_smem_readers=1)
+
+
+# Designs judged by accounting alone (not compiled here; the report prints them beside the rows):
+# the 2-CTA cluster needs TMA multicast and cross-CTA mbarrier arrivals, which Gluon has in triton
+# 3.9 (tma.async_load(..., multicast=True), mbarrier.arrive(..., from_cta=)) and not in 3.6.
+DESIGNS = {"scores-once d512, 64x64, as built": d512_tiling(64),
+           "scores-once d512, 64x32, 2 slots (pipelined option)": d512_tiling(32),
+           "scores-once d512, 64x64, 2-CTA cluster, K/V multicast (not built)": d512_tiling(64, cluster=2),
+           # replication and instruction width as score_work reads them from its TTGIR (triton 3.9)
+           "tl.dot d512, 64x16 w8 s3 (scores twice, Q K^T m64n8)": AttentionTiling(64, 16, 512, score_replication=2,
+                                                                                   score_instr_n=8)}
+
+
 def d512_entries() -> list[Entry]:
     """The scores-once head-dim-512 Gluon kernel (kernels/attention_d512.py): what the triton
     backend launches for the mid-block attention on sm_90 in bf16/fp16 (queries pre-scaled:
-    q_prescaled), and the benchmark's sweep (unscaled queries, benchmarks/attention_d512.py)."""
+    q_prescaled), the benchmark's sweep (unscaled queries, benchmarks/attention_d512.py) and the
+    pipelined option (PIPELINED_CONFIGS: selectable, never launched by the runtime, unvalidated)."""
     from functools import partial
-    from .attention_d512 import DTYPES as D512_DTYPES, RUNTIME_CONFIGS as D512_RUNTIME, SWEEP_CONFIGS as D512_SWEEP, compile_d512
+    from .attention_d512 import (DTYPES as D512_DTYPES, PIPELINED_CONFIGS, RUNTIME_CONFIGS as D512_RUNTIME,
+                                 SWEEP_CONFIGS as D512_SWEEP, compile_d512)
     out = []
     for dt in D512_DTYPES:
         name = {v: k for k, v in DTYPES.items()}[dt]
         for cfg in D512_RUNTIME:
             out.append(Entry("attn_d512_kernel", "mid-block attention (scores once), sm_90",
                              f"d512 64x{cfg.block_n} s{cfg.stages} w4+4+1 q_prescaled", name, ("runtime",),
-                             partial(compile_d512, cfg, dt, q_prescaled=True), expect_hgmma=True))
+                             partial(compile_d512, cfg, dt, q_prescaled=True), expect_hgmma=True,
+                             tiling=d512_tiling(cfg.block_n)))
+        for cfg in PIPELINED_CONFIGS:
+            out.append(Entry("attn_d512_kernel", "mid-block attention, pipelined option (unvalidated)",
+                             f"d512 64x{cfg.block_n} s{cfg.stages} w4+4+1 pipelined q_prescaled", name, ("option",),
+                             partial(compile_d512, cfg, dt, q_prescaled=True), expect_hgmma=True,
+                             tiling=d512_tiling(cfg.block_n)))
     for cfg in D512_SWEEP:
         out.append(Entry("attn_d512_kernel", "sweep, scores-once d512", f"d512 64x{cfg.block_n} s{cfg.stages} w4+4+1",
-                         "bf16", ("sweep",), partial(compile_d512, cfg, torch.bfloat16), expect_hgmma=True))
+                         "bf16", ("sweep",), partial(compile_d512, cfg, torch.bfloat16), expect_hgmma=True,
+                         tiling=d512_tiling(cfg.block_n)))
     return out
+
+
+def designs_table(designs: dict | None = None, tokens: int = ROOFLINE_TOKENS) -> str:
+    """Markdown: each design's FLOP per L2 byte, shared-memory bytes per FLOP, the bound each
+    level allows and the overall bound with what sets it (estimates, roofline.py)."""
+    lines = ["| design | FLOP/L2 B | smem B/FLOP | tensor core | shared memory | L2 | HBM | bound TFLOP/s (limit) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, t in (designs or DESIGNS).items():
+        r = attention_roofline(t, tokens)
+        by = r["tflops_by"]
+        lines.append(f"| {name} | {r['flop_per_l2_byte']:.0f} | {r['smem_bytes_per_flop']:.4f} | "
+                     f"{by['tensor core']:.0f} | {by['shared memory']:.0f} | {by['L2']:.0f} | {by['HBM']:.0f} | "
+                     f"{r['bound_tflops']:.0f} ({r['limit']}) |")
+    return "\n".join(lines)
 
 
 def _trt_entry(ptr_type, D, cfg):
@@ -407,7 +510,7 @@ def trt_entries() -> list[Entry]:
 
 def entries() -> list[Entry]:
     """Every entry the report compiles."""
-    return [*attention_entries(), *d512_entries(), *trt_entries(), *groupnorm_entries(), *inpe_entries()]
+    return [*attention_entries(), *d512_entries(), *trt_entries(), *groupnorm_entries(), *add_stats_entries(), *inpe_entries()]
 
 
 # ----------------------------------------------------------------------------- running, output
@@ -466,7 +569,17 @@ def environment() -> dict:
 
 
 COLUMNS = ("kernel", "site", "config", "dtype", "used by", "regs", "spill st/ld B", "stack B", "shared B",
-           "MMA", "cp.async", "TMA", "blocks/SM", "note")
+           "MMA", "cp.async", "TMA", "blocks/SM", "FLOP/L2 B", "smem B/FLOP", "bound TFLOP/s (limit)", "note")
+
+
+def roofline_cells(r: dict) -> list[str]:
+    """The accounting columns of a row: FLOP per L2 byte, shared-memory bytes per FLOP, and the
+    bound with what sets it (estimates; '-' for kernels without a tiling)."""
+    rf = r.get("roofline")
+    if not rf:
+        return ["-"] * 3
+    return [f"{rf['flop_per_l2_byte']:.0f}", f"{rf['smem_bytes_per_flop']:.4f}",
+            f"{rf['bound_tflops']:.0f} ({rf['limit']})"]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -478,9 +591,9 @@ def markdown_table(rows: list[dict]) -> str:
                      else f"STL {r['stl']}/LDL {r['ldl']}")
             cells = [str(r["regs"]), spill, str(r["stack"]), f"{r['shared']:,}",
                      r["mma"] if r["mma"] == "none" else f"{r['mma']} x{r['hgmma'] or r['hmma']}",
-                     str(r["cp_async"]), str(r["tma"]), str(r["blocks_per_sm"]), r.get("error", "")]
+                     str(r["cp_async"]), str(r["tma"]), str(r["blocks_per_sm"]), *roofline_cells(r), r.get("error", "")]
         else:
-            cells = ["-"] * 8 + [r["error"]]
+            cells = ["-"] * 11 + [r["error"]]
         lines.append("| " + " | ".join(head + cells) + " |")
     return "\n".join(lines)
 
@@ -493,7 +606,12 @@ def markdown(report: dict) -> str:
            f"Shared memory counts Triton's dynamic allocation plus static; an H100 block may use "
            f"{SHARED_PER_BLOCK:,} B. Spill st/ld: ptxas -v's spill store/load bytes. MMA: HGMMA (wgmma), HMMA "
            f"(mma.sync) or none (FMA dots), with the instruction count. cp.async: LDGSTS; TMA: UTMALDG/UBLKCP/UTMASTG. "
-           f"Blocks/SM from registers, shared memory and warps.", ""]
+           f"Blocks/SM from registers, shared memory and warps.",
+           f"FLOP/L2 B, smem B/FLOP and the bound: byte/FLOP accounting of attention tilings "
+           f"(kernels/roofline.py) for one head of {ROOFLINE_TOKENS:,} tokens on an {H100.name} "
+           f"({H100.tensor_flops / 1e12:.0f} TFLOP/s dense tensor core, L2 {H100.l2_bytes_s / 1e12:.1f} TB/s, "
+           f"HBM {H100.hbm_bytes_s / 1e12:.2f} TB/s, shared memory {H100.smem_bytes_s / 1e12:.1f} TB/s): "
+           f"estimates from byte counts, not measurements.", ""]
     for title, keep in (("Runtime and plugin configurations", lambda r: {"runtime", "plugin"} & set(r["used_by"])),
                         ("Sweep configurations (benchmarks/kernels.py)", lambda r: r["used_by"] == ["sweep"]),
                         ("Options the runtime does not use yet", lambda r: "option" in r["used_by"]),
@@ -502,6 +620,8 @@ def markdown(report: dict) -> str:
             part = [r for r in rows if keep(r)]
             if part:
                 out += [f"## {title}", "", markdown_table(part), ""]
+    out += [f"## Attention designs by byte/FLOP accounting (one head of {ROOFLINE_TOKENS:,} tokens; estimates)", "",
+            designs_table(), ""]
     problems = report["problems"]
     out += ["## Check", "", "All runtime and plugin configurations compile, fit, have no spill stores and use "
             "HGMMA where expected; all sweep configurations compile and fit." if not problems else

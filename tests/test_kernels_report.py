@@ -1,7 +1,9 @@
-"""The sm_90a compile report (infgen.kernels.report): every configuration the runtime picks, at every dtype
-the engine accepts, compiles for Hopper, fits, has no spill stores and (attention) uses HGMMA; the
-benchmark sweeps list only configurations that fit. Compiles run without a GPU, in a subprocess:
-tests/conftest.py sets TRITON_INTERPRET=1, under which kernels cannot be compiled."""
+"""The sm_90a compile report (infgen.kernels.report): its entries are every configuration the runtime
+picks, at every dtype the engine accepts, and every sweep configuration, each held to what its use
+needs (check(): compiles, fits, no spill stores, HGMMA). Each entry is compiled once per CI run, by
+.ci/run's full `--check` run under triton 3.6.0; this file compiles a sample (one entry per kernel
+and use) on the installed triton, without a GPU, in a subprocess: tests/conftest.py sets
+TRITON_INTERPRET=1, under which kernels cannot be compiled."""
 import json
 import os
 import subprocess
@@ -18,79 +20,164 @@ from infgen.kernels.attention_d512 import RUNTIME_CONFIGS as D512_RUNTIME, SWEEP
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def sample(entries: list[report.Entry]) -> list[report.Entry]:
+    """What the suite compiles: the first bf16 entry of each kernel and use (runtime, sweep,
+    plugin, option), and the tl.dot kernel's head-dim-512 runtime row (the d512 fallback, with its
+    byte/FLOP accounting). Every entry is compiled and checked once per CI run, by .ci/run's full
+    `python -m infgen.kernels.report --check` under triton 3.6.0 (test_ci_compiles_and_checks_every_entry)."""
+    picked = {}
+    for e in entries:
+        if e.dtype == "bf16" and set(e.used_by) <= set(report.DEFAULT_USED_BY):
+            picked.setdefault((e.kernel, e.used_by), e)
+            if e.kernel == "attn_fwd_kernel" and e.used_by == ("runtime",) and e.config.startswith("d512 "):
+                picked.setdefault("d512 fallback", e)
+    return list(picked.values())
+
+
+# Compiles the entries named in argv[1] in a subprocess (kernels imported without TRITON_INTERPRET), prints the rows.
+COMPILE = """
+import json, sys
+from infgen.kernels import report
+keys = {tuple(k) for k in json.loads(sys.argv[1])}
+print(json.dumps(report.run_all([e for e in report.entries() if (e.kernel, e.site, e.config, e.dtype) in keys], 2)))
+"""
+
+
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    """One report run over the default entries (runtime, sweep, plugin; a few minutes on 2 shared cores)."""
-    out = tmp_path_factory.mktemp("report")
+def compiled():
+    """The sample compiled (about a dozen entries; under a minute on 2 shared cores): (rows, the
+    report dict as main() writes it, its Markdown)."""
+    keys = [(e.kernel, e.site, e.config, e.dtype) for e in sample(report.entries())]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "infgen.kernels.report", "--out-dir", str(out), "--jobs", "2",
-                           "--check"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    data = json.loads((out / "compile_report.json").read_text())
-    return proc, data, (out / "compile_report.md").read_text()
+    proc = subprocess.run([sys.executable, "-c", COMPILE, json.dumps(keys)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.splitlines()[-1])
+    assert [(r["kernel"], r["site"], r["config"], r["dtype"]) for r in rows] == keys
+    data = {"env": report.environment(), "wall_s": 0.0, "rows": rows, "problems": report.check(rows)}
+    return rows, data, report.markdown(data)
 
 
-def test_every_runtime_and_plugin_configuration_compiles_fits_and_does_not_spill(compiled):
-    proc, data, _ = compiled
-    rows = [r for r in data["rows"] if {"runtime", "plugin"} & set(r["used_by"])]
-    assert {r["kernel"] for r in rows} == {"attn_fwd_kernel", "attn_d512_kernel", "trt_flash_entry", "gn_stats_kernel",
-                                         "gn_apply_kernel", "inpe_kernel"}
-    bad = [(r["kernel"], r["config"], r["dtype"], r.get("error"), r.get("spill_stores"), r.get("mma"))
+def test_the_sample_compiles_fits_does_not_spill_and_uses_hgmma(compiled):
+    """Each kernel and use has an entry in the sample; each compiles on this triton, fits, has no
+    spill stores (ptxas's count: its log was read) and uses wgmma where expected; check() passes."""
+    rows, data, _ = compiled
+    assert {(r["kernel"], tuple(r["used_by"])) for r in rows} == {
+        (e.kernel, e.used_by) for e in report.entries() if set(e.used_by) <= set(report.DEFAULT_USED_BY)}
+    bad = [(r["kernel"], r["config"], r["dtype"], r.get("error"), r.get("spill_store_bytes"), r.get("mma"))
            for r in rows if not (r["ok"] and r["fits"] and r["spill_stores"] == 0
                                  and r["spill_store_bytes"] == 0 and r["shared"] <= report.SHARED_PER_BLOCK
-                                 and (r["hgmma"] > 0 or not r["expect_hgmma"]))]
+                                 and (r["hgmma"] > 0 and r["mma"] == "HGMMA" or not r["expect_hgmma"]))]
     assert not bad, bad
-    assert proc.returncode == 0 and data["problems"] == [], (proc.stdout[-3000:], proc.stderr[-3000:])
+    assert data["problems"] == []
 
 
-def test_attention_uses_hgmma_at_every_tile_the_runtime_picks(compiled):
+def test_ci_compiles_and_checks_every_entry():
+    """.ci/run compiles every default entry once, under triton 3.6.0, with --check: the gate for
+    each configuration (this suite compiles only the sample)."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    runs = [line for line in ci.splitlines() if "-m infgen.kernels.report" in line and not line.lstrip().startswith("#")]
+    assert len(runs) == 1 and "--check" in runs[0], runs
+    assert "--used-by" not in runs[0] and "--kernel" not in runs[0], runs  # the default entries, all of them
+    assert "triton==3.6.0" in ci
+
+
+def test_entries_cover_every_kernel_and_are_checked_as_they_are_used():
+    """Every kernel the runtime or the plugin launches has entries; no two entries share a key;
+    every runtime/plugin attention entry is held to HGMMA except the plugin's fp32 and q_reload
+    tiles (no fp32 wgmma; q_reload's second dot reads Q from registers)."""
+    es = report.entries()
+    keys = [(e.kernel, e.site, e.config, e.dtype) for e in es]
+    assert len(set(keys)) == len(keys)
+    used = [e for e in es if {"runtime", "plugin"} & set(e.used_by)]
+    assert {e.kernel for e in used} == {"attn_fwd_kernel", "attn_d512_kernel", "trt_flash_entry", "gn_stats_kernel",
+                                        "gn_apply_kernel", "add_stats_kernel", "inpe_kernel"}
+    for e in used:
+        want = (e.kernel in ("attn_fwd_kernel", "attn_d512_kernel")
+                or e.kernel == "trt_flash_entry" and e.dtype != "fp32" and "q_reload" not in e.config)
+        assert e.expect_hgmma == want, e
+
+
+def test_attention_entries_are_every_tile_the_runtime_picks():
     """Every head-dim bucket's tile at bf16 and fp16, with the queries pre-scaled as the triton
-    backend launches it, is in the report and uses wgmma; so does the scores-once d512 kernel the
+    backend launches it, is a runtime entry held to HGMMA; so is the scores-once d512 kernel the
     backend picks on sm_90 (d512_applies); fp32 on CUDA is not launched (torch SDPA), so it has
-    no runtime row."""
-    _, data, _ = compiled
-    attn = [r for r in data["rows"] if r["kernel"] == "attn_fwd_kernel" and "runtime" in r["used_by"]]
+    no runtime entry."""
+    es = report.entries()
+    attn = [e for e in es if e.kernel == "attn_fwd_kernel" and "runtime" in e.used_by]
     for D, (BM, BN, W, S) in CUDA_CONFIGS.items():
         for dt in ("bf16", "fp16"):
-            rows = [r for r in attn if r["dtype"] == dt and r["config"] == f"d{D} {BM}x{BN} w{W} s{S} q_prescaled"]
-            assert rows and all(r["hgmma"] > 0 and r["mma"] == "HGMMA" for r in rows), (D, dt, rows)
+            hits = [e for e in attn if e.dtype == dt and e.config == f"d{D} {BM}x{BN} w{W} s{S} q_prescaled"]
+            assert len(hits) == 1 and hits[0].expect_hgmma, (D, dt, hits)
     assert not uses_kernel(torch.float32, torch.device("cuda"))
-    assert not [r for r in attn if r["dtype"] == "fp32"]
-    d512 = [r for r in data["rows"] if r["kernel"] == "attn_d512_kernel" and "runtime" in r["used_by"]]
+    assert not [e for e in attn if e.dtype == "fp32"]
+    d512 = [e for e in es if e.kernel == "attn_d512_kernel" and "runtime" in e.used_by]
     for cfg in D512_RUNTIME:
         for dt in ("bf16", "fp16"):
-            rows = [r for r in d512 if r["dtype"] == dt
-                    and r["config"] == f"d512 64x{cfg.block_n} s{cfg.stages} w4+4+1 q_prescaled"]
-            assert rows and all(r["hgmma"] > 0 and r["mma"] == "HGMMA" and r["spill_stores"] == 0
-                                for r in rows), (cfg, dt, rows)
+            hits = [e for e in d512 if e.dtype == dt
+                    and e.config == f"d512 64x{cfg.block_n} s{cfg.stages} w4+4+1 q_prescaled"]
+            assert len(hits) == 1 and hits[0].expect_hgmma, (cfg, dt, hits)
 
 
-def test_every_dtype_of_groupnorm_and_inpe_is_covered(compiled):
-    _, data, _ = compiled
-    for kernel in ("gn_stats_kernel", "gn_apply_kernel", "inpe_kernel"):
-        dts = {r["dtype"] for r in data["rows"] if r["kernel"] == kernel and "runtime" in r["used_by"]}
+def test_every_dtype_of_groupnorm_and_inpe_is_covered():
+    for kernel in ("gn_stats_kernel", "gn_apply_kernel", "add_stats_kernel", "inpe_kernel"):
+        dts = {e.dtype for e in report.entries() if e.kernel == kernel and "runtime" in e.used_by}
         assert dts == {"fp32", "bf16", "fp16"}, (kernel, dts)
 
 
-def test_sweeps_list_only_configurations_that_fit(compiled):
-    _, data, _ = compiled
-    sweep = [r for r in data["rows"] if "sweep" in r["used_by"]]
-    tl_sweep = [r for r in sweep if r["kernel"] == "attn_fwd_kernel"]
-    assert len(tl_sweep) == sum(len(v) for v in SWEEP_CONFIGS.values())
-    d512_sweep = [r for r in sweep if r["kernel"] == "attn_d512_kernel"]
-    assert len(d512_sweep) == len(D512_SWEEP)
-    too_big = [(r["config"], r.get("error")) for r in sweep if not (r["ok"] and r["fits"])]
-    assert not too_big, too_big
+def test_every_sweep_configuration_is_an_entry():
+    sweep = [e for e in report.entries() if "sweep" in e.used_by]
+    assert len([e for e in sweep if e.kernel == "attn_fwd_kernel"]) == sum(len(v) for v in SWEEP_CONFIGS.values())
+    assert len([e for e in sweep if e.kernel == "attn_d512_kernel"]) == len(D512_SWEEP)
     # the issue's cross-attention tiles are swept
-    configs = {r["config"] for r in sweep}
-    assert {"d64 128x128 w8 s3", "d64 256x64 w8 s3"} <= configs
+    assert {"d64 128x128 w8 s3", "d64 256x64 w8 s3"} <= {e.config for e in sweep}
+
+
+def _row(**kw) -> dict:
+    """A row as run_entry writes it: a runtime attention entry that compiles, fits, has no spills, uses HGMMA."""
+    return {"kernel": "attn_fwd_kernel", "site": "s", "config": "c", "dtype": "bf16", "used_by": ["runtime"],
+            "expect_hgmma": True, "ok": True, "fits": True, "spill_stores": 0, "spill_store_bytes": 0, "stack": 0,
+            "hgmma": 8, "mma": "HGMMA", "shared": 1024, **kw}
+
+
+def test_check_flags_each_way_an_entry_can_fail():
+    """The gate CI's full run relies on: a runtime/plugin entry that fails to compile or to fit,
+    spills, lacks HGMMA where expected or (plugin) needs more than TensorRT's 48 KiB, and a sweep
+    entry that fails to fit, are each one problem; what is allowed is none."""
+    allowed = [_row(), _row(kernel="trt_flash_entry", used_by=["plugin"]), _row(used_by=["sweep"], spill_stores=8),
+               _row(expect_hgmma=False, hgmma=0, mma="none"), _row(used_by=["option"], spill_stores=64),
+               _row(used_by=["rejected"], ok=False, fits=False, error="x")]
+    assert report.check(allowed) == []
+    bad = {"fails": _row(ok=False, fits=False, error="CompilationError: boom"),
+           "too big": _row(fits=False, error="needs 300,000 B"),
+           "spills": _row(spill_stores=16, spill_store_bytes=16),
+           "no hgmma": _row(hgmma=0, mma="HMMA"),
+           "trt shared": _row(kernel="trt_flash_entry", used_by=["plugin"], shared=report.TRT_SHARED_LIMIT + 1),
+           "sweep too big": _row(used_by=["sweep"], fits=False, error="needs 300,000 B")}
+    for name, row in bad.items():
+        assert len(report.check([row])) == 1, name
 
 
 def test_markdown_has_a_row_per_entry(compiled):
     _, data, md = compiled
     assert f"triton {data['env']['triton']}" in md and "Nothing ran on a GPU" in md
-    table_rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| kernel")]
+    entries_md = md.split("## Attention designs")[0]  # the designs table (accounting only) follows the entries
+    table_rows = [line for line in entries_md.splitlines() if line.startswith("| ") and not line.startswith("| kernel")]
     assert len(table_rows) == len(data["rows"])
+
+
+def test_d512_rows_state_bytes_per_flop_and_the_bound(compiled):
+    """Each head-dim-512 row (the scores-once kernel, its pipelined option, the tl.dot fallback)
+    carries the byte/FLOP accounting; the tl.dot row's score replication is read from its TTGIR
+    (2), and the pipelined option leaves one wgmma group running past a wait (depth 1)."""
+    _, data, md = compiled
+    d512 = [r for r in data["rows"] if r["ok"] and (r["kernel"] == "attn_d512_kernel" or r["config"].startswith("d512"))]
+    assert d512 and all(r["roofline"]["bound_tflops"] > 0 and r["roofline"]["limit"] for r in d512), d512
+    tldot = [r for r in d512 if r["kernel"] == "attn_fwd_kernel"]
+    assert tldot and all(r["roofline"]["tiling"]["score_replication"] == 2 for r in tldot)
+    piped = [r for r in d512 if "pipelined" in r["config"]]
+    assert piped and all(r["wgmma_waits"].get("1") and r["spill_stores"] == 0 for r in piped), piped
+    assert "2-CTA cluster" in md.split("## Attention designs")[1]
 
 
 def test_jit_signature_matches_tritons_own_specialisation():

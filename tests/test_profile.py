@@ -5,11 +5,13 @@ import contextlib
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from infgen.ref.cost import decode_flops
+from infgen.ref.model import token_grid
 from infgen.runtime.cli import main
 from infgen.runtime.cli import profile_measure as prof
 from infgen.runtime.cli import profile_report as report_mod
@@ -112,15 +114,24 @@ def test_stage_flops_add_up_to_the_cost_model(cli_run, tiny_cfg):
         assert r["stages"][-1]["flops"] == 0  # to_uint8
 
 
-def test_stage_times_add_up_to_end_to_end(cli_run):
-    """Each iteration runs the end-to-end path, then the stage chain (the same work, minus the
-    input check); the median of the paired ratios is within 10% of 1."""
+def test_stage_chain_does_the_work_of_end_to_end(cli_run, tiny_model):
+    """Each iteration runs the end-to-end path, then the stage chain: the chain computes the same
+    image (so their time ratio compares like with like), and each row reports the ratio (a
+    measurement: its value is not asserted, timings on a shared machine vary)."""
     report = json.loads((cli_run[2] / "profile.json").read_text())
     rows = [r for r in report["rows"] if r["stages"]]
-    assert len(rows) == 2
-    for r in rows:
-        ratio = r["stage_sum_over_end_to_end"]
-        assert abs(ratio - 1) <= 0.10, (r["width"], r["height"], ratio)
+    assert [(r["width"], r["height"]) for r in rows] == [(128, 128), (192, 128)]
+    assert all(r["stage_sum_over_end_to_end"] > 0 for r in rows)
+    engine = InfGenEngine(tiny_model, backend="torch", device="cpu", dtype="fp32")
+    torch.manual_seed(0)
+    z = torch.randn(1, 4, 5, 7)
+    h, w = 61, 43
+    x = engine.check(z, h, w)[0]
+    with torch.no_grad():
+        for _, fn in prof.stage_chain(engine, *token_grid(h, w, engine.config), h, w):
+            x = fn(x)
+        want = engine.to_uint8(engine.decode(z, h, w))
+    assert np.array_equal(np.asarray(x), np.asarray(want))
 
 
 def test_failing_rows_do_not_stop_the_run(tiny_model):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from infgen.ref.config import MAX_PARAMS, InfGenConfig, param_count
+from infgen.ref.config import MAX_PARAMS, PRESETS, InfGenConfig, param_count
 from infgen.ref.model import InfGen, check_image
 from infgen.runtime.engine import InfGenEngine
 
@@ -44,6 +44,21 @@ FIELDS = {
     "max_size": small_int(0, 300),
 }
 configs = st.fixed_dictionaries({}, optional={**FIELDS, "colour": junk})
+# Fields that every preset accepts at any of these values, whatever the other fields are.
+SAFE_FIELDS = {"norm_eps": st.floats(1e-8, 1e-1), "inpe_scale": st.floats(0.01, 100), "inpe_seed": st.integers(0, 2 ** 32),
+               "scaling_factor": st.floats(1e-3, 1e3), "mlp_ratio": st.floats(0.5, 4), "num_blocks": st.integers(0, 3),
+               "layers_per_block": st.integers(1, 2), "latent_size": st.integers(1, 8)}
+
+
+@st.composite
+def config_draws(draw):
+    """(fields, known_valid): a preset's fields (the paper's defaults, tiny or demo) with safe
+    overrides, then, about half the time, fields of any type and value on top. known_valid: no
+    field of the second kind was drawn, so the loader must accept the dict."""
+    base = {"paper": {}, **PRESETS}[draw(st.sampled_from(["paper", "tiny", "demo"]))]
+    d = {**base, **draw(st.fixed_dictionaries({}, optional=SAFE_FIELDS))}
+    risky = draw(st.one_of(st.just({}), configs))
+    return {**d, **risky}, not risky
 
 
 def _check_config(cfg: InfGenConfig) -> None:
@@ -58,19 +73,27 @@ def _check_config(cfg: InfGenConfig) -> None:
     assert cfg.upscale <= cfg.max_size and param_count(cfg) <= MAX_PARAMS
 
 
-@settings(max_examples=200, **SETTINGS)
-@given(d=configs)
-def test_config_loader_returns_a_valid_config_or_a_user_error(d):
+@settings(max_examples=300, **SETTINGS)
+@given(draw=config_draws())
+@example(draw=({}, True))                       # the paper preset: every default
+@example(draw=(dict(PRESETS["tiny"]), True))
+def test_config_loader_returns_a_valid_config_or_a_user_error(draw):
+    """Any dict is a valid config or a ValueError/TypeError, the same from JSON text; a dict of
+    known-valid fields is accepted (so the test fails if the loader always refuses)."""
+    d, known_valid = draw
     try:
         cfg = InfGenConfig.from_dict(d)
     except USER_ERRORS as exc:
+        assert not known_valid, f"refused valid fields {d}: {exc}"
         event(f"refused: {type(exc).__name__}")
         cfg = None
     if cfg is not None:
+        event("accepted")
         _check_config(cfg)
     try:
         text = json.dumps(d)
     except (TypeError, ValueError):
+        assert not known_valid
         return
     try:
         from_json = InfGenConfig.from_json(text)
@@ -80,15 +103,37 @@ def test_config_loader_returns_a_valid_config_or_a_user_error(d):
     assert from_json == cfg
 
 
-@settings(max_examples=100, **SETTINGS)
-@given(text=st.one_of(st.text(max_size=40), st.text(alphabet="{}[]\":,0123456789.e-tfalsenu ", max_size=60)))
-def test_config_json_text_returns_a_config_or_a_user_error(text):
+@st.composite
+def config_texts(draw):
+    """(text, fields): JSON text of known-valid fields (fields: that dict), or any text (None)."""
+    d, known_valid = draw(config_draws())
+    if known_valid and draw(st.booleans()):
+        return json.dumps(d), d
+    return draw(st.one_of(st.text(max_size=40), st.text(alphabet="{}[]\":,0123456789.e-tfalsenu ", max_size=60))), None
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(draw=config_texts())
+@example(draw=(json.dumps(PRESETS["demo"]), PRESETS["demo"]))
+@example(draw=("[1, 2]", None))
+def test_config_json_text_returns_a_config_or_a_user_error(draw):
+    """JSON text of valid fields loads to the config those fields make; other text that starts
+    like JSON (the rest are paths) loads to a valid config or raises ValueError/TypeError."""
+    text, fields = draw
+    if fields is not None:
+        assert InfGenConfig.from_json(text) == InfGenConfig.from_dict(fields)
+        return
     if not text.lstrip()[:1] in ("{", "["):
-        return  # other strings are paths
+        event("a path")
+        return
     try:
-        _check_config(InfGenConfig.from_json(text))
-    except USER_ERRORS:
-        pass
+        cfg = InfGenConfig.from_json(text)
+    except USER_ERRORS as exc:
+        event(f"refused: {type(exc).__name__}")
+        assert str(exc)
+        return
+    event("accepted")
+    _check_config(cfg)
 
 
 @settings(max_examples=25, **SETTINGS)
@@ -101,22 +146,21 @@ def test_config_json_text_returns_a_config_or_a_user_error(text):
     "latent_size": st.just(1)}),
     hl=st.integers(1, 5), wl=st.integers(1, 5), h=st.integers(1, 40), w=st.integers(1, 40))
 def test_every_accepted_config_builds_a_model_that_decodes(d, hl, wl, h, w):
-    try:
-        cfg = InfGenConfig.from_dict(d)
-    except USER_ERRORS:
-        event("config refused")
-        return
+    """Every draw is a valid config (channels divisible by the groups, heads dividing the last
+    width, max_size >= upscale): it loads, builds a model of param_count parameters, and decodes
+    every size upscale..max_size; a smaller side, and only that, is a user error."""
+    cfg = InfGenConfig.from_dict(d)
     torch.manual_seed(0)
     model = InfGen(cfg).eval()
     assert sum(p.numel() for p in model.parameters()) == param_count(cfg)
     z = torch.randn(1, cfg.latent_channels, min(hl, cfg.max_size // cfg.upscale), min(wl, cfg.max_size // cfg.upscale))
-    try:
-        with torch.no_grad():
-            out = model.decode(z, h, w)
-    except USER_ERRORS:
-        assert h < cfg.upscale or w < cfg.upscale
+    if h < cfg.upscale or w < cfg.upscale:
         event("size refused")
+        with pytest.raises(ValueError, match="must be"):
+            model.decode(z, h, w)
         return
+    with torch.no_grad():
+        out = model.decode(z, h, w)
     event("decoded")
     assert out.shape == (1, 3, h, w) and torch.isfinite(out).all()
 
@@ -137,33 +181,46 @@ sizes = st.one_of(st.integers(8, 70), st.integers(8, 70), st.integers(8, 70),
 
 @st.composite
 def latents(draw):
+    """(latent, known_valid): known_valid when every choice drawn is one the engine accepts (4
+    channels, a 1..256 grid, |z| ~ 1, finite, a floating dtype, a tensor or an array)."""
     dims = draw(st.sampled_from([(1, 4)] * 3 + [(2, 4)] * 3 + [(None, 4)] * 3 + [(0, 4), (1, 3), (1, 5)]))
     grid = (draw(st.sampled_from([1, 2, 3, 8, 0, 257])), draw(st.sampled_from([1, 2, 5, 8])))
     shape = tuple(d for d in dims if d is not None) + grid
     scale = draw(st.sampled_from([1.0] * 6 + [1e3, 1.3e5, 1.4e5, 1e30]))
+    valid = dims[-1] == 4 and dims[0] != 0 and grid[0] not in (0, 257) and scale == 1.0
     torch.manual_seed(draw(st.integers(0, 2 ** 16)))
     z = torch.randn(shape, dtype=torch.float64) * scale
     if z.numel() and draw(st.integers(0, 3)) == 0:
-        z.view(-1)[draw(st.integers(0, z.numel() - 1))] = draw(st.sampled_from([float("nan"), float("inf"), 0.0]))
+        special = draw(st.sampled_from([float("nan"), float("inf"), 0.0]))
+        z.view(-1)[draw(st.integers(0, z.numel() - 1))] = special
+        valid = valid and special == 0.0
     dtype = draw(st.sampled_from(DTYPES[:5] * 3 + DTYPES[5:]))
+    valid = valid and dtype.is_floating_point
     z = z.to(dtype) if dtype.is_floating_point else z.clamp(-100, 100).to(dtype)
     form = draw(st.sampled_from(["torch"] * 3 + ["numpy", "transposed"] * 2 + ["list"]))
     if form == "numpy" and dtype in (torch.float32, torch.float64, torch.float16, torch.int64, torch.bool):
         a = z.numpy()
-        return a.astype(a.dtype.newbyteorder(">")) if draw(st.booleans()) else a  # either byte order
+        return (a.astype(a.dtype.newbyteorder(">")) if draw(st.booleans()) else a), valid  # either byte order
     if form == "transposed" and z.dim() == 4:
-        return z.transpose(2, 3).contiguous().transpose(2, 3)
+        return z.transpose(2, 3).contiguous().transpose(2, 3), valid
     if form == "list":
-        return z.tolist()
-    return z
+        return z.tolist(), False
+    return z, valid
 
 
 @settings(max_examples=80, **SETTINGS)
-@given(z=latents(), h=sizes, w=sizes)
-def test_decode_returns_a_finite_image_or_a_user_error(engine, z, h, w):
+@given(draw=latents(), h=sizes, w=sizes)
+@example(draw=(torch.randn(1, 4, 2, 3), True), h=16, w=24)
+@example(draw=(np.random.default_rng(0).standard_normal((4, 3, 3)).astype(">f4"), True), h=9, w=70)
+def test_decode_returns_a_finite_image_or_a_user_error(engine, draw, h, w):
+    """Every draw decodes to a finite image in [-1, 1] or raises ValueError/TypeError; a
+    known-valid latent at int sizes 8..70 decodes (so the test fails if decode always raises)."""
+    z, valid = draw
+    valid = valid and all(type(s) is int and 8 <= s <= 70 for s in (h, w))
     try:
         out = engine.decode(z, h, w)
     except USER_ERRORS as exc:
+        assert not valid, f"refused a valid request: {exc}"
         event(f"refused: {type(exc).__name__}")
         return
     event("decoded")
@@ -174,30 +231,41 @@ def test_decode_returns_a_finite_image_or_a_user_error(engine, z, h, w):
 
 @st.composite
 def images(draw):
+    """(image, known_valid): known_valid when every choice drawn is one encode accepts (3 channels
+    first, sides 8..2048, values in [-1, 1], finite, a floating dtype)."""
     dims = draw(st.sampled_from([(1, 3)] * 3 + [(2, 3)] * 2 + [(None, 3)] * 2 + [(1, 4), (0, 3)]))
     hw = (draw(st.sampled_from([8, 13, 24, 1, 7])), draw(st.sampled_from([8, 9, 16, 31])))
+    valid = dims[-1] == 3 and dims[0] != 0 and hw[0] >= 8
     torch.manual_seed(draw(st.integers(0, 2 ** 16)))
     x = torch.rand(tuple(d for d in dims if d is not None) + hw, dtype=torch.float64) * 2 - 1
-    x = x * draw(st.sampled_from([1.0] * 5 + [127.5, 1e30]))
+    scale = draw(st.sampled_from([1.0] * 5 + [127.5, 1e30]))
+    x, valid = x * scale, valid and scale == 1.0
     if x.numel() and draw(st.integers(0, 3)) == 0:
-        x.view(-1)[0] = draw(st.sampled_from([float("nan"), float("-inf"), 1.0]))
+        x.view(-1)[0] = special = draw(st.sampled_from([float("nan"), float("-inf"), 1.0]))
+        valid = valid and special == 1.0
     if draw(st.integers(0, 4)) == 0:
-        x = x.movedim(-3, -1)  # channels-last by mistake
+        x, valid = x.movedim(-3, -1), False  # channels-last by mistake
     kind = draw(st.sampled_from(["float32"] * 6 + ["float16", "numpy"] * 3 + ["uint8", "int32", "bool", "complex64"]))
     if kind == "uint8":
-        return ((x.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
+        return ((x.clamp(-1, 1) + 1) * 127.5).to(torch.uint8), False
     if kind == "numpy":
-        return x.numpy().astype(">f4")
-    return x.to(getattr(torch, kind))
+        return x.numpy().astype(">f4"), valid
+    return x.to(getattr(torch, kind)), valid and kind in ("float32", "float16")
 
 
 @settings(max_examples=50, **SETTINGS)
-@given(x=images())
-def test_encode_returns_a_finite_latent_or_a_user_error(engine, x):
+@given(draw=images())
+@example(draw=(torch.rand(1, 3, 16, 24) * 2 - 1, True))
+@example(draw=(np.linspace(-1, 1, 3 * 9 * 31).reshape(3, 9, 31).astype(">f4"), True))
+def test_encode_returns_a_finite_latent_or_a_user_error(engine, draw):
+    """Every draw encodes to a finite latent or raises ValueError/TypeError; a known-valid image
+    encodes (so the test fails if encode always raises)."""
+    x, valid = draw
     try:
         z = engine.encode(x)
         image = check_image(x, engine.config)  # the shape encode saw
     except USER_ERRORS as exc:
+        assert not valid, f"refused a valid image: {exc}"
         event(f"refused: {type(exc).__name__}")
         return
     event("encoded")
@@ -278,7 +346,7 @@ def infer_bodies(draw):
         inp = {"name": name, "datatype": dtype, "shape": shape}
         count = math.prod(shape) if isinstance(shape, list) and all(type(d) is int for d in shape) else 3
         if draw(st.booleans()):
-            n = count if draw(st.integers(0, 4)) and count <= 2000 else max(0, min(count, 50) - 1)
+            n = count if draw(st.integers(0, 4)) and 0 <= count <= 2000 else max(0, min(count, 50) - 1)
             inp["data"] = [0] * n
         elif isinstance(dtype, str) and dtype in DTYPE_BYTES:
             inp["parameters"] = {"binary_data_size": count * DTYPE_BYTES[dtype] + draw(st.sampled_from([0, 0, 0, 4]))}
