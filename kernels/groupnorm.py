@@ -30,6 +30,18 @@ from .common import Launch, check_device, check_float, next_pow2
 
 
 @triton.jit
+def _store_moments(SHIFT, DMEAN, M2, out, c_ok, shift, s1, s2, n):
+    """One chunk's moments per channel, from the per-lane sums of d = x - shift and d^2 over n
+    pixels: shift, the mean of d, and M2 = sum (d - mean d)^2 (clamped at 0), at offsets out."""
+    t1 = tl.sum(s1, 0)
+    t2 = tl.sum(s2, 0)
+    nf = n.to(tl.float32)
+    tl.store(SHIFT + out, shift, mask=c_ok)
+    tl.store(DMEAN + out, t1 / nf, mask=c_ok)
+    tl.store(M2 + out, tl.maximum(t2 - t1 * t1 / nf, 0.0), mask=c_ok)
+
+
+@triton.jit
 def gn_stats_kernel(
     X,                      # pointer: input (B, P, C) contiguous (a channels-last (B, C, H, W), P = H*W)
     SHIFT, DMEAN, M2,       # pointers: fp32 outputs (B, K, C): per-chunk channel shift (first pixel),
@@ -59,13 +71,7 @@ def gn_stats_kernel(
         s1 += d
         s2 += d * d
         base += BLOCK_P * C
-    t1 = tl.sum(s1, 0)
-    t2 = tl.sum(s2, 0)
-    nf = n.to(tl.float32)
-    out = (b * K + k) * C + offs_c
-    tl.store(SHIFT + out, shift, mask=c_ok)
-    tl.store(DMEAN + out, t1 / nf, mask=c_ok)
-    tl.store(M2 + out, tl.maximum(t2 - t1 * t1 / nf, 0.0), mask=c_ok)
+    _store_moments(SHIFT, DMEAN, M2, (b * K + k) * C + offs_c, c_ok, shift, s1, s2, n)
 
 
 @triton.jit
@@ -151,13 +157,7 @@ def add_stats_kernel(
         x_ptr += BLOCK_P * C
         r_ptr += BLOCK_P * C
         y_ptr += BLOCK_P * C
-    t1 = tl.sum(s1, 0)
-    t2 = tl.sum(s2, 0)
-    nf = n.to(tl.float32)
-    out = (b * K + k) * C + offs_c
-    tl.store(SHIFT + out, shift, mask=c_ok)
-    tl.store(DMEAN + out, t1 / nf, mask=c_ok)
-    tl.store(M2 + out, tl.maximum(t2 - t1 * t1 / nf, 0.0), mask=c_ok)
+    _store_moments(SHIFT, DMEAN, M2, (b * K + k) * C + offs_c, c_ok, shift, s1, s2, n)
 
 
 def _tiles(P: int, C: int, B: int, device: torch.device) -> tuple[int, int, int]:
