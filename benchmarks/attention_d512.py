@@ -63,7 +63,8 @@ def safe(fn) -> dict:
     try:
         return fn()
     except Exception as exc:  # noqa: BLE001 - recorded in the JSON
-        torch.cuda.synchronize()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
 
 
@@ -90,6 +91,7 @@ def case(n: int, sdpa: bool, d512=None, sweep: bool = True, device: str = "cuda"
                             for c in d512.SWEEP_CONFIGS]
             for name, c in d512.ABLATIONS.items():
                 row[name] = safe(lambda c=c: bench(lambda: attn(q, k, v, config=c), flops))
+        row["cluster"] = cluster_case(q, k, v, ours, flops)
 
     def versus(fn):  # bench fn, and its output's max |difference| to the d512 output when there is one
         r = bench(fn, flops)
@@ -102,6 +104,21 @@ def case(n: int, sdpa: bool, d512=None, sweep: bool = True, device: str = "cuda"
     del q, k, v, ours
     torch.cuda.empty_cache()
     return row
+
+
+def cluster_case(q, k, v, ours, flops: float) -> dict:
+    """The 2-CTA cluster option (kernels/attention_d512_cluster.py), timed beside the runtime kernel
+    with its max |difference| to it; skipped, with the reason, where triton has no Gluon multicast (3.6)."""
+    from infgen.kernels import attention_d512_cluster as cl
+    if not cl.HAS_MULTICAST:
+        return {"skipped": cl.NO_MULTICAST}
+
+    def run():
+        r = bench(lambda: cl.flash_attention_d512_cluster(q, k, v), flops)
+        if ours is not None:
+            r["max_abs_diff_d512"] = (cl.flash_attention_d512_cluster(q, k, v).float() - ours.float()).abs().max().item()
+        return {"config": cl.RUNTIME_CONFIG.__dict__, **r}
+    return safe(run)
 
 
 def env() -> dict:

@@ -566,14 +566,17 @@ def score_work(ttgir: str, sass: str, block_m: int, block_n: int, head_dim: int 
     attention kernel, this one or the tl.dot one). The score dots are the warpgroup dots whose
     result is (block_m, block_n). For each, the warps of the region it runs in and its layout's
     warpsPerCTA give the replication: warps stacked past the block's rows (16 per warp) or columns
-    repeat the same product. Returns the dots, the replication (1 = each score once), the
+    repeat the same product (rows split over a cluster's CTAs, CGALayout, count per CTA). Returns the dots, the replication (1 = each score once), the
     warpgroups that issue them, and the SASS count of HGMMA instructions of their shape."""
     import re
 
     module_warps = int(re.search(r'"ttg.num-warps" = (\d+)', ttgir).group(1))
-    mma = {m.group(1): (int(m.group(2)), int(m.group(3)), int(m.group(5)))
-           for m in re.finditer(r"^(#mma\d*) = #ttg.nvidia_mma<\{versionMajor = 3, versionMinor = \d+, "
-                                r"warpsPerCTA = \[(\d+), (\d+)\], instrShape = \[(\d+), (\d+), (\d+)\]", ttgir, re.M)}
+    mma = {}  # name -> (warps on rows, warps on columns, instruction N, CTAs splitting the rows)
+    for m in re.finditer(r"^(#mma\d*) = #ttg.nvidia_mma<\{versionMajor = 3, versionMinor = \d+, "
+                         r"warpsPerCTA = \[(\d+), (\d+)\],(?: CGALayout = (\[[^]]*\]\]),)? "
+                         r"instrShape = \[(\d+), (\d+), (\d+)\]", ttgir, re.M):
+        row_splits = 2 ** sum(1 for b in re.findall(r"\[(\d+), \d+\]", m.group(4) or "") if int(b))
+        mma[m.group(1)] = (int(m.group(2)), int(m.group(3)), int(m.group(6)), row_splits)
     warps, dots = module_warps, []
     for line in ttgir.splitlines():
         part = re.match(r"\s*partition\d+\(.*num_warps\((\d+)\)", line)
@@ -581,8 +584,8 @@ def score_work(ttgir: str, sass: str, block_m: int, block_n: int, head_dim: int 
             warps = int(part.group(1))
         res = re.search(r"ttng\.warp_group_dot .*-> tensor<(\d+)x(\d+)xf32, (#mma\d*)>", line)
         if res and (int(res.group(1)), int(res.group(2))) == (block_m, block_n):
-            wm, wn, instr_n = mma[res.group(3)]
-            rep = max(1, wm * 16 // block_m) * max(1, wn * instr_n // block_n)
+            wm, wn, instr_n, ctas = mma[res.group(3)]  # a multi-CTA dot: each CTA has block_m / ctas rows
+            rep = max(1, wm * 16 * ctas // block_m) * max(1, wn * instr_n // block_n)
             dots.append({"region_warps": warps, "warps_per_cta": [wm, wn], "instr_n": instr_n, "replication": rep})
     if not dots:
         raise ValueError(f"no warpgroup dot with a {block_m}x{block_n} result in this TTGIR")

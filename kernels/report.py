@@ -431,12 +431,13 @@ def d512_tiling(block_n: int, cluster: int = 1) -> AttentionTiling:
     return AttentionTiling(64, block_n, 512, cluster=cluster, p_smem_readers=1)
 
 
-# Designs judged by accounting alone (not compiled here; the report prints them beside the rows):
-# the 2-CTA cluster needs TMA multicast and cross-CTA mbarrier arrivals, which Gluon has in triton
-# 3.9 (tma.async_load(..., multicast=True), mbarrier.arrive(..., from_cta=)) and not in 3.6.
-DESIGNS = {"scores-once d512, 64x64, as built": d512_tiling(64),
+# The designs' accounting side by side (the report prints it beside the compiled rows). The 2-CTA
+# cluster (kernels/attention_d512_cluster.py) needs Gluon's multicast TMA and cluster mbarriers:
+# triton >= 3.9 compiles it (a report row there), 3.6 (the GPU image) cannot.
+DESIGNS = {"scores-once d512, 64x64, as built (runtime)": d512_tiling(64),
            "scores-once d512, 64x32, 2 slots (pipelined option)": d512_tiling(32),
-           "scores-once d512, 64x64, 2-CTA cluster, K/V multicast (not built)": d512_tiling(64, cluster=2),
+           "scores-once d512, 64x64, 2-CTA cluster, K/V multicast (built, triton >= 3.9, never run)":
+               d512_tiling(64, cluster=2),
            # replication and instruction width as score_work reads them from its TTGIR (triton 3.9)
            "tl.dot d512, 64x16 w8 s3 (scores twice, Q K^T m64n8)": AttentionTiling(64, 16, 512, score_replication=2,
                                                                                    score_instr_n=8)}
@@ -446,10 +447,13 @@ def d512_entries() -> list[Entry]:
     """The scores-once head-dim-512 Gluon kernel (kernels/attention_d512.py): what the triton
     backend launches for the mid-block attention on sm_90 in bf16/fp16 (queries pre-scaled:
     q_prescaled), the benchmark's sweep (unscaled queries, benchmarks/attention_d512.py) and the
-    pipelined option (PIPELINED_CONFIGS: selectable, never launched by the runtime, unvalidated)."""
+    pipelined option (PIPELINED_CONFIGS: selectable, never launched by the runtime, unvalidated), and
+    where this triton has Gluon's multicast TMA (>= 3.9) the 2-CTA cluster kernel
+    (kernels/attention_d512_cluster.py: selectable, never run)."""
     from functools import partial
     from .attention_d512 import (DTYPES as D512_DTYPES, PIPELINED_CONFIGS, RUNTIME_CONFIGS as D512_RUNTIME,
                                  SWEEP_CONFIGS as D512_SWEEP, compile_d512)
+    from .attention_d512_cluster import HAS_MULTICAST, RUNTIME_CONFIG as CLUSTER_CONFIG, compile_d512_cluster
     out = []
     for dt in D512_DTYPES:
         name = {v: k for k, v in DTYPES.items()}[dt]
@@ -463,6 +467,12 @@ def d512_entries() -> list[Entry]:
                              f"d512 64x{cfg.block_n} s{cfg.stages} w4+4+1 pipelined q_prescaled", name, ("option",),
                              partial(compile_d512, cfg, dt, q_prescaled=True), expect_hgmma=True,
                              tiling=d512_tiling(cfg.block_n)))
+        if HAS_MULTICAST:
+            cfg = CLUSTER_CONFIG
+            out.append(Entry("attn_d512_cluster_kernel", "mid-block attention, 2-CTA cluster option (never run)",
+                             f"d512 2x64x{cfg.block_n} s{cfg.stages} w4+4+1 multicast q_prescaled", name, ("option",),
+                             partial(compile_d512_cluster, cfg, dt, q_prescaled=True), expect_hgmma=True,
+                             tiling=d512_tiling(cfg.block_n, cluster=2)))
     for cfg in D512_SWEEP:
         out.append(Entry("attn_d512_kernel", "sweep, scores-once d512", f"d512 64x{cfg.block_n} s{cfg.stages} w4+4+1",
                          "bf16", ("sweep",), partial(compile_d512, cfg, torch.bfloat16), expect_hgmma=True,
@@ -481,6 +491,22 @@ def designs_table(designs: dict | None = None, tokens: int = ROOFLINE_TOKENS) ->
         lines.append(f"| {name} | {r['flop_per_l2_byte']:.0f} | {r['smem_bytes_per_flop']:.4f} | "
                      f"{by['tensor core']:.0f} | {by['shared memory']:.0f} | {by['L2']:.0f} | {by['HBM']:.0f} | "
                      f"{r['bound_tflops']:.0f} ({r['limit']}) |")
+    return "\n".join(lines)
+
+
+def traffic_table(sizes=(1024, 2048, 4096), itemsize: int = 2) -> str:
+    """Markdown: the bytes the paper preset's up blocks move outside the convs per output size
+    (infgen.ref.cost.up_block_traffic, batch 1, bf16), before add_stats (every GroupNorm takes its
+    own statistics) and now, with the time at the H100's HBM peak (estimates from byte counts)."""
+    from infgen.ref.config import preset
+    from infgen.ref.cost import TRAFFIC, up_block_traffic
+    cfg = preset("paper")
+    lines = ["| output | " + " | ".join(TRAFFIC) + " | total GiB | at HBM peak |", "|---" * (len(TRAFFIC) + 3) + "|"]
+    for n in sizes:
+        for label, fused in (("before", False), ("now", True)):
+            t = up_block_traffic(cfg, n, n, 1, itemsize, fused=fused)
+            lines.append(f"| {n}^2 {label} | " + " | ".join(f"{t[k] / 2**30:.1f}" for k in TRAFFIC)
+                         + f" | {t['total'] / 2**30:.1f} | {t['total'] / H100.hbm_bytes_s * 1e3:.0f} ms |")
     return "\n".join(lines)
 
 
@@ -621,7 +647,9 @@ def markdown(report: dict) -> str:
             if part:
                 out += [f"## {title}", "", markdown_table(part), ""]
     out += [f"## Attention designs by byte/FLOP accounting (one head of {ROOFLINE_TOKENS:,} tokens; estimates)", "",
-            designs_table(), ""]
+            designs_table(), "",
+            "## Up-block traffic outside the convs (paper preset, batch 1, bf16; estimates from byte counts)", "",
+            traffic_table(), ""]
     problems = report["problems"]
     out += ["## Check", "", "All runtime and plugin configurations compile, fit, have no spill stores and use "
             "HGMMA where expected; all sweep configurations compile and fit." if not problems else

@@ -414,10 +414,17 @@ def test_benchmark_case_leaves_the_kernel_out_when_switched_off(bench, monkeypat
     assert row["tl_dot"]["tflops"] == 1.0 and row["sdpa"]["tflops"] == 1.0
     if switched_off:
         assert row["d512"] == {"skipped": bench.OFF} and "sweep" not in row and "no_pv" not in row
+        assert "cluster" not in row
         assert calls == [] and "max_abs_diff_d512" not in row["tl_dot"]
     else:
         assert row["d512"]["tflops"] == 1.0 and len(row["sweep"]) == 1 and row["no_pv"]["tflops"] == 1.0
         assert row["tl_dot"]["max_abs_diff_d512"] < 0.05 and row["sdpa"]["max_abs_diff_d512"] < 0.05
+        # the 2-CTA cluster option: skipped with the reason on triton 3.6; refused on CPU tensors on >= 3.9
+        from infgen.kernels import attention_d512_cluster as cl
+        if cl.HAS_MULTICAST:
+            assert "needs a CUDA device" in row["cluster"]["error"], row["cluster"]
+        else:
+            assert row["cluster"] == {"skipped": cl.NO_MULTICAST}
 
 
 # ----------------------------------------------------------------------------- summaries

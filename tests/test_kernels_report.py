@@ -180,6 +180,20 @@ def test_d512_rows_state_bytes_per_flop_and_the_bound(compiled):
     assert "2-CTA cluster" in md.split("## Attention designs")[1]
 
 
+def test_markdown_sets_the_up_block_traffic_before_beside_now(compiled):
+    """The report's up-block traffic section: per size a "before" (no carried GroupNorm statistics)
+    and a "now" row; at 4096^2 the stats passes fall and the total with them."""
+    from infgen.ref.config import preset
+    from infgen.ref.cost import up_block_traffic
+    _, _, md = compiled
+    section = md.split("## Up-block traffic")[1]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in section.splitlines() if line.startswith("| 4096")}
+    before, now = (up_block_traffic(preset("paper"), 4096, 4096, 1, 2, fused=f) for f in (False, True))
+    assert now["total"] < before["total"] and now["gn_stats"] < before["gn_stats"]
+    assert rows["4096^2 before"][-2] == f"{before['total'] / 2**30:.1f}"
+    assert rows["4096^2 now"][-2] == f"{now['total'] / 2**30:.1f}"
+
+
 def test_jit_signature_matches_tritons_own_specialisation():
     """jit_type gives what Triton's JIT gives the same arguments (its native specialiser)."""
     try:

@@ -72,6 +72,7 @@ def test_report_designs_table_sets_the_old_kernel_beside_the_cluster_design():
     rows = {line.split(" | ")[0][2:]: line for line in md.splitlines()[2:]}
     assert rows.keys() == report.DESIGNS.keys()
     bound = {name: attention_roofline(t, report.ROOFLINE_TOKENS)["bound_tflops"] for name, t in report.DESIGNS.items()}
-    built, cluster = "scores-once d512, 64x64, as built", "scores-once d512, 64x64, 2-CTA cluster, K/V multicast (not built)"
+    built = "scores-once d512, 64x64, as built (runtime)"
+    cluster = "scores-once d512, 64x64, 2-CTA cluster, K/V multicast (built, triton >= 3.9, never run)"
     assert bound[built] < 450 <= 600 <= bound[cluster]
     assert f"{bound[cluster]:.0f} (L2)" in rows[cluster]
