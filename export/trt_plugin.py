@@ -25,14 +25,6 @@ from infgen.export.spec import PLUGIN_ID
 from infgen.kernels.attention_trt import POINTER_TYPES, TRT_ARG_COUNT, TRT_SHARED_LIMIT, compile_entry
 
 
-def ptx_param_count(ptx: str, kernel_name: str) -> int:
-    """Number of .param entries of the .entry kernel_name in a PTX text."""
-    m = re.search(r"\.entry\s+" + re.escape(kernel_name) + r"\s*\((.*?)\)", ptx, re.S)
-    if m is None:
-        raise ValueError(f"no .entry {kernel_name!r} in the PTX")
-    return len(re.findall(r"\.param\b", m.group(1)))
-
-
 def drop_unused_params(ptx: str, kernel_name: str, keep: int = TRT_ARG_COUNT) -> str:
     """The PTX with the .entry kernel_name declaring only its first `keep` parameters. Triton >= 3.3
     appends two pointer parameters (global_scratch, profile_scratch) that TensorRT's AOT launch does

@@ -43,6 +43,7 @@ except ImportError as exc:  # pragma: no cover - older triton
     raise ImportError("infgen.kernels.attention_d512 needs Gluon's Hopper API: pip install 'triton>=3.6'") from exc
 
 from .common import check_float, is_interpreted
+from .toolchain import compile_kernel, cuobjdump, divisible_by_16, resource_usage
 
 # TMA load: `tma.async_load` in triton 3.9; 3.6 names it `async_copy_global_to_shared` (removed in 3.9).
 tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -498,11 +499,6 @@ def flash_attention_d512(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
 
 
 # ----------------------------------------------------------------------------- compile without a GPU
-def sm90_target():
-    from triton.backends.compiler import GPUTarget
-    return GPUTarget("cuda", 90, 32)
-
-
 def compile_d512(config: D512Config = RUNTIME_CONFIG, dtype: torch.dtype = torch.bfloat16, target=None,
                  q_prescaled: bool = False):
     """Compile attn_d512_kernel for `target` (default sm_90a) on any machine, GPU or not. Returns
@@ -511,7 +507,6 @@ def compile_d512(config: D512Config = RUNTIME_CONFIG, dtype: torch.dtype = torch
     and row stride get the 16-divisibility the JIT gives them at real call sites (out rows of 512
     elements); M and N stay unspecialised (any length). q_prescaled: the variant the triton backend
     launches (flash_attention_d512(..., q_prescaled=True))."""
-    from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
     if dtype not in DTYPES:
@@ -525,35 +520,20 @@ def compile_d512(config: D512Config = RUNTIME_CONFIG, dtype: torch.dtype = torch
     signature = {"q_desc": mangle_type(placeholder["q"]), "k_desc": mangle_type(placeholder["k"]),
                  "v_desc": mangle_type(placeholder["v"]), "o_ptr": mangle_type(torch.empty(1, dtype=dtype)),
                  "stride_om": "i32", "M": "i32", "N": "i32", "qk_scale": "fp32", **{n: "constexpr" for n in consts}}
-    attrs = {(3,): [["tt.divisibility", 16]], (4,): [["tt.divisibility", 16]]}
-    src = GluonASTSource(attn_d512_kernel, signature, consts, attrs)
-    return triton.compile(src, target=target or sm90_target(), options={"num_warps": NUM_WARPS, "maxnreg": MAXNREG})
+    return compile_kernel(attn_d512_kernel, signature, consts, divisible_by_16(signature, ("o_ptr", "stride_om")),
+                          target, {"num_warps": NUM_WARPS, "maxnreg": MAXNREG})
 
 
 # ----------------------------------------------------------------------------- static checks
-def cuobjdump(compiled, flag: str) -> str:
-    """Run the cuobjdump shipped in triton's wheel (--dump-sass, --dump-resource-usage) on a
-    compiled kernel's cubin."""
-    import os
-    import subprocess
-    import tempfile
-
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
-        return subprocess.run([tool, flag, f.name], capture_output=True, text=True, check=True).stdout
-
-
 def resources(compiled) -> dict:
     """Registers per thread (launch value), spill stack and spill stores/loads in SASS, shared
     memory (dynamic + static) against SHARED_LIMIT, and the HGMMA instructions by shape."""
     import collections
     import re
 
-    usage = cuobjdump(compiled, "--dump-resource-usage")
+    usage = resource_usage(compiled)
     sass = cuobjdump(compiled, "--dump-sass")
-    reg, stack, static_shared = (int(re.search(rf"{key}:(\d+)", usage).group(1)) for key in ("REG", "STACK", "SHARED"))
+    reg, stack, static_shared = usage["reg"], usage["stack"], usage["shared"]
     shared = compiled.metadata.shared + static_shared  # counted together: the conservative reading
     return {"registers": reg, "stack_bytes": stack, "spill_stores": len(re.findall(r"\bSTL\b", sass)),
             "spill_loads": len(re.findall(r"\bLDL\b", sass)), "shared_dynamic": compiled.metadata.shared,

@@ -37,8 +37,9 @@ import triton
 
 from .attention_d512 import (BLOCK_M, DTYPES, HALF, HEAD_DIM, LOG2E, MAXNREG, NUM_WARPS, D512Config, _check,
                              _gl_dtype, _publish_p, _softmax_step, _store_half, _tma_rows, gl, gluon,
-                             gluon_interpreted, GLUON_INTERPRETED, mbarrier, sm90_target, tma, warpgroup_mma)
+                             gluon_interpreted, GLUON_INTERPRETED, mbarrier, tma, warpgroup_mma)
 from .attention_d512 import TensorDescriptor
+from .toolchain import compile_kernel, divisible_by_16
 
 CLUSTER = 2                      # CTAs per cluster: query rows per program = CLUSTER * BLOCK_M
 CLUSTER_M = CLUSTER * BLOCK_M
@@ -246,7 +247,6 @@ def compile_d512_cluster(config: D512Config = RUNTIME_CONFIG, dtype: torch.dtype
                          q_prescaled: bool = False):
     """Compile attn_d512_cluster_kernel for `target` (default sm_90a) without a GPU: num_ctas=2.
     Raises RuntimeError where this triton has no multicast TMA in Gluon (3.6)."""
-    from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
     if not HAS_MULTICAST:
@@ -262,10 +262,9 @@ def compile_d512_cluster(config: D512Config = RUNTIME_CONFIG, dtype: torch.dtype
     signature = {"q_desc": mangle_type(placeholder["q"]), "k_desc": mangle_type(placeholder["k"]),
                  "v_desc": mangle_type(placeholder["v"]), "o_ptr": mangle_type(torch.empty(1, dtype=dtype)),
                  "stride_om": "i32", "M": "i32", "N": "i32", "qk_scale": "fp32", **{n: "constexpr" for n in consts}}
-    attrs = {(3,): [["tt.divisibility", 16]], (4,): [["tt.divisibility", 16]]}
-    src = GluonASTSource(attn_d512_cluster_kernel, signature, consts, attrs)
-    return triton.compile(src, target=target or sm90_target(),
-                          options={"num_warps": NUM_WARPS, "num_ctas": CLUSTER, "maxnreg": MAXNREG})
+    return compile_kernel(attn_d512_cluster_kernel, signature, consts,
+                          divisible_by_16(signature, ("o_ptr", "stride_om")), target,
+                          {"num_warps": NUM_WARPS, "num_ctas": CLUSTER, "maxnreg": MAXNREG})
 
 
 def flash_attention_d512_cluster(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,

@@ -80,7 +80,7 @@ def compile_entry(ptr_type: str, head_dim: int, scale: float, target=None, allow
     N of any value. target: a triton.backends.compiler.GPUTarget (None: the active GPU); config:
     (BLOCK_M, BLOCK_N, num_warps, num_stages, q_reload), default trt_config. Returns (Triton's compiled
     kernel, BLOCK_M), the grid's first axis being cdiv(N, BLOCK_M)."""
-    from triton.compiler import ASTSource
+    from .toolchain import compile_kernel, divisible_by_16
     if ptr_type not in POINTER_TYPES.values():
         raise ValueError(f"{ENTRY} supports {sorted(POINTER_TYPES.values())}, got {ptr_type!r}")
     if not 1 <= head_dim <= MAX_HEAD_DIM:
@@ -91,7 +91,9 @@ def compile_entry(ptr_type: str, head_dim: int, scale: float, target=None, allow
               "DOT_PRECISION": "tf32" if allow_tf32 else "ieee", "Q_RELOAD": bool(q_reload)}
     sig = {"Q": ptr_type, "K": ptr_type, "V": ptr_type, "N": "i32", "O": ptr_type,
            **{c: "constexpr" for c in consts}}
-    aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if name in ("Q", "K", "V", "O")}
-    src = ASTSource(fn=trt_flash_entry, signature=sig, constexprs=consts, attrs=aligned)
-    kwargs = {"target": target} if target is not None else {}
-    return triton.compile(src, options={"num_warps": warps, "num_stages": stages}, **kwargs), BM
+    if target is None:  # the active GPU (the plugin's aot_impl at engine build)
+        from triton.runtime import driver
+        target = driver.active.get_current_target()
+    compiled = compile_kernel(trt_flash_entry, sig, consts, divisible_by_16(sig, ("Q", "K", "V", "O")), target,
+                              {"num_warps": warps, "num_stages": stages})
+    return compiled, BM

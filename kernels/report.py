@@ -4,11 +4,11 @@ launch options can run, compiled for Hopper (H100) on a machine without a GPU.
   python -m infgen.kernels.report [--out-dir DIR] [--jobs N] [--used-by runtime] [--check]
   python -m infgen.kernels.report --compare A/compile_report.json B/compile_report.json   # side by side
 
-Each entry is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`
-from the same `Launch` the launcher would run (infgen.kernels.common.Launch), built on meta tensors shaped
+Each entry is compiled for sm_90a through infgen.kernels.toolchain (`compile_kernel`: the one
+compile-and-inspect module, shared with the native AOT build and the TensorRT plugin) from the same `Launch` the launcher would run (infgen.kernels.common.Launch), built on meta tensors shaped
 like the real call sites, with the signature and `tt.divisibility` 16 attributes Triton's JIT
 gives those arguments (`jit_signature`). The cubin is read back with the `cuobjdump` inside the
-triton wheel, and ptxas -v's log (each entry is compiled afresh, not from Triton's cache, to get
+triton wheel (toolchain.resource_usage, sass_ops), and ptxas -v's log (each entry is compiled afresh, not from Triton's cache, to get
 it): registers, stack, spill store/load bytes, shared memory against the 232,448 B an H100 block
 may use, HGMMA (wgmma) vs HMMA (mma.sync) vs neither (FMA dots), cp.async (LDGSTS) and TMA
 (UTMALDG/UBLKCP), and blocks per SM. A configuration that fails to compile or to fit is a row
@@ -17,8 +17,8 @@ every runtime and plugin entry compiles, fits, has no spill stores and (attentio
 and every sweep entry compiles and fits.
 
 Adding a kernel = adding `Entry` objects to `entries()`: an entry only needs a zero-argument
-`compile` callable returning Triton's compiled kernel (a `tl` kernel through `compile_launch`, a
-Gluon kernel through its own source type) or any object with `.asm["cubin"]` (bytes) and
+`compile` callable returning Triton's compiled kernel (a `tl` kernel through `compile_launch`, any
+kernel through toolchain.compile_kernel) or any object with `.asm["cubin"]` (bytes) and
 `.metadata.shared` / `.metadata.num_warps` / `.metadata.name`, e.g.
 `Entry("attn_d512", "mid-block attention", "64x512 w12", "bf16", ("runtime",),
 functools.partial(compile_d512, cfg, torch.bfloat16), expect_hgmma=True)`.
@@ -37,7 +37,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -48,9 +47,10 @@ from typing import Callable
 import torch
 
 from .attention import SWEEP_CONFIGS, attention_launch, pick_config, uses_kernel
-from .common import Launch, is_interpreted
+from .common import Launch
 from .inpe import inpe_launch
 from .roofline import H100, AttentionTiling, attention_roofline
+from .toolchain import compile_kernel, cuobjdump, refuse_interpreted, resource_usage, sass_ops, sm90_target
 
 # H100 SXM (sm_90): per-block and per-SM limits.
 SHARED_PER_BLOCK = 232_448     # bytes a block may use (227 KiB)
@@ -140,20 +140,9 @@ def jit_signature(launch: Launch) -> tuple[dict, dict, dict]:
 
 def compile_launch(launch: Launch):
     """Compile a Launch for sm_90a (H100) without a GPU; returns Triton's compiled kernel."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    if is_interpreted(launch.kernel):
-        raise RuntimeError("kernels were imported under TRITON_INTERPRET=1; the report compiles for the GPU: "
-                           "run it without TRITON_INTERPRET")
+    refuse_interpreted(launch.kernel)  # before jit_signature reads the JIT's parameters
     sig, consts, attrs = jit_signature(launch)
-    return triton.compile(ASTSource(launch.kernel, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
-                          options=launch.options())
-
-
-def _tool(name: str) -> str:
-    import triton
-    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+    return compile_kernel(launch.kernel, sig, consts, attrs, sm90_target(), launch.options())
 
 
 SASS_OPS = ("HGMMA", "HMMA", "LDGSTS", "UTMALDG", "UBLKCP", "UTMASTG", "STL", "LDL", "FFMA", "FMUL", "FADD", "MUFU")
@@ -163,22 +152,11 @@ def analyse(compiled, ptxas_log: str = "") -> dict:
     """Resource usage and instruction counts of a compiled kernel's cubin. ptxas_log: ptxas -v's
     output for it, when there is one (its spill bytes; else spills are counted as STL/LDL)."""
     md = compiled.metadata
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "k.cubin"
-        path.write_bytes(compiled.asm["cubin"])
-        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", str(path)],
-                               capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([_tool("cuobjdump"), "--dump-sass", str(path)],
-                              capture_output=True, text=True, check=True).stdout
-    res = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage))
-    ops = Counter()
-    for line in sass.splitlines():
-        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9]*)", line)
-        if m:
-            ops[m.group(1)] += 1
-    regs, warps = int(res.get("REG", 0)), int(md.num_warps)
-    shared = int(md.shared) + int(res.get("SHARED", 0))  # Triton's dynamic allocation + static
-    row = {"name": md.name, "regs": regs, "stack": int(res.get("STACK", 0)), "shared": shared,
+    res = resource_usage(compiled)
+    ops = sass_ops(cuobjdump(compiled, "--dump-sass"))
+    regs, warps = res["reg"], int(md.num_warps)
+    shared = int(md.shared) + res["shared"]  # Triton's dynamic allocation + static
+    row = {"name": md.name, "regs": regs, "stack": res["stack"], "shared": shared,
            "num_warps": warps, "stl": ops["STL"], "ldl": ops["LDL"],
            "hgmma": ops["HGMMA"], "hmma": ops["HMMA"], "cp_async": ops["LDGSTS"],
            "tma": ops["UTMALDG"] + ops["UBLKCP"] + ops["UTMASTG"],
@@ -512,8 +490,7 @@ def traffic_table(sizes=(1024, 2048, 4096), itemsize: int = 2) -> str:
 
 def _trt_entry(ptr_type, D, cfg):
     from infgen.kernels.attention_trt import compile_entry
-    from triton.backends.compiler import GPUTarget
-    return compile_entry(ptr_type, D, 1.0 / math.sqrt(D), GPUTarget("cuda", 90, 32), config=cfg)[0]
+    return compile_entry(ptr_type, D, 1.0 / math.sqrt(D), sm90_target(), config=cfg)[0]
 
 
 def trt_entries() -> list[Entry]:

@@ -12,8 +12,9 @@ Why `triton.compile` and not `python -m triton.tools.compile`: that tool execute
 standalone (kernels/*.py use package-relative imports, so it cannot), and its C template calls
 exit() on any CUDA error, links the driver directly and reads device 0's limits; here the launch
 code is native/infgen_kernels.c, which returns errors, loads the driver at run time and works on
-any device. The compile itself is the same call the tool makes: `triton.compile(ASTSource(fn,
-signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32), options)`, with `tt.divisibility`
+any device. The compile itself is the same call the tool makes, through the project's one
+compile-and-inspect module (infgen.kernels.toolchain.compile_kernel: `triton.compile(ASTSource(fn,
+signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32), options)`), with `tt.divisibility`
 16 on the arguments the C launcher guarantees to be multiples of 16 (it checks them).
 
 Scratch pointers: Triton >= 3.3 appends two parameters to every compiled kernel (global scratch,
@@ -32,13 +33,12 @@ import hashlib
 import inspect
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from infgen.kernels.toolchain import compile_kernel, ptx_param_count, resource_usage
 
 ARCH = 90                       # sm_90a (H100 / H200); Triton adds the "a" for capability >= 90
 DTYPES = {"bf16": 0, "fp16": 1}  # infgen_dtype in native/include/infgen_kernels.h
@@ -189,39 +189,13 @@ def kernel_source(v: Variant):
 
 
 # ----------------------------------------------------------------------------- compile one
-def _tool(name: str) -> str:
-    import triton
-    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
-
-
-def resource_usage(cubin: bytes) -> dict:
-    """REG / STACK / SHARED (static) of the cubin's one kernel, from cuobjdump."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "k.cubin"
-        path.write_bytes(cubin)
-        text = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", str(path)],
-                              capture_output=True, text=True, check=True).stdout
-    found = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
-    return {k.lower(): int(found[k]) for k in ("REG", "STACK", "SHARED", "LOCAL")}
-
-
-def ptx_param_count(ptx: str, name: str) -> int:
-    """Parameters of the .entry `name` in the PTX (the kernel's runtime args + Triton's scratch pointers)."""
-    m = re.search(rf"\.entry\s+{re.escape(name)}\s*\((.*?)\)", ptx, re.S)
-    if m is None:
-        raise RuntimeError(f"no .entry {name} in the PTX")
-    return len(re.findall(r"\.param\s", m.group(1)))
-
-
 def compile_variant(v: Variant) -> dict:
     """Compile one variant for sm_90a; returns its manifest row (with the cubin as bytes)."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     fn, signature, consts, attrs = kernel_source(v)
-    target = GPUTarget("cuda", ARCH, 32)
-    compiled = triton.compile(ASTSource(fn, signature, consts, attrs), target=target,
-                              options=dict(num_warps=v.num_warps, num_stages=v.num_stages))
+    compiled = compile_kernel(fn, signature, consts, attrs, GPUTarget("cuda", ARCH, 32),
+                              dict(num_warps=v.num_warps, num_stages=v.num_stages))
     md = compiled.metadata
     if getattr(md, "num_ctas", 1) != 1 or getattr(md, "launch_cooperative_grid", False):
         raise RuntimeError(f"{v.name}: needs a cluster or cooperative launch, which the C launcher does not do")

@@ -3,13 +3,14 @@ import os
 import pytest
 import torch
 
-from infgen.ref.config import preset
-from infgen.ref.model import InfGen
-
 # Without CUDA, the Triton kernels run in Triton's interpreter on CPU tensors. TRITON_INTERPRET is
-# read when @triton.jit decorates, so it must be set before any test imports `kernels`.
+# read when @triton.jit decorates (and when triton.language loads its standard library), so it must
+# be set before anything imports triton: before the infgen imports below.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from infgen.ref.config import preset  # noqa: E402 - after TRITON_INTERPRET
+from infgen.ref.model import InfGen  # noqa: E402
 
 # Two cores on CI: keep the tests from oversubscribing them.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

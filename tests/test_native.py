@@ -53,18 +53,6 @@ def test_kernel_source_names_an_argument_it_does_not_know(monkeypatch):
         aot.kernel_source(v)
 
 
-def test_ptx_param_count_counts_the_entry_parameters_only():
-    ptx = """.visible .entry k(
-    .param .u64 .ptr .global .align 1 k_param_0,
-    .param .u32 k_param_1,
-    .param .u64 .ptr .global .align 1 k_param_2
-)
-{ .param .b32 retval0; }"""
-    assert aot.ptx_param_count(ptx, "k") == 3
-    with pytest.raises(RuntimeError, match="no .entry other"):
-        aot.ptx_param_count(ptx, "other")
-
-
 def test_c_table_embeds_each_cubin_and_its_fields():
     row = {"name": "attention_d64_bf16", "symbol": "attn_fwd_kernel", "kind": "attention", "dtype": "bf16", "dim": 64,
            "tile": [128, 64], "num_warps": 4, "num_stages": 3, "flags": 0, "num_freqs": 0, "shared": 65536,

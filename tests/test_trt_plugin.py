@@ -114,7 +114,8 @@ def test_fp32_uses_exact_dots_unless_tf32_is_allowed():
 
 
 def test_drop_unused_params_refuses_a_kernel_that_reads_a_scratch_pointer():
-    from infgen.export.trt_plugin import drop_unused_params, ptx_param_count
+    from infgen.export.trt_plugin import drop_unused_params
+    from infgen.kernels.toolchain import ptx_param_count
     decl = ",\n".join(f"\t.param .u64 .ptr .global .align 1 k_param_{i}" for i in range(7))
     ptx = f".version 8.7\n.target sm_90a\n.visible .entry k(\n{decl}\n)\n{{\n\tld.param.b64 %rd1, [k_param_0];\n\tret;\n}}\n"
     out = drop_unused_params(ptx, "k")

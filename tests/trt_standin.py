@@ -323,6 +323,7 @@ def main(argv=None) -> int:
     from triton.backends.compiler import GPUTarget
 
     from infgen.export import trt_plugin
+    from infgen.kernels.toolchain import ptx_param_count
     from infgen.kernels import report
     dtype_names, head_dims, scale, allow_tf32, B, N = (argv or sys.argv[1:])
     install()
@@ -357,8 +358,8 @@ def main(argv=None) -> int:
                 "extra": [(evaluate(a.expr, env), a.dtype.name) for a in setter],
                 "scratch": [md.global_scratch_size, md.profile_scratch_size], "shared": md.shared,
                 "usage": {k: usage[k] for k in ("regs", "stack", "stl", "shared", "mma")},
-                "kernel": name, "ptx_params": trt_plugin.ptx_param_count(ptx, name),
-                "triton_ptx_params": trt_plugin.ptx_param_count(compiled["kernel"].asm["ptx"], name),
+                "kernel": name, "ptx_params": ptx_param_count(ptx, name),
+                "triton_ptx_params": ptx_param_count(compiled["kernel"].asm["ptx"], name),
                 "ttir": compiled["kernel"].asm["ttir"],
                 "sm_90a": ".target sm_90a" in ptx, "tf32": "tf32" in ptx, "mma": "mma" in ptx}))
     return 0
