@@ -52,6 +52,22 @@ def d512_module():
     return attention_d512
 
 
+def ablations(d512) -> dict:
+    """The kernel with one of its two products replaced (its `products` hook): `no_qk` scores every
+    key 0 (attention becomes the mean of V), `no_pv` keeps the accumulator (output 0). Loads,
+    softmax and barriers all still run, so each times the kernel as if that product were free."""
+    from triton.experimental import gluon
+
+    @gluon.jit
+    def zero_scores(q_smem, k_tile, s_zero):
+        return s_zero
+
+    @gluon.jit
+    def keep_acc(p, v_tile, acc):
+        return acc
+    return {"no_qk": (zero_scores, d512.pv_product), "no_pv": (d512.qk_product, keep_acc)}
+
+
 def bench(fn, flops: float) -> dict:
     import triton.testing
     med, p10, p90 = triton.testing.do_bench(fn, warmup=25, rep=200, quantiles=QUANTILES)
@@ -89,8 +105,8 @@ def case(n: int, sdpa: bool, d512=None, sweep: bool = True, device: str = "cuda"
         if sweep and ours is not None:
             row["sweep"] = [{"config": c.__dict__, **safe(lambda c=c: bench(lambda: attn(q, k, v, config=c), flops))}
                             for c in d512.SWEEP_CONFIGS]
-            for name, c in d512.ABLATIONS.items():
-                row[name] = safe(lambda c=c: bench(lambda: attn(q, k, v, config=c), flops))
+            for name, prods in ablations(d512).items():
+                row[name] = safe(lambda p=prods: bench(lambda: attn(q, k, v, products=p), flops))
         row["cluster"] = cluster_case(q, k, v, ours, flops)
 
     def versus(fn):  # bench fn, and its output's max |difference| to the d512 output when there is one

@@ -33,7 +33,7 @@ from infgen.kernels.groupnorm import group_norm_bytes, group_norm_silu  # noqa: 
 from infgen.kernels.inpe import inpe_embed, inpe_flops  # noqa: E402
 
 QUANTILES = [0.5, 0.1, 0.9]
-SWEEP = SWEEP_CONFIGS  # (BLOCK_M, BLOCK_N, warps, stages, kv_tma) by head dim; infgen.kernels.report checks each fits
+SWEEP = SWEEP_CONFIGS  # (BLOCK_M, BLOCK_N, warps, stages, kv_tma) by head dim; benchmarks/compile_report.py checks each fits
 
 
 DEV = "cuda"

@@ -11,8 +11,8 @@ Online softmax in fp32 with exp2: each score is multiplied by scale * log2(e) on
 at all when the caller pre-scales q: q_prescaled), then one exp2. All base offsets (batch, head,
 row block) are int64: Q/K/V/O may exceed 2^31 elements. Tensors are passed with all strides, so
 head-split views of (B, L, H*D) projections and a packed (B, L, 3C) QKV need no copies; K and V
-can instead come as TMA tensor descriptors (kv_tma: fewer registers on Hopper, infgen.kernels.report).
-The tiles the runtime picks are the ones infgen.kernels.report shows compiling for sm_90a without spills;
+can instead come as TMA tensor descriptors (kv_tma: fewer registers on Hopper, benchmarks/compile_report.py).
+The tiles the runtime picks are the ones benchmarks/compile_report.py shows compiling for sm_90a without spills;
 fp32 inputs on CUDA run torch SDPA instead (FP32_ON_CUDA).
 """
 from __future__ import annotations
@@ -148,7 +148,7 @@ def attn_fwd_kernel(
 
 
 # Tiles (BLOCK_M, BLOCK_N, num_warps, num_stages) by head-dim bucket, for CUDA with bf16/fp16
-# inputs, chosen from infgen.kernels.report (sm_90a, triton 3.6 and 3.9): each compiles without spills,
+# inputs, chosen from benchmarks/compile_report.py (sm_90a, triton 3.6 and 3.9): each compiles without spills,
 # fits in shared memory and uses HGMMA. The accumulator is BLOCK_M x BLOCK_D fp32 in registers: at
 # D = 512 a 64-row block is 128 registers per thread at 8 warps, which leaves room for 16-key
 # score tiles only (64 x 32 spills on triton 3.9). Speed is unmeasured: benchmarks/kernels.py sweeps.
@@ -162,7 +162,7 @@ CUDA_CONFIGS = {
 # loops that spill at every tile the report tried (and tf32x3 dots overflow shared memory at d 512).
 FP32_ON_CUDA = "torch SDPA"
 # What benchmarks/kernels.py sweeps (bf16) on a GPU, by head dim: (BLOCK_M, BLOCK_N, num_warps,
-# num_stages, kv_tma). infgen.kernels.report compiles each; tests/test_kernels_report.py keeps only ones
+# num_stages, kv_tma). benchmarks/compile_report.py compiles each; tests/test_kernels_report.py keeps only ones
 # that fit an H100.
 SWEEP_CONFIGS = {
     512: [(64, 16, 8, 3, False), (64, 16, 8, 3, True), (64, 16, 8, 2, False), (64, 32, 8, 2, False),
@@ -269,7 +269,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     projection's weights and bias), so the kernel computes softmax over q k^T / log2(e) with no
     multiply per score; `scale` must then be None.
     kv_tma: load K and V tiles through TMA tensor descriptors (Hopper; fewer registers, see
-    infgen.kernels.report); k and v must be 16-byte aligned with strides in multiples of 16 bytes.
+    benchmarks/compile_report.py); k and v must be 16-byte aligned with strides in multiples of 16 bytes.
     fp32 inputs on CUDA run torch SDPA (see FP32_ON_CUDA); fp32 in the interpreter runs the kernel."""
     _check(q, k, v)
     dev = check_device(attn_fwd_kernel, q, k, v, names=("q", "k", "v"))

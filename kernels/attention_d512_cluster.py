@@ -3,11 +3,11 @@
 The scores-once kernel (kernels/attention_d512.py) gives each 64-row query block its own CTA, and
 each CTA streams all of K and V through L2: 64 FLOP per L2 byte at bf16, an L2 bound near
 350 TFLOP/s on an H100 (kernels/roofline.py). Here two CTAs of one cluster take 128 query rows,
-64 each, with the same per-CTA work as that kernel (the same three partitions: warpgroup 0 scores
-and softmax and O[:, :256], warpgroup 1 O[:, 256:], one load warp), and every K and V tile leaves
+64 each, with the same per-CTA work as that kernel (its own consumer partitions, _softmax_partition
+and _pv_partition, on rows split over the pair; a load warp of the cluster's own), and every K and V tile leaves
 L2 once per cluster: the lead CTA's load warp issues one multicast TMA copy that lands in both
 CTAs' shared memory. 128 FLOP per L2 byte: the bound moves to the shared-memory port (~700
-TFLOP/s estimated; `python -m infgen.kernels.report` prints it beside the single-CTA kernel).
+TFLOP/s estimated; `python benchmarks/compile_report.py` prints it beside the single-CTA kernel).
 
 Synchronisation across the pair, in Gluon's multi-CTA model (triton >= 3.9, tutorial 14-multicta):
 - a slot's "free" barriers are cluster barriers (one per slot, in the lead CTA): each CTA's
@@ -30,15 +30,13 @@ benchmarks, never chosen by the backend.
 from __future__ import annotations
 
 import inspect
-import math
 
 import torch
 import triton
 
-from .attention_d512 import (BLOCK_M, DTYPES, HALF, HEAD_DIM, LOG2E, MAXNREG, NUM_WARPS, D512Config, _check,
-                             _gl_dtype, _publish_p, _softmax_step, _store_half, _tma_rows, gl, gluon,
-                             gluon_interpreted, GLUON_INTERPRETED, mbarrier, tma, warpgroup_mma)
-from .attention_d512 import TensorDescriptor
+from .attention_d512 import (BLOCK_M, DTYPES, GLUON_INTERPRETED, HALF, HEAD_DIM, MAXNREG, NUM_WARPS, D512Config,
+                             TensorDescriptor, _gl_dtype, _pv_partition, _softmax_partition, gl, gluon,
+                             gluon_interpreted, launch_per_head, mbarrier, prepare, pv_product, qk_product, tma)
 from .toolchain import compile_kernel, divisible_by_16
 
 CLUSTER = 2                      # CTAs per cluster: query rows per program = CLUSTER * BLOCK_M
@@ -71,83 +69,6 @@ def _cluster_load_partition(q_desc, k_desc, v_desc, bufs, bars, off_m, N):
         tma.async_load(v_desc, [start_n, 0], v0_ready.index(s), v0_smem.index(s), multicast=True)
         mbarrier.wait(v1_free.index(s), free_phase)
         tma.async_load(v_desc, [start_n, HALF_D], v1_ready.index(s), v1_smem.index(s), multicast=True)
-
-
-@gluon.jit
-def _cluster_softmax_partition(bufs, bars, o_ptr, stride_om, M, N, off_m, qk_scale, K_BYTES: gl.constexpr,
-                               V_BYTES: gl.constexpr, Q_PRESCALED: gl.constexpr, CGA: gl.constexpr):
-    """Warpgroup 0 of each CTA (its 64 rows): S = Q K^T, online softmax, P and alpha to warpgroup 1,
-    O[:, :256] += P V[:, :256]; arms the K and V[:, :256] ready barriers for their next tiles."""
-    q_smem, k_smem, v0_smem, v1_smem, p_smem, alpha_smem, l_smem = bufs
-    q_ready, k_ready, k_free, v0_ready, v0_free, v1_ready, v1_free, p_ready, p_free, l_ready = bars
-    BM: gl.constexpr = q_smem.shape[0]
-    STAGES: gl.constexpr = k_smem.shape[0]
-    BLOCK_N: gl.constexpr = k_smem.shape[1]
-    HALF_D: gl.constexpr = v0_smem.shape[2]
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16], cga_layout=CGA)
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HALF_D, 16], cga_layout=CGA)
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
-    l_i = gl.zeros([BM], gl.float32, gl.SliceLayout(1, s_layout))
-    acc = gl.zeros([BM, HALF_D], gl.float32, o_layout)
-    s_zero = gl.zeros([BM, BLOCK_N], gl.float32, s_layout)
-    n_tiles = gl.cdiv(N, BLOCK_N)
-
-    mbarrier.wait(q_ready, 0)
-    for j in range(n_tiles):
-        s_idx = j % STAGES
-        phase = (j // STAGES) & 1
-        again = j + STAGES < n_tiles
-        mbarrier.wait(k_ready.index(s_idx), phase)
-        mbarrier.expect(k_ready.index(s_idx), K_BYTES, pred=again)     # arm this slot's next K tile
-        s = warpgroup_mma(q_smem, k_smem.index(s_idx).permute((1, 0)), s_zero, use_acc=False)
-        mbarrier.arrive(k_free.index(s_idx))                            # to the lead CTA's cluster barrier
-        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, N - j * BLOCK_N, qk_scale, Q_PRESCALED, s_layout)
-        p = p.to(q_smem.dtype)
-        _publish_p(p, alpha, j, p_smem, alpha_smem, p_ready, p_free)
-        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-        mbarrier.wait(v0_ready.index(s_idx), phase)
-        mbarrier.expect(v0_ready.index(s_idx), V_BYTES, pred=again)
-        acc = warpgroup_mma(gl.convert_layout(p, p_layout), v0_smem.index(s_idx), acc)
-        mbarrier.arrive(v0_free.index(s_idx))
-
-    inv_l = 1.0 / l_i
-    l_smem.store(inv_l)
-    mbarrier.arrive(l_ready)
-    _store_half(acc, inv_l, o_ptr, stride_om, M, off_m, 0, o_layout)
-
-
-@gluon.jit
-def _cluster_pv_partition(bufs, bars, o_ptr, stride_om, M, N, off_m, V_BYTES: gl.constexpr, CGA: gl.constexpr):
-    """Warpgroup 1 of each CTA: O[:, 256:] from P and alpha in shared memory; arms the V[:, 256:]
-    ready barriers for their next tiles."""
-    q_smem, k_smem, v0_smem, v1_smem, p_smem, alpha_smem, l_smem = bufs
-    q_ready, k_ready, k_free, v0_ready, v0_free, v1_ready, v1_free, p_ready, p_free, l_ready = bars
-    BM: gl.constexpr = q_smem.shape[0]
-    STAGES: gl.constexpr = k_smem.shape[0]
-    BLOCK_N: gl.constexpr = k_smem.shape[1]
-    HALF_D: gl.constexpr = v1_smem.shape[2]
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HALF_D, 16], cga_layout=CGA)
-    row_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
-    acc = gl.zeros([BM, HALF_D], gl.float32, o_layout)
-    n_tiles = gl.cdiv(N, BLOCK_N)
-    for j in range(n_tiles):
-        buf = j % 2
-        mbarrier.wait(p_ready.index(buf), (j // 2) & 1)
-        alpha = alpha_smem.index(buf).load(row_layout)
-        acc = acc * alpha[:, None]
-        s_idx = j % STAGES
-        mbarrier.wait(v1_ready.index(s_idx), (j // STAGES) & 1)
-        mbarrier.expect(v1_ready.index(s_idx), V_BYTES, pred=j + STAGES < n_tiles)
-        acc = warpgroup_mma(p_smem.index(buf), v1_smem.index(s_idx), acc)
-        mbarrier.arrive(v1_free.index(s_idx))
-        mbarrier.arrive(p_free.index(buf))
-    mbarrier.wait(l_ready, 0)
-    inv_l = l_smem.load(row_layout)
-    _store_half(acc, inv_l, o_ptr, stride_om, M, off_m, HALF_D, o_layout)
 
 
 @gluon.jit
@@ -212,10 +133,10 @@ def attn_d512_cluster_kernel(
     bufs = (q_smem, k_smem, v0_smem, v1_smem, p_smem, alpha_smem, l_smem)
     bars = (q_ready, k_ready, k_free, v0_ready, v0_free, v1_ready, v1_free, p_ready, p_free, l_ready)
 
-    gl.warp_specialize([
-        (_cluster_softmax_partition, (bufs, bars, o_ptr, stride_om, M, N, off_m, qk_scale, K_BYTES, V_BYTES,
-                                      Q_PRESCALED, CGA)),
-        (_cluster_pv_partition, (bufs, bars, o_ptr, stride_om, M, N, off_m, V_BYTES, CGA)),
+    gl.warp_specialize([  # the single-CTA kernel's consumers, on split rows, arming their ready barriers
+        (_softmax_partition, (bufs, bars, o_ptr, stride_om, M, N, off_m, qk_scale, Q_PRESCALED, qk_product,
+                              pv_product, CGA, K_BYTES, V_BYTES)),
+        (_pv_partition, (bufs, bars, o_ptr, stride_om, M, N, off_m, pv_product, CGA, V_BYTES)),
         (_cluster_load_partition, (q_desc, k_desc, v_desc, bufs, bars, off_m, N)),
     ], [4, 1], [PV_REGS, 24])
 
@@ -236,8 +157,8 @@ def _layouts(config: D512Config, dtype: torch.dtype) -> dict:
 
 
 def _constexprs(config: D512Config, dtype: torch.dtype, q_prescaled: bool) -> dict:
-    if config.skip_qk or config.skip_pv or config.pipelined:
-        raise ValueError(f"the cluster kernel has no ablations or pipelined variant, got {config}")
+    if config.pipelined:
+        raise ValueError(f"the cluster kernel has no pipelined variant, got {config}")
     return {"Q_PRESCALED": bool(q_prescaled), "STAGES": config.stages, "P_LAYOUT": _layouts(config, dtype)["p"][1],
             "ROW_LAYOUT": gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0], cga_layout=[[1]]),
             "CGA": ROWS, "PV_REGS": config.pv_regs}
@@ -274,31 +195,10 @@ def flash_attention_d512_cluster(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     sm_90). Never run on a GPU yet: benchmarks select it; the backend does not."""
     if not HAS_MULTICAST:
         raise RuntimeError(NO_MULTICAST)
-    if q_prescaled and scale is not None:
-        raise ValueError(f"scale must be None when q_prescaled (q already carries the scale), got {scale!r}")
-    _check(q, k, v)
-    B, H, M, D = q.shape
-    N = k.shape[2]
-    if scale is None:
-        scale = 1.0 / math.sqrt(D)
-    if out is None:
-        out = torch.empty((B, M, H, D), device=q.device, dtype=q.dtype).transpose(1, 2)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
-        raise ValueError(f"out must be a {q.dtype} tensor of shape {tuple(q.shape)} on {q.device} with unit "
-                         f"last stride, got {out.dtype} {tuple(out.shape)} on {out.device}")
+    out, qk_scale = prepare(q, k, v, scale, out, q_prescaled)
     cfg = config or RUNTIME_CONFIG
-    lay = _layouts(cfg, q.dtype)
-    consts = _constexprs(cfg, q.dtype, q_prescaled)
-    qk_scale = 1.0 if q_prescaled else float(scale) * LOG2E
-    grid = (triton.cdiv(M, CLUSTER_M),)
-    with torch.cuda.device(q.device):
-        for b in range(B):
-            for h in range(H):
-                qd, kd, vd = (TensorDescriptor.from_tensor(_tma_rows(t[b, h]), *lay[n])
-                              for t, n in ((q, "q"), (k, "k"), (v, "v")))
-                o = out[b, h]
-                attn_d512_cluster_kernel[grid](qd, kd, vd, o, o.stride(0), M, N, qk_scale, **consts,
-                                               num_warps=NUM_WARPS, num_ctas=CLUSTER, maxnreg=MAXNREG)
+    launch_per_head(attn_d512_cluster_kernel, CLUSTER_M, _layouts(cfg, q.dtype), _constexprs(cfg, q.dtype, q_prescaled),
+                    q, k, v, out, qk_scale, num_warps=NUM_WARPS, num_ctas=CLUSTER, maxnreg=MAXNREG)
     return out
 
 

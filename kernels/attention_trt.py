@@ -1,6 +1,6 @@
 """The flash-attention kernel as TensorRT's AOT plugin launches it (export/trt_plugin.py,
 infgen::FlashAttention): one head, contiguous (B, N, D), the arguments TensorRT passes, tiles that
-fit TensorRT's launch. Here, below export/, so that the compile report (kernels/report.py) checks
+fit TensorRT's launch. Here, below export/, so that the compile report (benchmarks/compile_report.py) checks
 the very kernel the plugin hands TensorRT.
 
 Kernel arguments as TensorRT's AOT launcher passes them: input pointers (q, k, v), the extra
@@ -51,7 +51,7 @@ TRT_ARG_COUNT = 5
 TRT_SHARED_LIMIT = 49152
 # Tiles of the entry, [fp32][head-dim bucket] -> (BLOCK_M, BLOCK_N, num_warps, num_stages, q_reload):
 # each compiles for sm_90a without spills in at most TRT_SHARED_LIMIT bytes of shared memory,
-# triton 3.6 and 3.9 (infgen.kernels.report, "plugin" rows). bf16/fp16 up to 128 use wgmma; at
+# triton 3.6 and 3.9 (benchmarks/compile_report.py, "plugin" rows). bf16/fp16 up to 128 use wgmma; at
 # 256 and 512 the q tile alone would pass 48 KiB at wgmma's 64 rows, so these are mma.sync tiles
 # that load q again for every key tile (q_reload: held in registers, q spills at D = 512).
 # fp32 (exact FMA dots) stops at head dim 128: its q, k and v tiles at 256 already fill 48 KiB.

@@ -1,5 +1,5 @@
 """Shared launcher pieces for the Triton kernels: input validation, interpreter detection, and
-`Launch`, one kernel launch as data (what a launcher runs and what infgen.kernels.report compiles).
+`Launch`, one kernel launch as data (what a launcher runs and what benchmarks/compile_report.py compiles).
 
 Nothing here imports triton: the kernel files do, so `import infgen.kernels.common` stays cheap.
 """
@@ -53,7 +53,7 @@ def next_pow2(n: int) -> int:
 
 @dataclass
 class Launch:
-    """One kernel launch as data. The launchers build one and call it; infgen.kernels.report builds the
+    """One kernel launch as data. The launchers build one and call it; benchmarks/compile_report.py builds the
     same object from meta tensors shaped like the runtime's call sites and compiles it for sm_90a,
     so the report compiles exactly the arguments, constexprs and options the launcher uses."""
 

@@ -121,7 +121,7 @@ def inpe_launch(out, feat, w1, b1, w2, b2, add, gpu: bool) -> Launch:
     BLOCK_D = max(16, next_pow2(D))
     if not gpu:  # interpreter: few, large programs
         BLOCK_T, BLOCK_H, warps = 64, min(BLOCK_D, 64), 1
-    else:        # CUDA: infgen.kernels.report shows these compile without spills (fp32 dots are FMA, hence smaller)
+    else:        # CUDA: benchmarks/compile_report.py shows these compile without spills (fp32 dots are FMA, hence smaller)
         BLOCK_T, BLOCK_H, warps = 16, min(BLOCK_D, 16 if w1.dtype == torch.float32 else 32), 4
     return Launch(inpe_kernel, (triton.cdiv(T, BLOCK_T),),
                   dict(OUT=out, FEAT=feat, W1=w1, B1=b1, W2=w2, B2=b2, ADD=b2 if add is None else add,

@@ -1,6 +1,6 @@
 """Bytes per FLOP and the bound that follows, for a flash-attention tiling on an H100 (no GPU needed).
 
-The compile report (kernels/report.py) gives each attention row these numbers, so a design is
+The compile report (benchmarks/compile_report.py) gives each attention row these numbers, so a design is
 judged here before a GPU times it. Every figure below is an estimate from byte and FLOP counts;
 nothing in this module was measured.
 

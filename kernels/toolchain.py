@@ -1,7 +1,7 @@
 """Compile a Triton or Gluon kernel for a GPU target without a GPU, and read what the compile made.
 
 The one place the project turns a kernel into a cubin ahead of time and inspects it. Used by the
-compile report (kernels/report.py), the Gluon attention kernels' static checks
+compile report (benchmarks/compile_report.py), the Gluon attention kernels' static checks
 (kernels/attention_d512.py, kernels/attention_d512_cluster.py), the native AOT build
 (native/aot.py) and the TensorRT plugin's entry (kernels/attention_trt.py, export/trt_plugin.py).
 

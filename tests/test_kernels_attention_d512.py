@@ -18,7 +18,7 @@ import torch
 
 from infgen.kernels.attention import attention_ref, flash_attention
 from infgen.kernels.attention_d512 import (HEAD_DIM, PIPELINED_CONFIGS, RUNTIME_CONFIG, SHARED_LIMIT, SWEEP_CONFIGS,
-                                    D512Config, compile_d512, d512_applies, d512_unsupported_reason, flash_attention_d512,
+                                    compile_d512, d512_applies, d512_unsupported_reason, flash_attention_d512,
                                     gluon_interpreted, score_work)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,12 +261,15 @@ def test_cuda_layout_scale_packed_qkv_and_broadcast_batch():
 def test_cuda_ablations_compute_what_they_keep():
     """Without Q K^T the scores are zero, so attention is the mean of V; without P V the output is
     zero. Both run the rest of the pipeline (loads, softmax, barriers) and write every element."""
+    from infgen.kernels import attention_d512
+    from repo_scripts import load_script
+    ablations = load_script("benchmarks/attention_d512.py").ablations(attention_d512)
     torch.manual_seed(13)
     q, k, v = (torch.randn(1, 1, 300, HEAD_DIM, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    no_qk = flash_attention_d512(q, k, v, out=poisoned(1, 1, 300, q.dtype), config=D512Config(skip_qk=True))
+    no_qk = flash_attention_d512(q, k, v, out=poisoned(1, 1, 300, q.dtype), products=ablations["no_qk"])
     mean_v = v.double().mean(2, keepdim=True).expand_as(no_qk)
     assert (no_qk.double() - mean_v).abs().max().item() <= ATOL[q.dtype]
-    no_pv = flash_attention_d512(q, k, v, out=poisoned(1, 1, 300, q.dtype), config=D512Config(skip_pv=True))
+    no_pv = flash_attention_d512(q, k, v, out=poisoned(1, 1, 300, q.dtype), products=ablations["no_pv"])
     assert (no_pv == 0).all()
 
 

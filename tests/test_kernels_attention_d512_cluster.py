@@ -15,6 +15,7 @@ import torch
 from infgen.kernels import attention_d512_cluster as cl
 from infgen.kernels.attention_d512 import HALF, HEAD_DIM, SHARED_LIMIT, D512Config
 from infgen.kernels.roofline import attention_roofline
+from repo_scripts import load_script  # tests/repo_scripts.py
 
 ROOT = Path(__file__).resolve().parents[1]
 multicast = pytest.mark.skipif(not cl.HAS_MULTICAST, reason=cl.NO_MULTICAST)
@@ -63,7 +64,7 @@ def test_k_and_v_are_multicast_and_released_by_both_ctas(rows):
 
 
 def test_its_accounting_passes_600_tflops_and_doubles_the_l2_bound():
-    from infgen.kernels.report import d512_tiling
+    d512_tiling = load_script("benchmarks/compile_report.py").d512_tiling
     one = attention_roofline(d512_tiling(64), 65536)
     two = attention_roofline(d512_tiling(64, cluster=cl.CLUSTER), 65536)
     assert two["flop_per_l2_byte"] == pytest.approx(2 * one["flop_per_l2_byte"], rel=0.01)  # Q, O once
@@ -72,7 +73,7 @@ def test_its_accounting_passes_600_tflops_and_doubles_the_l2_bound():
 
 @multicast
 def test_the_compile_report_lists_it_beside_the_single_cta_kernel():
-    from infgen.kernels.report import d512_entries
+    d512_entries = load_script("benchmarks/compile_report.py").d512_entries
     entries = [e for e in d512_entries() if "option" in e.used_by]
     cluster = [e for e in entries if e.kernel == "attn_d512_cluster_kernel"]
     assert {e.dtype for e in cluster} == {"bf16", "fp16"}
@@ -97,8 +98,8 @@ def test_bad_inputs_and_configs_are_named():
     with pytest.raises(ValueError, match="head dim must be 512"):
         y = torch.zeros(1, 1, 8, 256, dtype=torch.bfloat16)
         cl.flash_attention_d512_cluster(y, y, y)
-    with pytest.raises(ValueError, match="no ablations"):
-        cl.compile_d512_cluster(D512Config(skip_pv=True))
+    with pytest.raises(ValueError, match="no pipelined variant"):
+        cl.compile_d512_cluster(D512Config(pipelined=True))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs a CUDA device"):
             cl.flash_attention_d512_cluster(x, x, x)

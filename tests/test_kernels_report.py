@@ -1,4 +1,4 @@
-"""The sm_90a compile report (infgen.kernels.report): its entries are every configuration the runtime
+"""The sm_90a compile report (benchmarks/compile_report.py): its entries are every configuration the runtime
 picks, at every dtype the engine accepts, and every sweep configuration, each held to what its use
 needs (check(): compiles, fits, no spill stores, HGMMA). Each entry is compiled once per CI run, by
 .ci/run's full `--check` run under triton 3.6.0; this file compiles a sample (one entry per kernel
@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from infgen.kernels import report
 from infgen.kernels.attention import CUDA_CONFIGS, SWEEP_CONFIGS, uses_kernel
 from infgen.kernels.attention_d512 import RUNTIME_CONFIGS as D512_RUNTIME, SWEEP_CONFIGS as D512_SWEEP
+from repo_scripts import load_script  # tests/repo_scripts.py
+
+report = load_script("benchmarks/compile_report.py")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +26,7 @@ def sample(entries: list[report.Entry]) -> list[report.Entry]:
     """What the suite compiles: the first bf16 entry of each kernel and use (runtime, sweep,
     plugin, option), and the tl.dot kernel's head-dim-512 runtime row (the d512 fallback, with its
     byte/FLOP accounting). Every entry is compiled and checked once per CI run, by .ci/run's full
-    `python -m infgen.kernels.report --check` under triton 3.6.0 (test_ci_compiles_and_checks_every_entry)."""
+    `python benchmarks/compile_report.py --check` under triton 3.6.0 (test_ci_compiles_and_checks_every_entry)."""
     picked = {}
     for e in entries:
         if e.dtype == "bf16" and set(e.used_by) <= set(report.DEFAULT_USED_BY):
@@ -37,7 +39,9 @@ def sample(entries: list[report.Entry]) -> list[report.Entry]:
 # Compiles the entries named in argv[1] in a subprocess (kernels imported without TRITON_INTERPRET), prints the rows.
 COMPILE = """
 import json, sys
-from infgen.kernels import report
+sys.path.insert(0, "tests")
+from repo_scripts import load_script
+report = load_script("benchmarks/compile_report.py")
 keys = {tuple(k) for k in json.loads(sys.argv[1])}
 print(json.dumps(report.run_all([e for e in report.entries() if (e.kernel, e.site, e.config, e.dtype) in keys], 2)))
 """
@@ -76,7 +80,7 @@ def test_ci_compiles_and_checks_every_entry():
     """.ci/run compiles every default entry once, under triton 3.6.0, with --check: the gate for
     each configuration (this suite compiles only the sample)."""
     ci = (ROOT / ".ci" / "run").read_text()
-    runs = [line for line in ci.splitlines() if "-m infgen.kernels.report" in line and not line.lstrip().startswith("#")]
+    runs = [line for line in ci.splitlines() if "benchmarks/compile_report.py" in line and not line.lstrip().startswith("#")]
     assert len(runs) == 1 and "--check" in runs[0], runs
     assert "--used-by" not in runs[0] and "--kernel" not in runs[0], runs  # the default entries, all of them
     assert "triton==3.6.0" in ci
@@ -239,6 +243,6 @@ def test_a_failing_entry_is_a_row_saying_why():
 
 def test_the_report_refuses_to_run_under_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "infgen.kernels.report", "--used-by", "option", "--out-dir", "unused"],
+    proc = subprocess.run([sys.executable, "benchmarks/compile_report.py", "--used-by", "option", "--out-dir", "unused"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "TRITON_INTERPRET is set" in proc.stderr

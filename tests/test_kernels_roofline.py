@@ -2,7 +2,9 @@
 Pure arithmetic: nothing compiles or runs."""
 import pytest
 
-from infgen.kernels import report
+from repo_scripts import load_script  # tests/repo_scripts.py
+
+report = load_script("benchmarks/compile_report.py")
 from infgen.kernels.roofline import H100, AttentionTiling, Hardware, attention_roofline, smem_bytes_per_tile
 
 M = 65_536

@@ -324,7 +324,8 @@ def main(argv=None) -> int:
 
     from infgen.export import trt_plugin
     from infgen.kernels.toolchain import ptx_param_count
-    from infgen.kernels import report
+    from repo_scripts import load_script  # tests/repo_scripts.py, beside this file
+    report = load_script("benchmarks/compile_report.py")
     dtype_names, head_dims, scale, allow_tf32, B, N = (argv or sys.argv[1:])
     install()
     import tensorrt as trt

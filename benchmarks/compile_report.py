@@ -1,8 +1,8 @@
 """The sm_90a compile report: every kernel configuration the runtime, the benchmark sweeps and the
 launch options can run, compiled for Hopper (H100) on a machine without a GPU.
 
-  python -m infgen.kernels.report [--out-dir DIR] [--jobs N] [--used-by runtime] [--check]
-  python -m infgen.kernels.report --compare A/compile_report.json B/compile_report.json   # side by side
+  python benchmarks/compile_report.py [--out-dir DIR] [--jobs N] [--used-by runtime] [--check]
+  python benchmarks/compile_report.py --compare A/compile_report.json B/compile_report.json   # side by side
 
 Each entry is compiled for sm_90a through infgen.kernels.toolchain (`compile_kernel`: the one
 compile-and-inspect module, shared with the native AOT build and the TensorRT plugin) from the same `Launch` the launcher would run (infgen.kernels.common.Launch), built on meta tensors shaped
@@ -43,14 +43,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 import torch
 
-from .attention import SWEEP_CONFIGS, attention_launch, pick_config, uses_kernel
-from .common import Launch
-from .inpe import inpe_launch
-from .roofline import H100, AttentionTiling, attention_roofline
-from .toolchain import compile_kernel, cuobjdump, refuse_interpreted, resource_usage, sass_ops, sm90_target
+from infgen.kernels.attention import SWEEP_CONFIGS, attention_launch, pick_config, uses_kernel
+from infgen.kernels.common import Launch
+from infgen.kernels.inpe import inpe_launch
+from infgen.kernels.roofline import H100, AttentionTiling, attention_roofline
+from infgen.kernels.toolchain import compile_kernel, cuobjdump, refuse_interpreted, resource_usage, sass_ops, sm90_target
 
 # H100 SXM (sm_90): per-block and per-SM limits.
 SHARED_PER_BLOCK = 232_448     # bytes a block may use (227 KiB)
@@ -188,7 +189,8 @@ def run_entry(e: Entry) -> dict:
     log = io.StringIO()
     try:
         # Compile afresh (not from Triton's cache) with ptxas -v's log printed, to read its spill counts.
-        with _env(TRITON_ALWAYS_COMPILE="1", TRITON_DUMP_PTXAS_LOG="1"), contextlib.redirect_stdout(log), \
+        with mock.patch.dict(os.environ, TRITON_ALWAYS_COMPILE="1", TRITON_DUMP_PTXAS_LOG="1"), \
+                contextlib.redirect_stdout(log), \
                 warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION.*")
             compiled = e.compile()
@@ -211,7 +213,7 @@ def roofline_row(tiling: AttentionTiling, compiled) -> dict:
     (`wgmma.wait_group N`: N > 0 lets that many wgmma groups run on while the warps go on)."""
     from dataclasses import replace
 
-    from .attention_d512 import score_work
+    from infgen.kernels.attention_d512 import score_work
     ptx = compiled.asm.get("ptx", "")
     if isinstance(ptx, bytes):
         ptx = ptx.decode()
@@ -225,20 +227,6 @@ def roofline_row(tiling: AttentionTiling, compiled) -> dict:
                          "smem_bytes_per_flop": r["smem_bytes_per_flop"], "flop_per_hbm_byte": r["flop_per_hbm_byte"],
                          "tflops_by": r["tflops_by"], "bound_tflops": r["bound_tflops"], "limit": r["limit"]},
             "wgmma_waits": {str(k): v for k, v in sorted(waits.items())}}
-
-
-@contextlib.contextmanager
-def _env(**values):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # ----------------------------------------------------------------------------- the entries
@@ -326,7 +314,7 @@ GN_NO_SILU = (512, 64)  # the mid-block attention's norm (paper, tiny)
 
 
 def _groupnorm(kind, dt, C, silu=True):
-    from .groupnorm import _tiles, gn_apply_launch, gn_stats_launch
+    from infgen.kernels.groupnorm import _tiles, gn_apply_launch, gn_stats_launch
     B, H, W = 1, 270, 480  # the paper preset's first up block at 1920x1080 (its size does not change the code)
     x = meta(B, H * W, C, dtype=dt)  # the (B, P, C) order of a channels-last (B, C, H, W)
     tiles = _tiles(H * W, C, B, CUDA)
@@ -339,7 +327,7 @@ def _groupnorm(kind, dt, C, silu=True):
 def groupnorm_entries() -> list[Entry]:
     from functools import partial
 
-    from .groupnorm import _tiles
+    from infgen.kernels.groupnorm import _tiles
     out = []
     for C, label in GN_CHANNELS.items():
         BP, BC, _ = _tiles(270 * 480, C, 1, CUDA)
@@ -354,7 +342,7 @@ def groupnorm_entries() -> list[Entry]:
 
 
 def _add_stats(dt, C, residual):
-    from .groupnorm import _tiles, add_stats_launch
+    from infgen.kernels.groupnorm import _tiles, add_stats_launch
     B, H, W = 1, 270, 480  # as _groupnorm
     x = meta(B, H * W, C, dtype=dt)
     return compile_launch(add_stats_launch(x, torch.empty_like(x) if residual else None, torch.empty_like(x),
@@ -366,7 +354,7 @@ def add_stats_entries() -> list[Entry]:
     store, each taking the next GroupNorm's statistics; the paper preset's up-block widths."""
     from functools import partial
 
-    from .groupnorm import _tiles
+    from infgen.kernels.groupnorm import _tiles
     out = []
     for C in (512, 256, 128):
         BP, BC, _ = _tiles(270 * 480, C, 1, CUDA)
@@ -429,9 +417,9 @@ def d512_entries() -> list[Entry]:
     where this triton has Gluon's multicast TMA (>= 3.9) the 2-CTA cluster kernel
     (kernels/attention_d512_cluster.py: selectable, never run)."""
     from functools import partial
-    from .attention_d512 import (DTYPES as D512_DTYPES, PIPELINED_CONFIGS, RUNTIME_CONFIGS as D512_RUNTIME,
+    from infgen.kernels.attention_d512 import (DTYPES as D512_DTYPES, PIPELINED_CONFIGS, RUNTIME_CONFIGS as D512_RUNTIME,
                                  SWEEP_CONFIGS as D512_SWEEP, compile_d512)
-    from .attention_d512_cluster import HAS_MULTICAST, RUNTIME_CONFIG as CLUSTER_CONFIG, compile_d512_cluster
+    from infgen.kernels.attention_d512_cluster import HAS_MULTICAST, RUNTIME_CONFIG as CLUSTER_CONFIG, compile_d512_cluster
     out = []
     for dt in D512_DTYPES:
         name = {v: k for k, v in DTYPES.items()}[dt]
@@ -662,8 +650,8 @@ def compare(reports: list[dict], used_by=("runtime", "plugin")) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m infgen.kernels.report", description=__doc__.split("\n\n")[0])
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python benchmarks/compile_report.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out-dir", dest="out", default="compile_report", help="directory for compile_report.json and .md")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles (default: CPU count)")
     p.add_argument("--used-by", choices=USED_BY, action="append",
@@ -672,6 +660,11 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 when check() finds a problem")
     p.add_argument("--compare", nargs="+", metavar="JSON",
                    help="compile nothing: print the runtime/plugin rows of these reports side by side")
+    return p
+
+
+def main(argv=None) -> int:
+    p = parser()
     a = p.parse_args(argv)
     if a.compare:
         print(compare([json.loads(Path(f).read_text()) for f in a.compare]))
