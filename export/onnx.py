@@ -397,7 +397,7 @@ RANDOM_WEIGHTS_WARNING = ("warning: exporting RANDOM weights (--preset {name}): 
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    from infgen.ref.options import add_model_options
+    from infgen.cli import add_model_options
     add_model_options(ap, device=False, dtype_default="fp32", preset_default="paper")  # infgen_ref/options.py
     ap.add_argument("--flavour", choices=FLAVOURS, default="onnxruntime")
     ap.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset; only {OPSET} (the spec's) is supported")
@@ -408,14 +408,14 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from infgen.ref.options import tool_parser
+    from infgen.cli import tool_parser
     return tool_parser("python -m infgen.export.onnx", __doc__.split("\n")[0], add_arguments)
 
 
 def main(argv=None) -> int:
     """python -m infgen.export.onnx: user errors (bad opset, output path, checkpoint) are one `error:` line
     and exit status 2, found before the export starts."""
-    from infgen.ref.options import guarded
+    from infgen.cli import guarded
     return guarded(_main, build_parser().parse_args(argv))
 
 
@@ -445,7 +445,7 @@ class StageBar:
 
 
 def _main(args) -> int:
-    from infgen.ref.options import check_out_file
+    from infgen.ref.checks import check_out_file
     check_opset(args.opset)
     name = Path(args.checkpoint).name if args.checkpoint else args.preset
     out = Path(args.out or f"infgen_{name}_{args.dtype}{'_trt' if args.flavour == 'tensorrt' else ''}.onnx")

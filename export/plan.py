@@ -1,11 +1,11 @@
 """TensorRT build plan: optimisation profiles over the token grid, profile selection, shape
 binding, engine cache keys. Everything here runs without TensorRT; only `largest_tensor` needs
-the model (a meta-device walk: shapes only, no memory, no GPU).
+the model (the decode run on the meta device, infgen_ref/walk.py: shapes only, no memory, no GPU).
 
 Profiles split the grid's LONG side L = max(H', W') into intervals (lo_i, hi_i]: each listed
 opt size closes an interval at its own long side, and a last interval reaches the maximum.
 An interval's box is (g_min, g_min) .. (hi, hi) when the decode's largest tensor at that box
-and the plan's max batch fits TensorRT's limit (2^31 - 1 elements, export/spec.py); otherwise
+and the plan's max batch fits TensorRT's limit (MAX_TENSOR_ELEMENTS); otherwise
 it gets two boxes, landscape (s, hi) and portrait (hi, s), s the largest short side that fits;
 an interval where no short side >= g_min fits gets none. The runtime picks the first profile
 whose interval holds L and whose box holds (H', W'); sizes no profile holds are reported
@@ -23,7 +23,14 @@ import math
 import shlex
 from dataclasses import asdict, dataclass, field
 
-from infgen.export.spec import DEFAULT_OPT_SIZES, MAX_TENSOR_ELEMENTS
+from infgen.ref.decode import TORCH_OPS
+from infgen.ref.walk import ConfigKey, run
+
+# Common output sizes (h, w) in pixels to tune for: 1024^2, 1920x1080, 2048^2, 3840x2160, 4096^2.
+DEFAULT_OPT_SIZES = ((1024, 1024), (1080, 1920), (2048, 2048), (2160, 3840), (4096, 4096))
+# TensorRT's convolution and normalisation layers index with int32: no tensor may hold 2^31 or
+# more elements (TensorRT issues 4123, 4408, 1948). Every profile's largest tensor stays below.
+MAX_TENSOR_ELEMENTS = 2**31 - 1
 
 __all__ = ["DEFAULT_OPT_SIZES", "Plan", "Profile", "make_plan", "pick_profile", "covers", "bind_shapes",
            "largest_tensor", "cache_key", "validate_cached", "trtexec_command", "polygraphy_command"]
@@ -112,43 +119,17 @@ def _positive_int(name, v) -> int:
 
 
 # ----------------------------------------------------------------------------- tensor volume
-@functools.lru_cache(maxsize=4)
-def _meta_decode(config_json: str):
-    """The TensorRT-flavour export module of a config on the meta device, with a hook per Conv2d
-    and GroupNorm recording the largest input/output numel into the returned dict."""
-    import torch
-
-    from infgen.export.onnx import ExportDecode
-    from infgen.ref.config import InfGenConfig
-    from infgen.ref.model import InfGen
-    with torch.device("meta"):
-        model = InfGen(InfGenConfig.from_json(config_json)).eval()
-    sizes: dict = {}
-
-    def hook(name):
-        def record(mod, inputs, output):
-            n = max([x.numel() for x in inputs if torch.is_tensor(x)] + [output.numel()])
-            sizes[name] = max(sizes.get(name, 0), n)
-        return record
-
-    for name, mod in model.named_modules():
-        if isinstance(mod, (torch.nn.Conv2d, torch.nn.GroupNorm)):
-            mod.register_forward_hook(hook(name))
-    return ExportDecode(model, "tensorrt"), sizes
-
-
 def largest_tensor(cfg, batch: int, Hp: int, Wp: int, latent_side: int = 128) -> tuple[int, str]:
-    """(elements, module name) of the largest input or output of any Conv2d/GroupNorm of the
-    TensorRT-flavour decode of latent (batch, C, latent_side, latent_side) on grid (Hp, Wp): a
-    walk of the real modules on the meta device (shapes only)."""
-    import torch
-    module, sizes = _meta_decode(cfg.to_json())
-    sizes.clear()
-    with torch.no_grad():
-        module(torch.empty(batch, cfg.latent_channels, latent_side, latent_side, device="meta"),
-               torch.empty(Hp, Wp, device="meta"))
-    name = max(sizes, key=sizes.get)
-    return sizes[name], name
+    """(elements, module name) of the largest input or output of any Conv2d/GroupNorm of the decode
+    of latent (batch, C, latent_side, latent_side) on grid (Hp, Wp): decode_grid run on the meta
+    device (infgen_ref/walk.py, shapes only). The TensorRT flavour's op table differs from the
+    reference ops in the mid-block attention only, so these are its convs' and norms' tensors."""
+    return _largest_tensor(ConfigKey(cfg), batch, Hp, Wp, latent_side)
+
+
+@functools.lru_cache(maxsize=256)
+def _largest_tensor(key: ConfigKey, batch: int, Hp: int, Wp: int, latent_side: int) -> tuple[int, str]:
+    return run(key.cfg, Hp, Wp, TORCH_OPS, (latent_side, latent_side), batch).largest
 
 
 # ----------------------------------------------------------------------------- plan

@@ -269,7 +269,7 @@ def engine_for(model, dtype, plan=None, engine_dir: str | Path = "engines", *, o
 
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    from infgen.ref.options import SIZE_METAVAR, add_model_options, size_type
+    from infgen.cli import SIZE_METAVAR, add_model_options, size_type
     add_model_options(ap, device=False, dtype_default="bf16", preset_default="paper")  # infgen_ref/options.py
     ap.add_argument("--min-res", type=int, default=DEFAULT_MIN_RES, help="smallest output side (pixels)")
     ap.add_argument("--max-res", type=int, default=None, help="largest output side (pixels; default 4096, or the model's max_size if smaller)")
@@ -292,12 +292,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from infgen.ref.options import tool_parser
+    from infgen.cli import tool_parser
     return tool_parser("python -m infgen.export.trt", "Build TensorRT engines for InfGen.", add_arguments)
 
 
 def main(argv=None) -> int:
-    from infgen.ref.options import guarded
+    from infgen.cli import guarded
     return guarded(_main, build_parser().parse_args(argv), errors=(TensorRTMissing, EngineUnbuildable))
 
 
@@ -315,7 +315,7 @@ def _main(args) -> int:
     directory and checkpoint are checked before any work. A dry run writes nothing (--write-plan:
     the plan); a build checks for TensorRT before it writes anything."""
     from infgen.ref.config import preset
-    from infgen.ref.options import check_out_dir
+    from infgen.ref.checks import check_out_dir
     check_out_dir(args.engine_dir, "--engine-dir")
     if args.onnx is not None and not Path(args.onnx).is_file():
         raise FileNotFoundError(f"--onnx: no such file {args.onnx!r}")

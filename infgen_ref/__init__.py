@@ -1,4 +1,4 @@
-"""InfGen's reference definition: config, model, INPE, weights, cost model, offline photos."""
+"""InfGen's reference definition: config, model, INPE, weights, cost model, memory model, value checks."""
 from pathlib import Path
 
 # The bundled demo checkpoint (config.json + model.safetensors) and its held-out photo coffee.jpg:

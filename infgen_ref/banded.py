@@ -231,6 +231,7 @@ def conv2d_banded(conv: nn.Conv2d, x, band_rows: int, compute: torch.device,
         a, b = max(0, r0 - p), min(H, r1 + p)
         y = F.conv2d(rows_of(x, a, b, compute), conv.weight, conv.bias, padding=conv.padding)  # (B, Cout, b-a, W)
         (write or write_rows)(out, r0, y[:, :, r0 - a: r1 - a])
+        del y  # before the next band's conv allocates its own: one band's output alive at a time
         if on_band is not None:
             on_band()
     return out

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .walk import meta_model
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -44,8 +46,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 # Limits on what a config may describe (ValueError past them). A config is a few hundred bytes;
-# the paper preset has 84 M parameters; MAX_PARAMS is 2 G (8 GB in fp32), checked from the config
-# alone before any module is built.
+# the paper preset has 112 M parameters; MAX_PARAMS is 2 G (8 GB in fp32), checked on the model
+# built on the meta device (param_count: shapes only) before any module with weights is built.
 MAX_PARAMS = 2_000_000_000
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_SIDE = 32768                     # the largest max_size a config may set
@@ -77,39 +79,10 @@ def _real(name: str, v) -> float:
     return v
 
 
-def _conv(cin: int, cout: int, k: int) -> int:
-    return cin * cout * k * k + cout
-
-
-def _resnet(cin: int, cout: int) -> int:
-    return 2 * cin + _conv(cin, cout, 3) + 2 * cout + _conv(cout, cout, 3) + (_conv(cin, cout, 1) if cin != cout else 0)
-
-
-def _mid(c: int) -> int:
-    return 2 * _resnet(c, c) + 2 * c + 4 * (c * c + c)  # 2 resnets + attention (group norm, q, k, v, out)
-
-
 def param_count(cfg: "InfGenConfig") -> int:
-    """Parameters of InfGen(cfg), encoder included, computed from the config alone (no module built)."""
-    ch, L, C, d = cfg.block_out_channels, cfg.layers_per_block, cfg.latent_channels, cfg.token_dim
-    n = len(ch)
-    enc = _conv(cfg.in_channels, ch[0], 3)
-    for i in range(n):
-        cin, cout = ch[max(i - 1, 0)], ch[i]
-        enc += _resnet(cin, cout) + (L - 1) * _resnet(cout, cout) + (_conv(cout, cout, 3) if i < n - 1 else 0)
-    enc += _mid(ch[-1]) + 2 * ch[-1] + _conv(ch[-1], 2 * C, 3)
-    quant = _conv(2 * C, 2 * C, 1) + _conv(C, C, 1)
-    m = cfg.mlp_dim
-    block = 3 * 2 * d + 4 * (d * d + d) + (d * m + m) + (m * d + d)
-    inpe = (2 * cfg.inpe_fourier_dim * d + d) + (d * d + d)
-    dec = _conv(C, ch[-1], 3) + _conv(ch[-1], d, 3) + 2 * inpe + d + cfg.num_blocks * block + 2 * d
-    dec += _mid(ch[-1])
-    rev = list(reversed(ch))
-    for i in range(n):
-        cin, cout = rev[max(i - 1, 0)], rev[i]
-        dec += _resnet(cin, cout) + L * _resnet(cout, cout) + (_conv(cout, cout, 3) if i < n - 1 else 0)
-    dec += 2 * ch[0] + _conv(ch[0], cfg.in_channels, 3)
-    return enc + quant + dec
+    """Parameters of InfGen(cfg), encoder included: counted on the model built on the meta device
+    (shapes only, no memory: infgen_ref/walk.py), so before any module with weights exists."""
+    return sum(p.numel() for p in meta_model(cfg).parameters())
 
 
 def _no_duplicates(pairs: list) -> dict:

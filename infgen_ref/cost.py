@@ -1,56 +1,64 @@
 """Cost model: FLOPs per decode stage (2 per multiply-add), as torch's FlopCounterMode counts them
-(convolutions, matrix products, attention; norms and element-wise ops are not counted), and the
-bytes the triton backend's up blocks move outside the convs (up_block_traffic)."""
+(convolutions, matrix products, attention; norms and element-wise ops are not counted), read from
+the decode itself run on the meta device (infgen_ref/walk.py), and the bytes the triton backend's
+up blocks move outside the convs (up_block_traffic)."""
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
 
 from .banded import MAX_CONV_ELEMS
 from .config import InfGenConfig
+from .decode import TORCH_OPS, up_blocks
+from .walk import ConfigKey, meta_model, run
 
 H100_BF16_FLOPS = 790e12  # a bf16 matrix product measured on the lent H100 (docs/design.md)
 STAGES = ("tokens", "cross_attn", "mid_block", "up_blocks")
 
 
-def _conv(cin: int, cout: int, k: int, h: int, w: int) -> float:
-    return 2.0 * cin * cout * k * k * h * w
+def stage_of(module: str) -> str:
+    """The cost stage (STAGES) of a module of the decode, by name ("" before the first: tokens)."""
+    if module.startswith("decoder.blocks."):
+        return "cross_attn"
+    if module.startswith("decoder.mid_block."):
+        return "mid_block"
+    if module.startswith(("decoder.up_blocks.", "decoder.conv_norm_out", "decoder.conv_out")):
+        return "up_blocks"
+    return "tokens"
 
 
-def _resnet(cin: int, cout: int, h: int, w: int) -> float:
-    f = _conv(cin, cout, 3, h, w) + _conv(cout, cout, 3, h, w)
-    return f + (_conv(cin, cout, 1, h, w) if cin != cout else 0.0)
+def _positive(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    return v
 
 
 def decode_flops(cfg: InfGenConfig, h: int, w: int, latent_hw: tuple[int, int] | None = None,
-                 batch: int = 1) -> dict[str, float]:
-    """FLOPs of one decode to (h, w), per stage (keys: STAGES) plus "total".
+                 batch: int = 1) -> dict[str, int]:
+    """FLOPs of one decode of `batch` latents (B, C, *latent_hw) to (h, w), per stage (keys: STAGES)
+    plus "total": FlopCounterMode over decode_grid with the reference ops, on the meta device.
 
-    tokens: post_quant_conv, conv_in, conv_tokens, INPE (Fourier projection and MLPs); cross_attn: the N blocks;
-    mid_block: 2 resnets + the one-head attention; up_blocks: up blocks and conv_out."""
+    tokens: post_quant_conv, conv_in, conv_tokens, both INPEs; cross_attn: the N blocks (with
+    blocks[0]'s query projection of the mask tokens); mid_block: 2 resnets + the one-head
+    attention; up_blocks: up blocks and conv_out. The two INPEs and the first block's queries of
+    the mask tokens depend on the sizes only: counted once per decode, whatever the batch."""
+    for name, v in (("height", h), ("width", w), ("batch", batch)):
+        _positive(name, v)
     hl, wl = latent_hw or (cfg.latent_size, cfg.latent_size)
-    Hp, Wp = math.ceil(h / cfg.upscale), math.ceil(w / cfg.upscale)
-    d, C, F2 = cfg.token_dim, cfg.latent_channels, 2 * cfg.inpe_fourier_dim
-    T, N = hl * wl, Hp * Wp
-    ch = list(reversed(cfg.block_out_channels))
-    lin = lambda n, i, o: 2.0 * n * i * o  # noqa: E731
-    tokens = (_conv(C, C, 1, hl, wl) + _conv(C, ch[0], 3, hl, wl) + _conv(ch[0], d, 3, hl, wl)
-              + lin(T + N, 3, F2 // 2)  # INPE: sphere points times the Fourier matrix B
-              + lin(T, F2, d) + lin(T, d, d) + lin(N, F2, d) + lin(N, d, d))
-    block = (2 * lin(N, d, d) + 2 * lin(T, d, d) + 4.0 * N * T * d
-             + lin(N, d, cfg.mlp_dim) + lin(N, cfg.mlp_dim, d))
-    cross = cfg.num_blocks * block
-    mid = 2 * _resnet(ch[0], ch[0], Hp, Wp) + 4 * lin(N, ch[0], ch[0]) + 4.0 * N * N * ch[0]
-    up, hh, ww, cin = 0.0, Hp, Wp, ch[0]
-    for i, cout in enumerate(ch):
-        for j in range(cfg.layers_per_block + 1):
-            up += _resnet(cin if j == 0 else cout, cout, hh, ww)
-        cin = cout
-        if i < len(ch) - 1:
-            hh, ww = 2 * hh, 2 * ww
-            up += _conv(cout, cout, 3, hh, ww)
-    up += _conv(ch[-1], cfg.in_channels, 3, hh, ww)
-    out = {"tokens": tokens, "cross_attn": cross, "mid_block": mid, "up_blocks": up}
-    out = {k: v * batch for k, v in out.items()}
+    latent = (_positive("latent height", hl), _positive("latent width", wl))
+    return dict(_decode_flops(ConfigKey(cfg), math.ceil(h / cfg.upscale), math.ceil(w / cfg.upscale), latent, batch))
+
+
+@functools.lru_cache(maxsize=64)
+def _decode_flops(key: ConfigKey, Hp: int, Wp: int, latent_hw: tuple[int, int], batch: int) -> dict[str, int]:
+    flops = run(key.cfg, Hp, Wp, TORCH_OPS, latent_hw, batch, count_flops=True).flops
+    out = dict.fromkeys(STAGES, 0)
+    for module, n in flops.items():
+        out[stage_of(module)] += n
     out["total"] = sum(out.values())
     return out
 
@@ -68,7 +76,8 @@ def up_block_traffic(cfg: InfGenConfig, h: int, w: int, batch: int = 1, itemsize
                      fused: bool = True, max_elems: int = MAX_CONV_ELEMS) -> dict[str, int]:
     """Bytes the triton backend's up_blocks stage (up blocks, conv_norm_out) moves in DRAM outside
     the convs, per kind (keys: TRAFFIC) plus "total"; each read or write of an activation counted
-    once (no cache reuse, which at these sizes there is none of between passes).
+    once (no cache reuse, which at these sizes there is none of between passes). Counted by an op
+    table over decode.py's up_blocks, run on the meta device:
 
     gn_stats      the GroupNorm statistics pass: reads its input
     gn_apply      GroupNorm apply + SiLU (one fused pass): reads the input, writes the output
@@ -81,43 +90,42 @@ def up_block_traffic(cfg: InfGenConfig, h: int, w: int, batch: int = 1, itemsize
     (the backend now): a residual add and a band copy take the GroupNorm statistics of what they
     write, so a GroupNorm reading a resnet's output or a banded conv's output has no stats pass
     (the mid block's last resnet feeds the first up block's norm1 with its statistics too)."""
-    e, B = itemsize, batch
-    Hp, Wp = math.ceil(h / cfg.upscale), math.ceil(w / cfg.upscale)
+    for name, v in (("height", h), ("width", w), ("batch", batch), ("itemsize", itemsize), ("max_elems", max_elems)):
+        _positive(name, v)
     t = dict.fromkeys(TRAFFIC, 0)
 
-    def size(C, H, W):
-        return B * C * H * W * e
+    def size(x) -> int:
+        return x.numel() * itemsize
 
-    def norm(C, H, W, known):  # GroupNorm+SiLU of x whose statistics are known (carried) or not
-        if not (fused and known):
-            t["gn_stats"] += size(C, H, W)
-        t["gn_apply"] += 2 * size(C, H, W)
+    def group_norm(norm, x, silu):
+        if not (fused and getattr(x, "_stats_known", False)):
+            t["gn_stats"] += size(x)
+        t["gn_apply"] += 2 * size(x)
+        return torch.empty_like(x)
 
-    def conv(Cin, Cout, H, W):  # -> whether its output carries statistics (a banded conv's copy took them)
-        if B * max(Cin, Cout) * H * W > max_elems:
-            t["band_copy"] += 2 * size(Cout, H, W)
-            return True
-        return False
+    def conv2d(conv, x):
+        y = conv(x)
+        if max(x.numel(), y.numel()) > max_elems:
+            t["band_copy"] += 2 * size(y)
+            y._stats_known = True  # the band copy took them
+        return y
 
-    def resnet(Cin, Cout, H, W, known):
-        norm(Cin, H, W, known)
-        norm(Cout, H, W, conv(Cin, Cout, H, W))
-        conv(Cout, Cout, H, W)
-        if Cin != Cout:
-            conv(Cin, Cout, H, W)  # the 1x1 shortcut
-        t["residual_add"] += 3 * size(Cout, H, W)
+    def upsample2x(x):
+        y = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        t["upsample"] += size(x) + size(y)
+        return y
 
-    ch = list(reversed(cfg.block_out_channels))
-    C, H, W, known = ch[0], Hp, Wp, True  # the mid block's last resnet (a residual add) feeds the first norm1
-    for i, cout in enumerate(ch):
-        for _ in range(cfg.layers_per_block + 1):
-            resnet(C, cout, H, W, known)
-            C, known = cout, True
-        if i < len(ch) - 1:
-            t["upsample"] += size(C, H, W) + 4 * size(C, H, W)
-            H, W = 2 * H, 2 * W
-            known = conv(C, C, H, W)
-    norm(C, H, W, known)  # conv_norm_out
-    conv(C, cfg.in_channels, H, W)  # conv_out
+    def residual_add(h, x):
+        t["residual_add"] += 3 * size(h)
+        h = h.add_(x)
+        h._stats_known = True
+        return h
+
+    ops = replace(TORCH_OPS, conv2d=conv2d, group_norm=group_norm, upsample2x=upsample2x, residual_add=residual_add)
+    x = torch.empty(batch, cfg.block_out_channels[-1], math.ceil(h / cfg.upscale), math.ceil(w / cfg.upscale),
+                    device="meta")
+    x._stats_known = True  # the mid block's last resnet (a residual add) feeds the first norm1
+    with torch.no_grad():
+        up_blocks(ops, meta_model(cfg), x)
     t["total"] = sum(t.values())
     return t

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,9 +17,12 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import decode as decoding
-from .config import InfGenConfig
+from .arrays import check_floating_array
 from .inpe import INPE
 from .layers import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D
+
+if TYPE_CHECKING:  # annotations only: config.py builds this model (on the meta device) to count its parameters
+    from .config import InfGenConfig
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -63,10 +67,10 @@ def check_floating(x, what: str = "latent"):
     """The one dtype rule for latents at every door (check_latent for the API and `decode`, the
     `client` CLI and InfGenClient before sending): a torch tensor or numpy array of a floating
     dtype is returned unchanged; integer, bool, complex and object dtypes are a TypeError naming
-    the dtype (never cast: an integer latent is not a diffusion latent)."""
+    the dtype (never cast: an integer latent is not a diffusion latent). The numpy half is
+    infgen.ref.arrays.check_floating_array, which the torch-free client imports."""
     if isinstance(x, np.ndarray):
-        if x.dtype.kind != "f":
-            raise TypeError(f"{what} must be a floating array, got numpy dtype {x.dtype}")
+        check_floating_array(x, what)
     elif isinstance(x, torch.Tensor):
         if not x.is_floating_point():
             raise TypeError(f"{what} must be a floating tensor, got dtype {x.dtype}")

@@ -50,7 +50,7 @@ SHARED_LIMIT = 232_448          # bytes of shared memory an sm_90 block may use
 # (432 B, 48 B for rows16; triton 3.6: 48 B, rows16 none); the one-kernel INPE at
 # D=512 (fc1's (F, D) weight tile in registers: 952 B at w8; its sin/cos also use 32 B of local
 # memory). Since #10: attention d512 at 64x16 w8 s3 for ragged M, N (120 B; the rows16 variant,
-# the shape infgen.kernels.report checks, has none); the MLP-only INPE has none.
+# the shape benchmarks/compile_report.py checks, has none); the MLP-only INPE has none.
 KNOWN_SPILLS = {("attention", 512, (64, 32), 0), ("attention", 512, (64, 32), 1), ("inpe", 512, (16, 64), 0),
                 ("inpe", 512, (16, 64), 1), ("attention", 512, (64, 16), 0)}
 

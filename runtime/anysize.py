@@ -1,11 +1,10 @@
-"""The engine's any-size path: the memory budget, the plan (plain or banded) and the banded run.
+"""The engine's any-size path: the memory budget, the plan and its run (plain, sub-batches, banded).
 
 InfGenEngine(..., max_memory=None | bytes | "24GB", banded="auto" | True | False, band_rows=None)
-runs each decode through the memory guard (`guard`, in `run_planned`): whole batch plain, plain
-sub-batches, banded, banded with activations in host memory (CUDA), else MemoryBudgetError before
-any work, each judged by the memory model (infgen_ref/memory.py) against the budget.
-`engine_plan` (engine.plan) is memory.plan's answer for one request: plain, or banded when the
-plain peak exceeds the budget or when forced; it does not split batches or refuse. The banded run is
+plans each decode once, with the one policy of `infgen.ref.memory.plan` against the budget
+(`engine_plan`, which is `engine.plan()`): the whole batch plain, plain sub-batches, banded,
+banded with activations in host memory (CUDA), or refuse. `decode` runs exactly that plan
+(`run_plan`): a refusal is MemoryBudgetError before any work. The banded run is
 infgen.ref.decode over infgen.ref.banded's ops, on the backend's own weights and with the
 backend's attention ops (torch and triton backends; onnxruntime and TensorRT run whole graphs and
 have no banded path).
@@ -14,14 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 
 import torch
 
 from infgen.ref import decode as D
 from infgen.ref.banded import available_ram, banded_ops
-from infgen.ref.memory import band_count, host_threshold, parse_bytes, plan, predict_peak
-from infgen.runtime.cache import SizeCache
+from infgen.ref.memory import DecodePlan, band_count, gb, parse_bytes, plan
 
 MARGIN = 0.10          # of the free memory, left for weights, the allocator's slack and other work
 BANDED_BACKENDS = ("torch", "triton")
@@ -51,12 +48,28 @@ def free_memory(device: torch.device) -> int:
         raise OSError(f"{exc}: pass max_memory=") from exc
 
 
-def engine_plan(engine, backend, h: int, w: int, batch: int = 1):
-    """(mode, band rows, predicted peak bytes) for a decode on one of the engine's backends."""
-    banded = engine.banded if backend.name in BANDED_BACKENDS else False
-    budget = budget_of(engine) if banded == "auto" else engine.max_memory
-    return plan(engine.config, h, w, batch, engine.dtype, memory_backend(backend), budget, banded,
-                engine.band_rows, host_streaming=engine.device.type == "cuda")
+def engine_plan(engine, backend, h: int, w: int, batch: int = 1) -> DecodePlan:
+    """engine.plan() and the plan engine.decode runs: memory.plan for one of the engine's backends
+    against budget_of(engine). On CUDA without max_memory, when the per-size caches hold memory
+    (CUDA graphs keep private pools) and the plan is not the one an unlimited budget gets, the
+    caches are released and the plan made again with the memory they gave back."""
+    planned = plan_now(engine, backend, h, w, batch)
+    unlimited = ("banded" if backend_banded(engine, backend) is True else "plain", batch)
+    if (planned.mode, planned.sub_batch) != unlimited and holds_releasable_memory(engine):
+        release_caches(engine)
+        planned = plan_now(engine, backend, h, w, batch)
+    return planned
+
+
+def backend_banded(engine, backend):
+    """The engine's banded option for a backend: as given on torch/triton, False on the others."""
+    return engine.banded if backend.name in BANDED_BACKENDS else False
+
+
+def plan_now(engine, backend, h: int, w: int, batch: int) -> DecodePlan:
+    """memory.plan against the budget as it is now (see engine_plan)."""
+    return plan(engine.config, h, w, batch, engine.dtype, memory_backend(backend), budget_of(engine),
+                backend_banded(engine, backend), engine.band_rows, host_streaming=engine.device.type == "cuda")
 
 
 def memory_backend(backend) -> str:
@@ -71,13 +84,12 @@ def run_banded(backend, z: torch.Tensor, Hp: int, Wp: int, band_rows: int | None
     """The banded decode on a torch/triton backend's weights: z (B, C, h, w) -> (B, 3, 8H', 8W') on
     z's device. host_over: activations past this many bytes live in host memory (CUDA). on_band:
     called after each conv band (infgen_ref/banded.py), or None."""
-    model = backend.model
-    mask, q0 = backend.mask_and_q0(Hp, Wp) if hasattr(backend, "mask_and_q0") else D.mask_and_q0(model, Hp, Wp)
+    mask, q0 = backend.mask_and_q0(Hp, Wp)
     ops = banded_ops(band_rows, compute=z.device, host_over=host_over, on_band=on_band)
-    own = getattr(backend, "ops", None)
+    own = backend.ops
     if own is not None:  # the backend's attention (e.g. the triton flash kernels); convs and norms banded
         ops = dataclasses.replace(ops, cross_attention=own.cross_attention, self_attention=own.self_attention)
-    return D.decode_grid(ops, model, z, Hp, Wp, mask, q0).to(z.device)
+    return D.decode_grid(ops, backend.model, z, Hp, Wp, mask, q0).to(z.device)
 
 
 class MemoryBudgetError(ValueError):
@@ -85,86 +97,15 @@ class MemoryBudgetError(ValueError):
     the predicted peak and the budget), or a device OOM that slipped through (caches released)."""
 
 
-def gb(n: float) -> str:
-    """Bytes for a message: '25.77 GB' or '4.56 MB'."""
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.2f} MB"
-
-
 def budget_of(engine) -> int:
     """max_memory, or the free device memory (CUDA) / available RAM (CPU) minus MARGIN."""
     return engine.max_memory if engine.max_memory is not None else int(free_memory(engine.device) * (1 - MARGIN))
 
 
-def largest_fit(fits, n: int) -> int:
-    """The largest b in 1..n with fits(b) (fits monotone: true up to some b), or 0 if none."""
-    if fits(n):
-        return n
-    lo, hi = 0, n  # fits(lo) (or lo == 0), not fits(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
-
-
-def guard(engine, backend, h: int, w: int, batch: int):
-    """The memory guard, before any work: (mode, sub-batch, host_over) for a decode of `batch`
-    latents at (h, w), in this order: the whole batch plain; the batch split into plain sub-batches;
-    banded (torch/triton backends, banded not False), whole then split; on CUDA banded with
-    activations in host memory; else MemoryBudgetError naming the predicted peak and the budget.
-    banded=True skips plain. Sub-batches also count the full output they are gathered into.
-    On CUDA without max_memory, the per-size caches (CUDA graphs hold private memory pools) are
-    released and the plan made again before a decode is split, banded or refused for want of memory."""
-    try:
-        planned = plan_within_budget(engine, backend, h, w, batch)
-    except MemoryBudgetError:
-        if not holds_releasable_memory(engine):
-            raise
-        planned = None
-    if planned is not None and (planned[:2] == ("plain", batch) or not holds_releasable_memory(engine)):
-        return planned
-    release_caches(engine)
-    return plan_within_budget(engine, backend, h, w, batch)
-
-
 def holds_releasable_memory(engine) -> bool:
     """CUDA, a budget read from free memory (no max_memory), and some per-size cache not empty."""
     return (engine.max_memory is None and engine.device.type == "cuda"
-            and any(len(c) for b in engine.backends for c in vars(b).values() if isinstance(c, SizeCache)))
-
-
-def plan_within_budget(engine, backend, h: int, w: int, batch: int):
-    """guard's plan against the budget as it is now (see guard)."""
-    cfg, dtype, name = engine.config, engine.dtype, backend.name
-    budget = budget_of(engine)
-    bk = memory_backend(backend)
-    H, W = (cfg.upscale * math.ceil(s / cfg.upscale) for s in (h, w))
-    gathered = batch * 3 * H * W * 4  # the (B, 3, H, W) fp32 result the sub-batches are copied into
-
-    def peak(mode, b, over=None):
-        p = predict_peak(cfg, h, w, b, dtype, bk, mode, engine.band_rows, host_over=over)
-        return p + (gathered if b < batch else 0)
-
-    modes = [] if engine.banded is True and name in BANDED_BACKENDS else ["plain"]
-    if name in BANDED_BACKENDS and engine.banded is not False:
-        modes.append("banded")
-    for mode in modes:
-        b = largest_fit(lambda b: peak(mode, b) <= budget, batch)
-        if b:
-            return mode, b, None
-    if "banded" in modes and engine.device.type == "cuda":
-        def over(b):
-            return host_threshold(cfg, h, w, b, dtype, bk, budget, engine.band_rows)
-        b = largest_fit(lambda b: peak("banded", b, over(b)) <= budget, batch)
-        if b:
-            return "banded-host", b, over(b)
-    best = min(peak(m, 1) for m in modes)
-    hint = "" if "banded" in modes else ", use backend torch or triton with banded='auto'"
-    raise MemoryBudgetError(
-        f"decode of batch {batch} at {w}x{h} refused: predicted peak {gb(peak(modes[0], batch))} "
-        f"(at least {gb(best)} even as sub-batches of 1{', banded' if 'banded' in modes else ''}) "
-        f"exceeds the memory budget {gb(budget)} (max_memory={engine.max_memory!r}); "
-        f"decode a smaller size{hint} "
-        f"or raise max_memory")
+            and any(len(c) for b in engine.backends for c in b.caches()))
 
 
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
@@ -182,22 +123,21 @@ def is_oom(exc: BaseException) -> bool:
 def release_caches(engine) -> None:
     """Drop every per-size cache of the engine's backends and return cached device memory."""
     for b in engine.backends:
-        for value in vars(b).values():
-            if isinstance(value, SizeCache):
-                value.clear()
+        for cache in b.caches():
+            cache.clear()
     gc.collect()
     if engine.device.type == "cuda":
         torch.cuda.empty_cache()
 
 
-def progress_ticker(engine, mode: str, z: torch.Tensor, h: int, w: int, sub: int, progress):
-    """(tick, total) for run_planned's progress callback, progress(done, total): plain, one tick of
-    len(sub-batch) samples per sub-batch (total: the batch); banded, one tick per conv band
-    (total: memory.band_count summed over the sub-batches). tick is None without progress."""
+def progress_ticker(engine, planned: DecodePlan, z: torch.Tensor, h: int, w: int, progress):
+    """(tick, total) for run_plan's progress callback, progress(done, total): plain runs, one tick of
+    len(sub-batch) samples per run (total: the batch); banded, one tick per conv band (total:
+    memory.band_count summed over the sub-batches). tick is None without progress."""
     if progress is None:
         return None, 0
-    B = z.shape[0]
-    if mode == "plain":
+    B, sub = z.shape[0], planned.sub_batch
+    if planned.mode in PLAIN_MODES:
         total = B
     else:
         total = sum(band_count(engine.config, h, w, min(sub, B - i), engine.dtype, engine.band_rows,
@@ -211,34 +151,47 @@ def progress_ticker(engine, mode: str, z: torch.Tensor, h: int, w: int, sub: int
     return tick, total
 
 
-def run_planned(engine, backend, z: torch.Tensor, h: int, w: int, Hp: int, Wp: int,
-                progress=None) -> torch.Tensor:
-    """engine.decode's run on the chosen backend, as the memory guard plans it -> (B, 3, 8H', 8W').
-    An OOM that slips through releases the caches and raises MemoryBudgetError (engine usable).
-    progress: progress(done, total) after each plain sub-batch (in samples) or each banded conv
-    band (in bands), or None (progress_ticker)."""
-    B = z.shape[0]
-    mode, sub, over = guard(engine, backend, h, w, B)
-    tick, _ = progress_ticker(engine, mode, z, h, w, sub, progress)
+PLAIN_MODES = ("plain", "sub-batches")
+
+
+def run_plan(engine, backend, planned: DecodePlan, z: torch.Tensor, h: int, w: int, Hp: int, Wp: int,
+             progress=None) -> torch.Tensor:
+    """engine.decode's run of `planned` (engine_plan's answer for this request) on the chosen backend
+    -> (B, 3, 8H', 8W'): refused, MemoryBudgetError before any work; else runs of planned.sub_batch
+    latents, plain or banded, each copied into the one output. An OOM that slips through releases the
+    caches and raises MemoryBudgetError (engine usable). progress: progress(done, total) after each
+    plain run (in samples) or each banded conv band (in bands), or None (progress_ticker)."""
+    if planned.mode == "refuse":
+        raise MemoryBudgetError(planned.reason)
+    B, sub = z.shape[0], planned.sub_batch
+    if not 1 <= sub <= B:
+        raise ValueError(f"plan of sub-batches of {sub} does not fit a batch of {B}: make the plan for this batch")
+    tick, _ = progress_ticker(engine, planned, z, h, w, progress)
+    out = part = None
     try:
-        parts = []
         for i in range(0, B, sub):
             zi = z[i:i + sub]
-            if mode == "plain":
-                parts.append(backend.run(zi, Hp, Wp))
+            if planned.mode in PLAIN_MODES:
+                part = backend.run(zi, Hp, Wp)
                 if tick is not None:
                     tick(zi.shape[0])
             else:
-                parts.append(run_banded(backend, zi, Hp, Wp, engine.band_rows, over, tick))
-        img = parts[0] if len(parts) == 1 else torch.cat(parts)
-        del parts
-        return img
+                part = run_banded(backend, zi, Hp, Wp, engine.band_rows, planned.host_over, tick)
+            if sub == B:
+                return part
+            if out is None:  # the gathered output the plan counts: (B, 3, H, W), written run by run
+                out = part.new_empty((B, *part.shape[1:]))
+            out[i:i + sub].copy_(part)
+            part = None
+        return out
     except (MemoryError, RuntimeError) as exc:
         if not is_oom(exc):
             raise
         text = str(exc).strip()
         why = type(exc).__name__ + (": " + text.splitlines()[0][:200] if text else "")
+    del out, part  # the partial results go before the caches are released
     release_caches(engine)  # outside the except block: the traceback's frames (and tensors) are gone
-    raise MemoryBudgetError(f"decode of batch {B} at {w}x{h} ran out of memory ({why}) although the guard "
-                            f"planned {mode} in sub-batches of {sub} within the budget {gb(budget_of(engine))}; "
+    raise MemoryBudgetError(f"decode of batch {B} at {w}x{h} ran out of memory ({why}) although the plan "
+                            f"({planned.mode}, {sub} latent(s) a run) predicted a peak of "
+                            f"{gb(planned.peak_bytes)} within the budget {gb(budget_of(engine))}; "
                             f"caches released, the engine is usable: retry with a smaller max_memory")

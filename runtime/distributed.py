@@ -230,7 +230,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from infgen.ref.options import tool_parser
+    from infgen.cli import tool_parser
     return tool_parser(PROG, "Row-sharded InfGen decode over torch.distributed ranks (NCCL on CUDA, gloo on the CPU).",
                        add_arguments)
 
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
     """torchrun entry point: every rank loads the model and the latent, rank 0 writes the images.
     User errors (bad size, paths, device) are one `error:` line and exit status 2 on each rank,
     before the process group starts."""
-    from infgen.ref.options import guarded
+    from infgen.cli import guarded
     return guarded(_main, build_parser().parse_args(argv))
 
 

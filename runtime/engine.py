@@ -1,15 +1,12 @@
 """InfGenEngine: one decode API over the backends (torch, triton, onnxruntime, tensorrt).
 
 Lifecycle: resolve the model (preset, checkpoint directory or InfGen) -> build the backend (or,
-for "auto", the chain of backends) -> decode(latent, h, w), which validates, runs the first backend
-that covers the request on the (H', W') token grid, and crops.
+for "auto", the chain of backends) -> decode(latent, h, w), which validates, picks the first backend
+that covers the request on the (H', W') token grid, runs the memory plan (plan(h, w, batch): plain,
+sub-batches, banded or refused) on it, and crops.
 
-A backend (runtime/<name>_backend.py) owns its copy of the weights and exposes
-  name                       "torch", "triton", "onnxruntime", "tensorrt"
-  run(z, Hp, Wp)             z: the checked, scaled latent (B, C, h_l, w_l) float32 on the engine's
-                             device -> the uncropped image (B, 3, upscale*H', upscale*W')
-  covers(batch, Hp, Wp)      whether run accepts that request (TensorRT: its plan's profiles)
-  stages(Hp, Wp)             [(stage name, fn)] composing to run (torch, triton; the profiler's)
+A backend (runtime/<name>_backend.py) subclasses infgen.runtime.backend.Backend, the contract
+(name, run, covers, stages, model, ops, mask_and_q0, caches), and owns its copy of the weights.
 The torch and triton backends are infgen.ref.decode over their op tables.
 """
 from __future__ import annotations
@@ -23,8 +20,10 @@ import torch
 
 from infgen.ref import DEMO_CHECKPOINT
 from infgen.ref.config import PRESETS, parse_dtype
+from infgen.ref.memory import DecodePlan
 from infgen.ref.model import InfGen, check_image, check_latent, check_output, check_size, copy_model, token_grid
 from infgen.ref.weights import TRAINED_PRESETS, load_checkpoint, preset_model
+from infgen.runtime.backend import Backend
 from infgen.runtime.io import image_to_uint8, save_image
 
 BACKENDS = ("auto", "torch", "triton", "onnxruntime", "tensorrt")
@@ -125,10 +124,11 @@ class InfGenEngine:
     covers the request, so "auto" accepts exactly the sizes of "torch"; .backend_name says which
     backend ran the last decode (before any decode: the first of the chain).
     dtype: "fp32" | "fp16" | "bf16"; default fp32 on the CPU, bf16 on CUDA.
-    max_memory, banded, band_rows: the any-size path (runtime/anysize.py, docs/anysize.md) and the
-    memory guard: before any work a decode runs whole, in sub-batches, or banded within the budget,
-    else raises MemoryBudgetError (a ValueError); an OOM that slips through releases the per-size
-    caches and raises it too (docs/robustness.md). Thread-safe: one engine may serve several threads.
+    max_memory, banded, band_rows: the any-size path (runtime/anysize.py, docs/anysize.md) and its
+    one memory-and-batching policy: plan(h, w, batch) says whether a decode runs whole, in
+    sub-batches, banded within the budget, or is refused, and decode runs that plan (a refusal is
+    MemoryBudgetError, a ValueError, before any work); an OOM that slips through releases the
+    per-size caches and raises it too (docs/robustness.md). Thread-safe: one engine may serve several threads.
     backend_options go to the backend's constructor (with "auto": to each backend that takes them)."""
 
     def __init__(self, model=None, backend: str = "torch", device="cpu", dtype=None, max_memory=None,
@@ -184,8 +184,11 @@ class InfGenEngine:
         return self._last
 
     @backend.setter
-    def backend(self, backend) -> None:
-        """Replace the chain by one backend object (any object with name, run and optionally covers)."""
+    def backend(self, backend: Backend) -> None:
+        """Replace the chain by one backend object (a Backend subclass instance: name, run, ...)."""
+        if not isinstance(backend, Backend):
+            raise TypeError(f"backend must be an infgen.runtime.backend.Backend (name, run, covers, ...), "
+                            f"got {type(backend).__name__}")
         self.backends = [backend]
         self._last = backend
 
@@ -202,30 +205,35 @@ class InfGenEngine:
     def backend_for(self, batch: int, Hp: int, Wp: int):
         """The first backend of the chain that covers a (batch, H', W') request."""
         for b in self.backends:
-            covers = getattr(b, "covers", None)
-            if covers is None or covers(batch, Hp, Wp):
+            if b.covers(batch, Hp, Wp):
                 return b
         u = self.config.upscale
         raise ValueError(f"no backend of {[b.name for b in self.backends]} covers batch {batch} at token grid "
                          f"{Hp}x{Wp} (output up to {u * Hp}x{u * Wp}); use backend='auto' or 'torch'")
 
     def decode(self, latent, h, w, progress=None) -> torch.Tensor:
-        """Scaled latent (B, C, h_l, w_l) -> image (B, 3, h, w) in [-1, 1], float32. progress: None, or
-        progress(done, total) called after each plain sub-batch (samples) or banded conv band (bands):
-        the hook of the command-line progress bars; the engine itself never prints."""
+        """Scaled latent (B, C, h_l, w_l) -> image (B, 3, h, w) in [-1, 1], float32. Runs exactly the
+        plan that plan(h, w, B) answers (a refusal is MemoryBudgetError, before any work). progress:
+        None, or progress(done, total) called after each plain run (samples) or banded conv band
+        (bands): the hook of the command-line progress bars; the engine itself never prints."""
         z, h, w = self.check(latent, h, w)
         Hp, Wp = token_grid(h, w, self.config)
         backend = self.backend_for(z.shape[0], Hp, Wp)
-        from infgen.runtime.anysize import run_planned  # plain, or banded past the memory budget
-        img = run_planned(self, backend, z, h, w, Hp, Wp, progress)
+        from infgen.runtime.anysize import engine_plan, run_plan
+        img = run_plan(self, backend, engine_plan(self, backend, h, w, z.shape[0]), z, h, w, Hp, Wp, progress)
         self._last = backend
         return check_output(img[:, :, :h, :w].float(), "decode").clamp(-1, 1)
 
-    def plan(self, h: int, w: int, batch: int = 1) -> tuple[str, int | None, int]:
-        """(mode "plain" | "banded" | "banded-host", band rows (banded), predicted peak device bytes)
-        of a decode on the backend that would run it."""
+    def plan(self, h: int, w: int, batch: int = 1) -> DecodePlan:
+        """The DecodePlan (infgen.ref.memory) a decode of `batch` latents to (h, w) runs now, on the
+        backend that would run it: mode "plain" | "sub-batches" | "banded" | "banded-host" | "refuse",
+        sub_batch, band_rows, peak_bytes (predicted), host_over, reason. One policy for both: decode
+        calls the same function. The budget is max_memory, else the free memory of the moment; on
+        CUDA without max_memory, per-size caches are released when that changes the plan (as decode)."""
         from infgen.runtime.anysize import engine_plan
         h, w = check_size(h, w, self.config)
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be an int >= 1, got {batch!r}")
         return engine_plan(self, self.backend_for(batch, *token_grid(h, w, self.config)), h, w, batch)
 
     def encoder_model(self) -> InfGen:

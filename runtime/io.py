@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infgen.ref.checks import check_out_file
 from infgen.ref.model import native_array
-from infgen.ref.options import check_out_file
 
 LATENT_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from infgen.ref.model import InfGen
+from infgen.runtime.backend import Backend
 
 _SESSIONS: dict[tuple, object] = {}
 _LOCK = threading.Lock()
@@ -48,10 +49,10 @@ def session_for(path: str | Path, providers: list, threads: int | None = None):
         return _SESSIONS[key]
 
 
-class OrtBackend:
+class OrtBackend(Backend):
     """Runs the "onnxruntime" flavour of export/onnx.py. Options: onnx_path (use this file; else
     the model is exported on first use into cache_dir, keyed by weights, config and dtype),
-    cache_dir, threads (intra-op threads)."""
+    cache_dir, threads (intra-op threads). Covers every size (the graph's dims are all dynamic)."""
 
     name = "onnxruntime"
 
@@ -74,10 +75,6 @@ class OrtBackend:
         if names != ["latent", "grid"]:
             raise ValueError(f"{self.onnx_path} has inputs {names}; expected ['latent', 'grid'] "
                              "(export it with python -m infgen.export.onnx)")
-
-    def covers(self, batch: int, Hp: int, Wp: int) -> bool:
-        """Every size the engine accepts (the graph's dims are all dynamic)."""
-        return True
 
     def run(self, z: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
         """z: (B, C, h_l, w_l) float32 -> (B, 3, 8H', 8W') float32 on the backend's device."""

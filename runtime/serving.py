@@ -1,5 +1,6 @@
 """Serving InfGen on NVIDIA Triton Inference Server, through PyTriton (`pip install -e ".[serve]"`).
 
+The server side; the client (InfGenClient, torch-free) is runtime/client.py.
 Model `infgen` (docs/serving.md has the HTTP/gRPC view):
 
     inputs   latent  FP32   (B, C, h_l, w_l)   the diffusion model's scaled latent
@@ -11,20 +12,23 @@ Model `infgen` (docs/serving.md has the HTTP/gRPC view):
 Lifecycle: engine (InfGenEngine) -> InfGenModel(engine, limits), the function PyTriton calls with
 a list of requests -> start_server() binds it on a Triton server it starts -> stop. Triton's
 dynamic batcher queues requests and hands the model function several at once; the function
-checks each, groups them by output size, decodes each group in chunks of at most `max_pixels`
-output pixels, and splits the images back so every response holds exactly its own.
+checks each, groups them by output size (one engine.decode per size: grouping, not memory
+policy), and splits the images back so every response holds exactly its own. How a group's
+decode fits the device (whole, sub-batches, banded, or refused) is the engine's one plan
+(InfGenEngine.plan): the model function neither chunks nor retries.
 
 In front of Triton, the gates (runtime/gate.py) refuse a request over the byte limit
 (request_bytes_limit) or whose declared shapes and data disagree, and run check_request on the
 rest (gate_check) before Triton copies it anywhere. Triton itself rejects, before batching, a
 request with the wrong dtype, rank or channel count or a batch over `max_batch`. The model
-function checks again and rejects the rest (NaN/inf, size out of range, over
-the pixel limit, latent grid too large) with a ValueError naming the problem, which Triton
-returns as the error response. PyTriton fails a whole execution at once, so a valid request that
-the batcher put into one execution with a malformed one gets that error too (it names the
-malformed request by position) and can be resent. Out of memory (the engine's guard refusing a
-chunk, or an OOM that slipped through it, both MemoryBudgetError): the chunk is halved and retried,
-down to one image; one image that does not fit is an error response, not a dead server.
+function checks again (check_request: the wire format and the pixel limit are the server's; the
+latent and the size are checked by the engine's own check_latent and check_size) and rejects the
+rest (NaN/inf, size out of range, over the pixel limit, latent grid too large) with a ValueError
+naming the problem, which Triton returns as the error response. PyTriton fails a whole execution
+at once, so a valid request that the batcher put into one execution with a malformed one gets that
+error too (it names the malformed request by position) and can be resent. Out of memory (the
+engine's plan refusing a group even one image at a time, or an OOM that slipped through it, both
+MemoryBudgetError) is a MemoryError response naming the size, not a dead server.
 """
 from __future__ import annotations
 
@@ -39,11 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infgen.ref.model import check_latent, check_size
 from infgen.runtime.anysize import MemoryBudgetError
+from infgen.runtime.client import MODEL_NAME, SERVE_EXTRA  # the client's side: runtime/client.py
 
-MODEL_NAME = "infgen"
 DEFAULT_MAX_SIDE = 4096  # default per-request limit: one image of 4096^2 (or the model's max_size if smaller)
-SERVE_EXTRA = 'pip install -e ".[serve]" (in its own venv: nvidia-pytriton needs numpy<2)'
 
 
 @dataclass
@@ -128,14 +132,18 @@ def check_ports(host: str, ports: dict[str, int]) -> None:
                               f"server running there? pick another port") from exc
 
 
-def check_request(request, config, max_pixels: int) -> tuple[np.ndarray, int, int]:
-    """One request's inputs -> (latent (B, C, h_l, w_l) float32, h, w), else ValueError/TypeError."""
+def check_request(request, config, max_pixels: int, dtype: torch.dtype | None = None) -> tuple[np.ndarray, int, int]:
+    """One request's inputs -> (latent (B, C, h_l, w_l) float32, h, w), else ValueError/TypeError.
+    The wire format (an FP32 latent with a batch dimension; INT32 height and width, one equal row
+    per latent) and the pixel limit are the server's; the latent and the size are checked by the
+    engine's own check_latent and check_size (dtype: the engine's compute dtype, which bounds the
+    latent's magnitude; None: fp32), the checks engine.decode makes."""
     z, hh, ww = request["latent"], request["height"], request["width"]
-    C = config.latent_channels
     if not isinstance(z, np.ndarray) or z.dtype != np.float32:
         raise TypeError(f"latent must be FP32, got {getattr(z, 'dtype', type(z).__name__)}")
-    if z.ndim != 4 or z.shape[1] != C or 0 in z.shape:
-        raise ValueError(f"latent must have shape (B, {C}, h, w), got {z.shape}")
+    if z.ndim != 4:
+        raise ValueError(f"latent must have shape (B, {config.latent_channels}, h, w), got {z.shape}")
+    check_latent(z, config, dtype)  # channels, empty dimensions, grid size, finite, magnitude
     B = z.shape[0]
     for name, v in (("height", hh), ("width", ww)):
         if not isinstance(v, np.ndarray) or v.dtype.kind not in "iu":
@@ -144,23 +152,14 @@ def check_request(request, config, max_pixels: int) -> tuple[np.ndarray, int, in
             raise ValueError(f"{name} must have shape ({B}, 1), one row per latent, got {v.shape}")
         if (v != v.flat[0]).any():
             raise ValueError(f"{name} must be the same in every row of a request, got {sorted(set(v.ravel().tolist()))}")
-    h, w = int(hh.flat[0]), int(ww.flat[0])
-    for name, v in (("height", h), ("width", w)):
-        if not config.upscale <= v <= config.max_size:
-            raise ValueError(f"{name} must be {config.upscale}..{config.max_size}, got {v}")
+    h, w = check_size(int(hh.flat[0]), int(ww.flat[0]), config)
     if B * h * w > max_pixels:
         raise ValueError(f"request asks for {B} image(s) of {w}x{h} = {B * h * w} pixels, over the limit of "
                          f"{max_pixels} pixels per request")
-    max_grid = config.max_size // config.upscale
-    if z.shape[2] > max_grid or z.shape[3] > max_grid:
-        raise ValueError(f"latent grid must be at most {max_grid}x{max_grid}, got {z.shape[2]}x{z.shape[3]}")
-    finite = np.isfinite(z)
-    if not finite.all():
-        raise ValueError(f"latent contains {int((~finite).sum())} non-finite value(s) (NaN or inf)")
     return z, h, w
 
 
-def gate_check(config, limits: Limits):
+def gate_check(config, limits: Limits, dtype: torch.dtype | None = None):
     """check_request for the gates (runtime/gate.py), run on a request before Triton sees it: a
     request Triton itself refuses cheaply (missing inputs, another dtype, rank or channel count, a
     batch over max_batch) is left to Triton, so its messages stay Triton's; every other refusal
@@ -175,7 +174,7 @@ def gate_check(config, limits: Limits):
                 or ww.dtype != np.int32 or z.ndim != 4 or z.shape[1] != config.latent_channels
                 or hh.ndim != 2 or ww.ndim != 2 or not 1 <= z.shape[0] <= limits.max_batch):
             return
-        check_request(arrays, config, max_pixels)
+        check_request(arrays, config, max_pixels, dtype)
     return check
 
 
@@ -192,21 +191,27 @@ def encode_png(images: np.ndarray) -> np.ndarray:
 
 class InfGenModel:
     """The model function PyTriton calls: requests (each maps input names to arrays) -> one dict of
-    outputs per request. Uses only InfGenEngine's public API: decode, to_uint8, config, device."""
+    outputs per request. A thin adapter over InfGenEngine's public API (decode, to_uint8, config,
+    dtype, device): each request is read by check_request; the requests of one execution are
+    grouped by output size, each group is one engine.decode (whose plan runs it whole, in
+    sub-batches or banded, or refuses it), and the images are split back per request."""
 
     def __init__(self, engine, limits: Limits | None = None):
         self.engine = engine
         self.limits = limits or Limits()
         self.max_pixels = pixel_limit(self.limits, engine.config)
 
+    def check(self, request) -> tuple[np.ndarray, int, int]:
+        return check_request(request, self.engine.config, self.max_pixels, self.engine.dtype)
+
     def __call__(self, requests) -> list[dict[str, np.ndarray]]:
         if len(requests) == 1:
-            checked = [check_request(requests[0], self.engine.config, self.max_pixels)]
+            checked = [self.check(requests[0])]
         else:
             checked, errors = [], []
             for i, r in enumerate(requests):
                 try:
-                    checked.append(check_request(r, self.engine.config, self.max_pixels))
+                    checked.append(self.check(r))
                 except (ValueError, TypeError) as exc:
                     errors.append(f"request {i + 1} of {len(requests)} in this batch: {exc}")
             if errors:
@@ -222,7 +227,8 @@ class InfGenModel:
         return responses
 
     def decode_all(self, checked: list[tuple[np.ndarray, int, int]]) -> list[np.ndarray]:
-        """Checked requests -> their images (B_i, h_i, w_i, 3) uint8, one decode per size group."""
+        """Checked requests -> their images (B_i, h_i, w_i, 3) uint8, one decode per size group
+        (a decode takes one output size and one latent grid)."""
         groups = defaultdict(list)  # (h, w, h_l, w_l) -> request indices
         for i, (z, h, w) in enumerate(checked):
             groups[(h, w, *z.shape[2:])].append(i)
@@ -238,25 +244,15 @@ class InfGenModel:
         return out
 
     def decode_group(self, z: np.ndarray, h: int, w: int) -> np.ndarray:
-        """(N, C, h_l, w_l) -> (N, h, w, 3) uint8, in chunks of at most max_pixels output pixels; on
-        out-of-memory the chunk is halved and retried, and one image that does not fit is an error."""
-        chunk = max(1, min(self.limits.max_batch, self.max_pixels // (h * w)))
-        parts, i = [], 0
-        while i < len(z):
-            why = None
-            try:
-                parts.append(self.engine.to_uint8(self.engine.decode(z[i:i + chunk], h, w)))
-                i += chunk
-            except (MemoryBudgetError, torch.cuda.OutOfMemoryError) as exc:
-                # the engine's guard refused, or an OOM slipped through it (caches released): handled
-                # outside the except block, so the failed decode's tensors are freed
-                why = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if why is not None:
-                if chunk == 1:
-                    raise MemoryError(f"out of memory on {self.engine.device} decoding one {w}x{h} image "
-                                      f"({why}); lower the server's --max-pixels below {h * w} or free the device")
-                chunk //= 2
-        return np.concatenate(parts)
+        """(N, C, h_l, w_l) -> (N, h, w, 3) uint8 in one engine.decode. The engine's refusal (even one
+        image at a time does not fit its budget) or an OOM that slipped through its plan (caches
+        released) is a MemoryError naming the size: an error response, the server serves on."""
+        try:
+            return self.engine.to_uint8(self.engine.decode(z, h, w))
+        except MemoryBudgetError as exc:
+            why = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MemoryError(f"out of memory on {self.engine.device} decoding {len(z)} image(s) of {w}x{h} "
+                              f"({why}); lower the server's --max-pixels below {h * w} or free the device") from exc
 
 
 # ------------------------------------------------------------------------------- server
@@ -390,7 +386,7 @@ def start_server(engine, limits: Limits | None = None, *, host: str = "127.0.0.1
     check_model_name(model_name)
     check_ports(host, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
     max_bytes = request_bytes_limit(limits, engine.config)
-    check = gate_check(engine.config, limits)
+    check = gate_check(engine.config, limits, engine.dtype)
     gates = [Gate(host, http_port, _loopback_port(), max_bytes, check).start()]
     try:
         gates.append(GrpcGate(host, grpc_port, _loopback_port(), max_bytes, check).start())
@@ -418,90 +414,3 @@ def start_server(engine, limits: Limits | None = None, *, host: str = "127.0.0.1
     echo(f"loaded model '{model_name}' ({describe(engine, model)}); {describe_limits(limits, engine.config)}; "
          f"http {host}:{http_port}, grpc {host}:{grpc_port}, metrics {host}:{metrics_port}", flush=True)
     return Server(triton, gates)
-
-
-# ------------------------------------------------------------------------------- client
-class ServerError(RuntimeError):
-    """The server answered a request with an error; .message is the server's reason (one line)."""
-
-
-def _reason(text: str) -> str:
-    """The reason line of a server error: PyTriton sends the model function's whole traceback."""
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        for prefix in ("ValueError: ", "TypeError: ", "MemoryError: "):
-            if prefix in ln:
-                return ln[ln.index(prefix) + len(prefix):]
-    return lines[-1] if lines else str(text)
-
-
-class InfGenClient:
-    """decode(latent, h, w) on a server: (B, h, w, 3) uint8, as engine.to_uint8(engine.decode(...)).
-
-    url: "host:port" (HTTP, port 8000 by default) or with protocol="grpc" the gRPC port (8001).
-    One client per thread: tritonclient's clients are not thread-safe."""
-
-    def __init__(self, url: str = "127.0.0.1:8000", protocol: str = "http", model_name: str = MODEL_NAME,
-                 timeout_s: float = 600.0):
-        if protocol not in ("http", "grpc"):
-            raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
-        try:
-            if protocol == "http":
-                import tritonclient.http as tc
-            else:
-                import tritonclient.grpc as tc
-        except ImportError as exc:
-            raise ImportError(f"the client needs tritonclient: {SERVE_EXTRA}") from exc
-        self.tc, self.protocol, self.model_name, self.timeout_s = tc, protocol, model_name, timeout_s
-        url = url.split("://", 1)[-1]
-        self.client = (tc.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
-                       if protocol == "http" else tc.InferenceServerClient(url))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *_):
-        self.close()
-
-    def close(self):
-        self.client.close()
-
-    def ready(self) -> bool:
-        from tritonclient.utils import InferenceServerException
-        try:
-            return bool(self.client.is_server_ready()) and bool(self.client.is_model_ready(self.model_name))
-        except (InferenceServerException, ConnectionError, OSError):
-            return False
-
-    def infer(self, latent, h: int, w: int, png: bool = False):
-        from infgen.ref.model import check_floating
-        latent = check_floating(latent if isinstance(latent, torch.Tensor) else np.asarray(latent))
-        if isinstance(latent, torch.Tensor):
-            latent = latent.detach().float().cpu().numpy()
-        latent = np.ascontiguousarray(latent[None] if latent.ndim == 3 else latent, dtype=np.float32)
-        for name, v in (("height", h), ("width", w)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
-        B = latent.shape[0] if latent.ndim else 0
-        arrays = {"latent": latent, "height": np.full((B, 1), h, np.int32), "width": np.full((B, 1), w, np.int32)}
-        inputs = []
-        for name, a in arrays.items():
-            t = self.tc.InferInput(name, list(a.shape), "FP32" if a.dtype == np.float32 else "INT32")
-            t.set_data_from_numpy(a)
-            inputs.append(t)
-        outputs = [self.tc.InferRequestedOutput("png" if png else "image")]
-        from tritonclient.utils import InferenceServerException
-        try:
-            kw = {} if self.protocol == "http" else {"client_timeout": self.timeout_s}  # http: set in the constructor
-            result = self.client.infer(self.model_name, inputs, outputs=outputs, **kw)
-        except InferenceServerException as exc:
-            raise ServerError(_reason(exc.message())) from exc
-        return result.as_numpy("png" if png else "image")
-
-    def decode(self, latent, h: int, w: int) -> np.ndarray:
-        """latent (B, C, h_l, w_l) or (C, h_l, w_l) -> (B, h, w, 3) uint8."""
-        return self.infer(latent, h, w)
-
-    def decode_png(self, latent, h: int, w: int) -> list[bytes]:
-        """latent -> one PNG file (bytes) per image, encoded by the server."""
-        return [row[0] for row in self.infer(latent, h, w, png=True)]

@@ -7,10 +7,11 @@ import torch
 
 from infgen.ref.decode import TORCH_OPS, mask_and_q0, run_stages, stage_fns
 from infgen.ref.model import InfGen, copy_model
+from infgen.runtime.backend import Backend
 from infgen.runtime.cache import SizeCache
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     """options: cache_size (token grids kept in the mask-token cache, >= 1)."""
 
     name = "torch"
@@ -19,10 +20,6 @@ class TorchBackend:
         self.tokens = SizeCache(cache_size)  # (H', W') -> (mask tokens (1, N, d), blocks[0] queries)
         self.device, self.dtype = torch.device(device), dtype
         self.model = copy_model(model, self.device, dtype)  # eval, no gradients; the caller's untouched
-
-    def covers(self, batch: int, Hp: int, Wp: int) -> bool:
-        """Every size the engine accepts."""
-        return True
 
     def mask_and_q0(self, Hp: int, Wp: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mask tokens, first block's queries) for a grid, cached (they depend on size and weights only)."""

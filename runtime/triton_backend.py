@@ -34,6 +34,7 @@ import torch
 from infgen.ref.banded import MAX_CONV_ELEMS, conv2d_banded, conv_split_rows
 from infgen.ref.decode import Ops, mask_and_q0, run_stages, stage_fns, upsample_nearest2x
 from infgen.ref.model import InfGen, copy_model
+from infgen.runtime.backend import Backend
 from infgen.runtime.cache import SizeCache
 
 GRAPH_AUTO_MAX_PIXELS = 2048 * 2048
@@ -194,7 +195,7 @@ def _d512_module():
     return attention_d512
 
 
-class TritonBackend:
+class TritonBackend(Backend):
     """The decode over triton_ops() on the backend's own channels-last copy of the weights.
 
     options: cuda_graphs: "auto" | True | False (CUDA only); cache_size: grids kept in each cache."""
@@ -227,10 +228,6 @@ class TritonBackend:
         fold_query_scale(self.model, model)  # the kernels then run with q_prescaled=True
         self.cfg = model.config
         self.cuda_graphs = cuda_graphs if device.type == "cuda" else False
-
-    def covers(self, batch: int, Hp: int, Wp: int) -> bool:
-        """Every size the engine accepts."""
-        return True
 
     def mask_and_q0(self, Hp: int, Wp: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mask tokens (1, N, d) (INPE kernel) and the first block's queries (1, N, d) for a grid, cached."""

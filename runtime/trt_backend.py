@@ -26,6 +26,7 @@ import torch
 from infgen.export.plan import bind_shapes, covers
 from infgen.export.spec import DEFAULT_BATCH, DEFAULT_MIN_RES
 from infgen.ref.model import InfGen
+from infgen.runtime.backend import Backend
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def context_key(profile: int, shapes: dict, per_shape: bool):
     return (profile, tuple(sorted(shapes.items()))) if per_shape else profile
 
 
-class TrtBackend:
+class TrtBackend(Backend):
     """Options: engine_dir (default "engines"), plan (a Plan or a plan.json path; default: the
     plan.json the CLI wrote into engine_dir, else infgen.export.spec.default_plan), min_res, max_res,
     batch (a default plan with these instead), onnx_path (TensorRT-flavour ONNX; default exported

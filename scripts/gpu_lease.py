@@ -148,7 +148,7 @@ STEPS = [
     Step("kernels", 120, 45, "kernel benchmarks vs PyTorch", ("kernels.json",),
          lambda out, py: [py, "benchmarks/kernels.py", "--out", str(out / "kernels.json")]),
     Step("report", 60, 30, "sm_90a compile report on this triton", ("compile_report/compile_report.json",),
-         lambda out, py: [py, "-m", "infgen.kernels.report", "--jobs", str(os.cpu_count() or 1),
+         lambda out, py: [py, "benchmarks/compile_report.py", "--jobs", str(os.cpu_count() or 1),
                           "--out-dir", str(out / "compile_report")]),
     Step("native", 150, 60, "native AOT build + ctest (GPU test included)", (), _native),
 ]
@@ -441,14 +441,14 @@ def child_env(s: Settings) -> dict:
     if not installed and not s.dry_run:
         shim = Path(tempfile.mkdtemp(prefix="infgen-shim-")) / "infgen"
         shim.mkdir()
-        for sub, folder in (("ref", "infgen_ref"), ("kernels", "kernels"), ("export", "export"),
+        for sub, folder in (("ref", "infgen_ref"), ("cli", "cli"), ("kernels", "kernels"), ("export", "export"),
                             ("runtime", "runtime"), ("train", "train"), ("native", "native")):
             (shim / sub).symlink_to(ROOT / folder)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shim.parent), env.get("PYTHONPATH")) if p)
     return env
 
 
-def plan(s: Settings) -> str:
+def step_plan(s: Settings) -> str:
     """Which steps fit one budget at their full limits (plus the kill grace), in value order."""
     used, lines = 0.0, []
     for i, st in enumerate(STEPS, 1):
@@ -501,7 +501,7 @@ def lease_call(s: Settings) -> int:
             print(rec["tail"][-1] if rec["tail"] else "env: ok")
             if on_entry["reason"]:
                 print(f"{SWITCH}={'1' if on_entry['enabled'] else '0'}: {on_entry['reason']}")
-            print(plan(s))
+            print(step_plan(s))
             continue
         failed |= rec["status"] in ("failed", "timeout")
         print(f"== {step.name}: {rec['status']} (rc {rec['rc']}, {rec['seconds']:.1f} s of {rec['granted_s']:.1f} s)"
@@ -544,7 +544,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through run_step's cleanup
     s = Settings.from_env(a.dry_run)
     if a.plan:
-        print(plan(s))
+        print(step_plan(s))
         return 0
     s.out.mkdir(parents=True, exist_ok=True)
     return lease_call(s)

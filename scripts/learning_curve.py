@@ -1,5 +1,5 @@
 """Learning curve of a training run: every snapshot of `python -m infgen.train --snapshot-every N` scored on
-the held-out photos (infgen.runtime.cli.demo.held_out_table), plus the training L1 from log.jsonl.
+the held-out photos (held_out_table of scripts/evaluate_demo.py), plus the training L1 from log.jsonl.
 
     python scripts/learning_curve.py out/demo7 --png docs/demo_learning_curve.png --json out/demo7/curve.json
 
@@ -41,7 +41,7 @@ def training_l1(run: Path, every: int) -> list[tuple[int, float]]:
 
 
 def curve(run: Path, device: str = "cpu") -> list[dict]:
-    from infgen.runtime.cli.demo import held_out_table
+    from evaluate_demo import held_out_table  # scripts/evaluate_demo.py: run as a script, its folder is on sys.path
     return [{"step": step, "rows": held_out_table(str(d), device=device)} for step, d in snapshots(run)]
 
 

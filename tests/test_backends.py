@@ -8,6 +8,7 @@ import torch
 from infgen.ref.config import preset
 from infgen.ref.decode import STAGES
 from infgen.ref.model import InfGen
+from infgen.runtime.backend import Backend
 from infgen.runtime.cache import SizeCache
 from infgen.runtime.engine import InfGenEngine, auto_chain
 from infgen.runtime.torch_backend import TorchBackend
@@ -153,7 +154,7 @@ def test_backends_decode_equal_to_the_reference(tiny_model):
 
 
 # ----------------------------------------------------------------------------- backend chain
-class PartialBackend:
+class PartialBackend(Backend):
     """A fake backend covering token grids up to `limit` per side and batch <= 2, recording runs."""
 
     name = "partial"
@@ -194,6 +195,43 @@ def test_chain_without_a_covering_backend_names_the_request(tiny_model):
         eng.decode(torch.randn(1, 4, 3, 3), 40, 24)
 
 
+def test_engine_backend_must_be_a_backend(tiny_model):
+    """A duck-typed object with name and run is refused by name; the chain stays as it was."""
+    import types
+    eng = InfGenEngine(tiny_model, backend="torch", device="cpu")
+    before = eng.backends
+    with pytest.raises(TypeError, match=r"Backend .*got SimpleNamespace"):
+        eng.backend = types.SimpleNamespace(name="duck", run=lambda z, Hp, Wp: z)
+    assert eng.backends is before and eng.backend_name == "torch"
+
+
+def test_backend_defaults(tiny_model):
+    """What the base class gives a backend that defines only name and run: covers everything, no
+    stage breakdown, the reference's attentions, mask tokens computed from its model (the same
+    the torch backend caches), and its SizeCache attributes as its caches."""
+    class Minimal(Backend):
+        name = "minimal"
+
+        def __init__(self, model=None):
+            self.model, self.kept = model, SizeCache(2)
+
+        def run(self, z, Hp, Wp):
+            return torch.zeros(z.shape[0], 3, 8 * Hp, 8 * Wp)
+
+    bare = Minimal()
+    assert bare.covers(7, 500, 1) and bare.stages(3, 4) is None and bare.ops is None
+    assert bare.caches() == [bare.kept]
+    with pytest.raises(ValueError, match="'minimal' has no torch weights"):
+        bare.mask_and_q0(3, 4)
+    mask, q0 = Minimal(tiny_model).mask_and_q0(3, 5)
+    ref_mask, ref_q0 = TorchBackend(tiny_model, CPU, torch.float32).mask_and_q0(3, 5)
+    assert mask.shape[:2] == (1, 15) and len(tiny_model.decoder.blocks) > 0
+    torch.testing.assert_close(mask, ref_mask, atol=0, rtol=0)
+    torch.testing.assert_close(q0, ref_q0, atol=0, rtol=0)
+    with pytest.raises(NotImplementedError, match="Half must define run"):
+        type("Half", (Backend,), {"name": "half"})().run(torch.zeros(1, 4, 2, 2), 2, 2)
+
+
 def test_auto_on_cpu_is_torch_and_accepts_the_torch_sizes(tiny_model):
     assert auto_chain(CPU) == ["torch"]
     auto = InfGenEngine(tiny_model, backend="auto", device="cpu")
@@ -209,7 +247,7 @@ def test_auto_passes_each_backend_only_its_options(tiny_model, monkeypatch):
     the failing backend is skipped with its reason; an option no backend takes is a TypeError."""
     import infgen.runtime.engine as engine_mod
 
-    class Broken:
+    class Broken(Backend):
         name = "broken"
 
         def __init__(self, model, device, dtype, engine_dir="x"):
@@ -243,7 +281,7 @@ def test_auto_chain_ends_at_the_first_backend_covering_every_size(tiny_model, mo
     built = []
 
     def fake(name, covers_all):
-        class Fake:
+        class Fake(Backend):
             def __init__(self, model, device, dtype):
                 built.append(name)
                 self.name = name

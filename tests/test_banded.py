@@ -159,8 +159,9 @@ def test_cuda_4k_banded_peak_under_24gb_as_predicted():
     the measured peak (max_memory_allocated growth) is under 24 GB and within 20% of predicted."""
     from infgen.runtime.engine import InfGenEngine
     eng = InfGenEngine("paper", device="cuda", dtype="bf16", max_memory="24GB")
-    mode, rows, predicted = eng.plan(4096, 4096)
-    assert mode == "banded", (mode, rows, predicted)
+    planned = eng.plan(4096, 4096)
+    assert planned.mode == "banded", planned
+    predicted = planned.peak_bytes
     z = torch.randn(1, 4, 64, 64, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

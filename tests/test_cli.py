@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from infgen.cli import size_type
 from infgen.ref.weights import save_checkpoint
 from infgen.runtime.cli import demo as demo_mod
-from infgen.runtime.cli import main, options, parse_size
+from infgen.runtime.cli import main, options
 from infgen.runtime.io import load_image, load_latent, save_latent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,12 +47,15 @@ def test_every_subcommand_has_help(cmd, capsys):
     assert ("--checkpoint" in out) == (cmd != "client")  # the client decodes with the server's model
 
 
-def test_parse_size_is_width_by_height():
-    assert parse_size("3840x2160") == (2160, 3840)
-    assert parse_size("1024") == (1024, 1024)
+def test_size_type_is_width_by_height():
+    """--size's argparse type (infgen.cli.size_type): WIDTHxHEIGHT -> (height, width); a bad size is
+    argparse's error naming it."""
+    import argparse
+    assert size_type("3840x2160") == (2160, 3840)
+    assert size_type("1024") == (1024, 1024)
     for bad in ("abc", "12x", "-5x10", "3.5x2"):
-        with pytest.raises(Exception, match=bad.replace(".", r"\.")):
-            parse_size(bad)
+        with pytest.raises(argparse.ArgumentTypeError, match=bad.replace(".", r"\.")):
+            size_type(bad)
 
 
 # ----------------------------------------------------------------------------- latent io

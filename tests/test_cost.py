@@ -6,6 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from infgen.ref.config import preset
 from infgen.ref.cost import H100_BF16_FLOPS, STAGES, decode_flops, floor_seconds
+from infgen.ref.decode import mask_and_q0
 from infgen.ref.model import InfGen, token_grid
 from infgen.runtime.torch_backend import TorchBackend
 
@@ -29,13 +30,27 @@ def test_paper_preset_matches_design_table(side):
     assert _within(1e3 * floor_seconds(f["total"] * 1e12), floor_ms, 0.03)
 
 
-def test_stages_sum_to_total_and_batch_scales():
-    cfg = preset("tiny")
+def test_stages_sum_to_total_and_batch_scales(tiny_model):
+    """Per-image work scales with the batch; the two INPEs (mask and latent tokens) and the first
+    block's queries of the mask tokens depend on the sizes only: once per decode, whatever the batch."""
+    cfg = tiny_model.config
     f1 = decode_flops(cfg, 72, 40, latent_hw=(8, 8))
     f3 = decode_flops(cfg, 72, 40, latent_hw=(8, 8), batch=3)
-    assert f1["total"] == sum(f1[k] for k in STAGES)
-    assert f3["total"] == pytest.approx(3 * f1["total"], rel=1e-12)
+    for f in (f1, f3):
+        assert f["total"] == sum(f[k] for k in STAGES)
+    assert (f3["mid_block"], f3["up_blocks"]) == (3 * f1["mid_block"], 3 * f1["up_blocks"])
+    once = _count(lambda: (mask_and_q0(tiny_model, *token_grid(72, 40, cfg)), tiny_model.decoder.latent_pos(8, 8)))
+    assert once > 0 and f3["tokens"] + f3["cross_attn"] == 3 * (f1["tokens"] + f1["cross_attn"]) - 2 * once
     assert floor_seconds(H100_BF16_FLOPS) == 1.0
+
+
+def test_bad_arguments_name_the_value():
+    cfg = preset("tiny")
+    for kwargs, match in ((dict(h=0, w=64), "height .* 0"), (dict(h=64, w=64.0), "width .* 64.0"),
+                          (dict(h=64, w=64, batch=True), "batch .* True"),
+                          (dict(h=64, w=64, latent_hw=(8, -1)), "latent width .* -1")):
+        with pytest.raises(ValueError, match=match):
+            decode_flops(cfg, **kwargs)
 
 
 def _count(fn, *args):

@@ -1,15 +1,30 @@
 """`python -m infgen.runtime demo` (runtime/cli/demo.py) on the shipped demo checkpoint: pictures written,
-metrics finite, dtypes finite; its --held-out and --fidelity options."""
+metrics finite; the demo model's evaluation tables (scripts/evaluate_demo.py): held-out photos,
+every backend and dtype against fp32, and its command line."""
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from infgen.ref.weights import load_checkpoint
-from infgen.runtime.cli import main
-from infgen.runtime.cli.demo import DEMO_PHOTO, fidelity, held_out_table, run_demo
+from infgen.runtime.cli.demo import DEMO_PHOTO, run_demo
 from infgen.runtime.cli.options import DEMO_CHECKPOINT as DEMO_DIR
+
+
+def _evaluate_demo():
+    """scripts/evaluate_demo.py as a module (scripts/ is no package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_demo.py"
+    spec = importlib.util.spec_from_file_location("evaluate_demo", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+evaluate_demo = _evaluate_demo()
+fidelity, held_out_table = evaluate_demo.fidelity, evaluate_demo.held_out_table
 
 
 def test_shipped_demo_assets():
@@ -70,38 +85,48 @@ def test_held_out_table_rows():
     assert "baseline_psnr" in rows[1] and "input_bicubic_ssim" in rows[1]
 
 
-def test_cli_held_out_and_fidelity(tmp_path, capsys, monkeypatch):
-    """`python -m infgen.runtime demo --held-out --fidelity`: both tables after the demo table, sizes passed as (h, w).
-    The two table functions are stood in for here (they are tested above); this checks the wiring."""
-    import infgen.runtime.cli.demo as demo_mod
+def test_evaluate_demo_prints_both_tables(capsys, monkeypatch):
+    """`python scripts/evaluate_demo.py`: both tables by default, the fidelity table's sizes, backends
+    and dtypes passed through as (h, w) and lists. The two table functions are stood in for here
+    (they are tested above); this checks the wiring."""
     calls = {}
 
     def fake_held_out(ckpt, device):
         calls["held_out"] = (ckpt, device)
         return [dict(photo="pic", scale=2, size="96x64", psnr=20.5)]
 
-    def fake_fidelity(sizes, device, checkpoint):
-        calls["fidelity"] = (sizes, device, checkpoint)
+    def fake_fidelity(sizes, backends, dtypes, device, checkpoint):
+        calls["fidelity"] = (sizes, backends, dtypes, device, checkpoint)
         return [dict(backend="torch", dtype="bf16", size="96x64", psnr=41.25, max_abs=0.01, finite=True)]
 
-    monkeypatch.setattr(demo_mod, "held_out_table", fake_held_out)
-    monkeypatch.setattr(demo_mod, "fidelity", fake_fidelity)
-    rc = main(["demo", "--out-dir", str(tmp_path), "--size", "96x64", "--held-out", "--fidelity"])
+    monkeypatch.setattr(evaluate_demo, "held_out_table", fake_held_out)
+    monkeypatch.setattr(evaluate_demo, "fidelity", fake_fidelity)
+    rc = evaluate_demo.main(["--size", "96x64", "--backend", "torch", "--dtype", "bf16"])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert calls["held_out"] == (str(DEMO_DIR), "cpu")
-    assert calls["fidelity"] == ([(64, 96)], "cpu", str(DEMO_DIR))
+    assert calls["held_out"] == (DEMO_DIR, "cpu")
+    assert calls["fidelity"] == ([(64, 96)], ["torch"], ["bf16"], "cpu", DEMO_DIR)
     held = out[out.index("held-out photos"):out.index("fidelity against")]
     assert "pic" in held and "20.5" in held
     fid = out[out.index("fidelity against the torch fp32 output"):]
     assert "41.25" in fid and "bf16" in fid
-    assert (tmp_path / "infgen_96x64.png").is_file()
+    calls.clear()
+    assert evaluate_demo.main(["--table", "fidelity"]) == 0
+    assert list(calls) == ["fidelity"] and "held-out photos" not in capsys.readouterr().out
 
 
-def test_cli_held_out_needs_a_checkpoint(tmp_path, capsys):
-    rc = main(["demo", "--preset", "tiny", "--out-dir", str(tmp_path), "--held-out"])
-    assert rc == 2
-    assert "--held-out and --fidelity score a trained checkpoint" in capsys.readouterr().err
+def test_evaluate_demo_needs_a_checkpoint(tmp_path, capsys):
+    from conftest import one_error_line
+    line = one_error_line(capsys, evaluate_demo.main(["--checkpoint", str(tmp_path / "none")]))
+    assert "no demo checkpoint at" in line and "none" in line
+
+
+def test_demo_keeps_only_the_demo(tmp_path, capsys):
+    """The tables left the demo: `demo --held-out` is an unknown flag now (one error line, status 2)."""
+    from infgen.runtime.cli import main
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--out-dir", str(tmp_path), "--held-out"])
+    assert info.value.code == 2 and "--held-out" in capsys.readouterr().err
 
 
 def test_shipped_demo_model_quality_on_held_out_photos():

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from infgen.ref.options import check_number
+from infgen.ref.checks import check_number
 from infgen.runtime.cli import main as runtime_main
 from infgen.runtime.io import load_image, rgb_pixels
 from infgen.train import trainer
@@ -197,8 +197,8 @@ FAST = ["--preset", "tiny", "--stage1-steps", "1", "--stage2-steps", "0", "--war
     (["--max-scale", "1e999"], "--max-scale: must be a finite number"),
     (["--gan-start", "2"], "--gan-start: must be a finite number in [0, 1], got '2'"),
     (["--batch-size", "1.5"], "--batch-size: must be an integer, got '1.5'"),
-    (["--grid-min", "20", "--grid-max", "16"], "1 <= grid-min <= grid-max"),
-    (["--scales", "1", "9"], "--scales must lie in [1, max-scale=4.0]"),
+    (["--grid-min", "20", "--grid-max", "16"], "--grid-min must be <= --grid-max (16), got 20"),
+    (["--scales", "1", "9"], "--scales must lie in [1, --max-scale] = [1, 4.0], got (1.0, 9.0)"),
 ])
 def test_trainer_flag_errors_are_one_line(tmp_path, capsys, monkeypatch, extra, match):
     monkeypatch.setattr(trainer, "train", lambda a: pytest.fail("trained before checking the arguments"))

@@ -331,7 +331,8 @@ def test_real_commands_match_the_tools_they_call(tmp_path):
         elif st.name == "kernels":
             assert (ROOT / argv[1]).exists()
         elif st.name == "report":
-            assert importlib.util.find_spec("infgen.kernels.report") is not None
+            a = load("compile_report", ROOT / argv[1]).parser().parse_args(argv[2:])
+            assert a.jobs >= 1 and a.out.endswith("compile_report")
 
 
 def test_shim_links_the_folders_as_infgen_where_it_is_not_installed(monkeypatch, tmp_path):
@@ -339,9 +340,14 @@ def test_shim_links_the_folders_as_infgen_where_it_is_not_installed(monkeypatch,
     s = lease_mod.Settings(tmp_path, 10.0, 1.0, False, None, None, sys.executable)
     env = lease_mod.child_env(s)
     shim = Path(env["PYTHONPATH"].split(os.pathsep)[0]) / "infgen"
-    assert (shim / "runtime").resolve() == ROOT / "runtime" and (shim / "ref").resolve() == ROOT / "infgen_ref"
-    assert "TRITON_INTERPRET" not in env
+    links = {p.name: p.resolve() for p in shim.iterdir()}
     shutil.rmtree(shim.parent)
+    assert links["runtime"] == ROOT / "runtime" and links["ref"] == ROOT / "infgen_ref"
+    assert "TRITON_INTERPRET" not in env
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11: every top folder pyproject.toml maps is linked
+    package_dir = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    tops = {name.split(".")[1]: ROOT / folder for name, folder in package_dir.items() if name.count(".") == 1}
+    assert "cli" in tops and links == tops
 
 
 # ----------------------------------------------------------------------------- the smoke test's check
@@ -403,12 +409,12 @@ def test_benchmark_case_leaves_the_kernel_out_when_switched_off(bench, monkeypat
     from infgen.kernels.attention import attention_ref
     calls = []
 
-    def fake(q, k, v, config=None):
-        calls.append(config)
+    def fake(q, k, v, config=None, products=None):
+        calls.append((config, products))
         return attention_ref(q, k, v)
     mod = types.SimpleNamespace(flash_attention_d512=fake, RUNTIME_CONFIG=types.SimpleNamespace(block_n=64),
                                 SWEEP_CONFIGS=[types.SimpleNamespace(block_n=32)],
-                                ABLATIONS={"no_pv": types.SimpleNamespace(skip_pv=True)})
+                                qk_product="qk", pv_product="pv")
     monkeypatch.setattr(bench, "bench", lambda fn, flops: (fn(), {"tflops": 1.0})[1])
     row = bench.case(17, True, None if switched_off else mod, sweep=True, device="cpu")
     assert row["tl_dot"]["tflops"] == 1.0 and row["sdpa"]["tflops"] == 1.0
@@ -417,7 +423,12 @@ def test_benchmark_case_leaves_the_kernel_out_when_switched_off(bench, monkeypat
         assert "cluster" not in row
         assert calls == [] and "max_abs_diff_d512" not in row["tl_dot"]
     else:
-        assert row["d512"]["tflops"] == 1.0 and len(row["sweep"]) == 1 and row["no_pv"]["tflops"] == 1.0
+        assert row["d512"]["tflops"] == 1.0 and len(row["sweep"]) == 1
+        assert row["no_pv"]["tflops"] == 1.0 and row["no_qk"]["tflops"] == 1.0
+        # each ablation replaces one product and keeps the kernel's other one
+        replaced = [p for _, p in calls if p is not None]
+        # (Q K^T kept, P V kept) per ablation: no_qk keeps P V, no_pv keeps Q K^T
+        assert sorted((p[0] == "qk", p[1] == "pv") for p in replaced) == [(False, True), (True, False)]
         assert row["tl_dot"]["max_abs_diff_d512"] < 0.05 and row["sdpa"]["max_abs_diff_d512"] < 0.05
         # the 2-CTA cluster option: skipped with the reason on triton 3.6; refused on CPU tensors on >= 3.9
         from infgen.kernels import attention_d512_cluster as cl

@@ -1,5 +1,6 @@
-"""The memory guard (docs/robustness.md, memory pressure): batch split -> banded -> refuse, before
-any work; an OOM that slips through releases the caches and leaves the engine usable."""
+"""The memory plan decode runs (docs/robustness.md, memory pressure): batch split -> banded -> refuse,
+before any work; an OOM that slips through releases the caches and leaves the engine usable.
+tests/test_planner.py checks that engine.plan() is what decode runs."""
 import pytest
 import torch
 
@@ -133,34 +134,30 @@ def test_free_memory_counts_the_allocators_reusable_blocks(monkeypatch):
 
 def test_second_large_decode_plans_plain_over_cached_blocks(monkeypatch):
     """After a first decode PyTorch keeps its freed activations cached: they count as free."""
-    from infgen.runtime.anysize import guard
     eng, caches = cuda_engine_with_caches()
     peak = predict_peak(CFG, 256, 256, 1)
     mem = FakeCudaMemory(monkeypatch, driver_free=peak // 4, after_empty=peak // 4, reserved=2 * peak, allocated=0)
-    assert guard(eng, eng.backend, 256, 256, 1)[:2] == ("plain", 1)
+    p = eng.plan(256, 256)
+    assert (p.mode, p.sub_batch) == ("plain", 1)
     assert mem.emptied == 0 and sum(len(c) for c in caches) > 0  # nothing released: it fit as it was
 
 
 def test_caches_released_before_banding_or_refusing(monkeypatch):
     """Memory held by per-size caches (CUDA graph pools) is given back before a decode is banded or refused."""
-    from infgen.runtime.anysize import guard
     eng, caches = cuda_engine_with_caches()
     peak = predict_peak(CFG, 256, 256, 1)
     mem = FakeCudaMemory(monkeypatch, driver_free=1 << 20, after_empty=2 * peak, reserved=0, allocated=0)
-    assert guard(eng, eng.backend, 256, 256, 1)[:2] == ("plain", 1)
+    assert eng.plan(256, 256).mode == "plain"
     assert mem.emptied == 1 and sum(len(c) for c in caches) == 0
     # nothing left to release: the plan stands as the budget allows (here refused), caches untouched
     mem.driver_free = mem.after_empty = 1 << 10
-    with pytest.raises(MemoryBudgetError):
-        guard(eng, eng.backend, 256, 256, 1)
+    assert eng.plan(256, 256).mode == "refuse"
     assert mem.emptied == 1
 
 
 def test_max_memory_is_a_fixed_budget_nothing_released(monkeypatch):
-    from infgen.runtime.anysize import guard
     eng, caches = cuda_engine_with_caches()
     eng.max_memory = 1 << 20
     mem = FakeCudaMemory(monkeypatch, driver_free=80 << 30, after_empty=80 << 30)
-    with pytest.raises(MemoryBudgetError):
-        guard(eng, eng.backend, 2048, 2048, 1)
+    assert eng.plan(2048, 2048).mode == "refuse"
     assert mem.emptied == 0 and sum(len(c) for c in caches) > 0

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# kernels/toolchain.py only compiles and reads cubins (its subscript stores are Counters): not device code
-DEVICE_CODE = sorted([*(p for p in (ROOT / "kernels").glob("*.py") if p.name != "toolchain.py"), *(ROOT / "infgen_ref").glob("*.py"),
+# Host-side bookkeeping, not device code: kernels/toolchain.py compiles and reads cubins (its subscript
+# stores are Counters); infgen_ref/walk.py's are the meta-device walk's allocation records.
+HOST_ONLY = {"toolchain.py", "walk.py"}
+DEVICE_CODE = sorted([*(p for p in (ROOT / "kernels").glob("*.py") if p.name not in HOST_ONLY),
+                      *(p for p in (ROOT / "infgen_ref").glob("*.py") if p.name not in HOST_ONLY),
                       *(ROOT / "runtime").glob("*_backend.py"), ROOT / "runtime" / "anysize.py",
                       ROOT / "runtime" / "cache.py", ROOT / "runtime" / "engine.py"])
 SCALAR_CALLS = {"float", "int", "bool", "item", "tolist"}

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOREIGN_TOPS = ("kernels", "export", "runtime", "train", "infgen_ref", "native")  # names that must not be installed
+FOREIGN_TOPS = ("kernels", "export", "runtime", "train", "infgen_ref", "native", "cli")  # names that must not be installed
 
 pytest.importorskip("transformers", reason="needs transformers (the .[test] extra)")
 pytest.importorskip("kernels", reason="needs HuggingFace's kernels (a transformers 5 dependency, the .[test] extra)")
@@ -78,7 +78,7 @@ def test_wheel_puts_everything_under_infgen(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"infgen"}, sorted(tops)
-    for sub in ("ref", "kernels", "export", "runtime", "train", "native"):
+    for sub in ("ref", "cli", "kernels", "export", "runtime", "train", "native"):
         assert any(n.startswith(f"infgen/{sub}/") for n in names), f"infgen/{sub}/ missing from the wheel"
     assert "infgen/ref/assets/demo/model.safetensors" in names  # the bundled demo checkpoint ships
     assert "infgen/__init__.py" not in names  # `infgen` is a namespace package: nothing to overwrite either

@@ -120,7 +120,7 @@ def test_cuda_cross_attention_paper_shape(kv_tma):
 @pytest.mark.gpu
 @gpu
 def test_cuda_fp32_runs_sdpa_at_head_dim_512():
-    """fp32 on CUDA goes to torch SDPA (the kernel's fp32 tiles do not fit an H100, infgen.kernels.report)."""
+    """fp32 on CUDA goes to torch SDPA (the kernel's fp32 tiles do not fit an H100, benchmarks/compile_report.py)."""
     torch.manual_seed(8)
     q, k, v = (torch.randn(2, 1, 3001, 512, device="cuda") for _ in range(3))
     out = flash_attention(q, k, v, out=poisoned((2, 1, 3001, 512), torch.float32))

@@ -1,11 +1,11 @@
-"""One flag set across every tool (infgen_ref/options.py): each tool's --help lists the shared flags
+"""One flag set across every tool (infgen.cli, cli/__init__.py): each tool's --help lists the shared flags
 that apply to it with the same choices, and --size is WIDTHxHEIGHT everywhere."""
 import re
 
 import pytest
 
+from infgen.cli import SHARED_FLAGS
 from infgen.ref.config import DTYPES, PRESETS
-from infgen.ref.options import SHARED_FLAGS
 from infgen.runtime.cli import build_parser, main
 from infgen.runtime.engine import BACKENDS
 
@@ -113,7 +113,7 @@ def test_entry_points_resolve_and_packages_are_listed():
     # every folder of Python files under a mapped folder is listed, under the one `infgen` namespace
     package_dir = meta["tool"]["setuptools"]["package-dir"]
     tops = {name: folder for name, folder in package_dir.items() if name.count(".") == 1}
-    assert set(tops) == {"infgen.ref", "infgen.kernels", "infgen.export", "infgen.runtime", "infgen.train",
+    assert set(tops) == {"infgen.ref", "infgen.cli", "infgen.kernels", "infgen.export", "infgen.runtime", "infgen.train",
                          "infgen.native"}
     packages = {".".join([name, *p.parent.relative_to(root / folder).parts])
                 for name, folder in tops.items() for p in (root / folder).rglob("*.py")
@@ -131,7 +131,8 @@ def test_library_and_applications_are_apart():
     code = ("import sys, runtime, infgen.runtime.engine, infgen.runtime.io, infgen.runtime.serving, infgen.runtime.ort_backend, "
             "infgen.runtime.trt_backend, infgen.runtime.triton_backend, infgen.ref.model, infgen.ref.weights, infgen.export.onnx, "
             "infgen.export.trt; "
-            "bad = sorted(m for m in sys.modules if m.startswith('infgen.runtime.cli') or m.split('.')[0] == 'train'); "
+            "bad = sorted(m for m in sys.modules if m.split('.')[:3] == ['infgen', 'runtime', 'cli'] "
+            "or m.split('.')[0] == 'train'); "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
                        text=True, timeout=300)
@@ -179,7 +180,7 @@ def test_defaults_are_shown_as_typed():
     """Lists space-separated, sizes WIDTHxHEIGHT: what the user would type."""
     parsers = tool_parsers()
     train = " ".join(parsers["infgen.train"].format_help().split())
-    assert "--batch-size BATCH_SIZE default: 8" in train and "(default: 1 2 4)" in train  # --batch-size, --pyramid
+    assert "--batch-size BATCH_SIZE images per step (default: 8)" in train and "(default: 1 2 4)" in train  # --batch-size, --pyramid
     trt = " ".join(parsers["infgen.export.trt"].format_help().split())
     assert "(default: 1024x1024 1920x1080 2048x2048 3840x2160 4096x4096)" in trt
 

@@ -15,6 +15,7 @@ from infgen.ref.model import token_grid
 from infgen.runtime.cli import main
 from infgen.runtime.cli import profile_measure as prof
 from infgen.runtime.cli import profile_report as report_mod
+from infgen.runtime.backend import Backend
 from infgen.runtime.cli.options import size_type
 from infgen.runtime.engine import InfGenEngine
 
@@ -41,7 +42,7 @@ def cli_run(tmp_path_factory):
     return rc, buf.getvalue(), out
 
 
-class RaisingBackend:
+class RaisingBackend(Backend):
     """A backend whose run raises the given exception (a broken or out-of-memory backend)."""
 
     name = "raising"
@@ -53,7 +54,7 @@ class RaisingBackend:
         raise self.exc
 
 
-class BrokenStagesBackend:
+class BrokenStagesBackend(Backend):
     """run works (the torch backend's), stages raises: the breakdown fails, the row does not."""
 
     name = "broken-stages"

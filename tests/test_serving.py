@@ -75,10 +75,11 @@ class Spy:
     """InfGenEngine's public API, forwarded, recording each decode's batch size; can fail with OOM."""
 
     def __init__(self, engine, oom_above: int | None = None):
-        self.engine, self.config, self.device = engine, engine.config, engine.device
-        self.oom_above, self.batches = oom_above, []
+        self.engine, self.config, self.device, self.dtype = engine, engine.config, engine.device, engine.dtype
+        self.oom_above, self.batches, self.attempts = oom_above, [], 0
 
     def decode(self, z, h, w):
+        self.attempts += 1
         if self.oom_above is not None and z.shape[0] > self.oom_above:  # what the engine raises on OOM
             raise MemoryBudgetError("decode ran out of memory (simulated); caches released")
         self.batches.append(z.shape[0])
@@ -104,39 +105,46 @@ def test_model_batches_same_size_and_gives_each_request_its_own_images(engine):
     assert np.abs(out[0]["image"].astype(int) - out[2]["image"].astype(int)).max() > 10
 
 
-def test_model_decodes_in_chunks_of_max_pixels(engine):
+def test_model_hands_a_size_group_to_the_engine_whose_plan_splits_it():
+    """The model function neither chunks nor retries: a group of five 32x32 requests is one
+    engine.decode, and the engine's plan (under its memory budget) runs it in sub-batches."""
+    from infgen.ref.config import preset
+    from infgen.ref.memory import predict_peak
+    budget = predict_peak(preset("tiny"), 32, 32, 2) + 5 * 3 * 32 * 32 * 4  # two at a time, and the output
+    small = InfGenEngine("tiny", max_memory=budget)
+    planned = small.plan(32, 32, 5)
+    assert (planned.mode, planned.sub_batch) == ("sub-batches", 2)
+    runs, run = [], small.backend.run
+    small.backend.run = lambda z, Hp, Wp: (runs.append(z.shape[0]), run(z, Hp, Wp))[1]
+    spy = Spy(small)
     reqs = [request(latent(i), 32, 32) for i in range(5)]
-    spy = Spy(engine)
     out = InfGenModel(spy, Limits(max_batch=8, max_pixels=2 * 32 * 32))(reqs)
-    assert spy.batches == [2, 2, 1]
+    assert spy.batches == [5] and runs == [2, 2, 1]  # one decode; the plan's sub-batches
+    reference = InfGenEngine("tiny")
     for r, o in zip(reqs, out):
-        assert_same_image(o["image"], direct(engine, r["latent"], 32, 32))
+        assert_same_image(o["image"], direct(reference, r["latent"], 32, 32))
 
 
-def test_model_out_of_memory_halves_the_chunk_then_is_an_error(engine):
+def test_model_out_of_memory_is_one_error_then_it_serves_on(engine):
     reqs = [request(latent(i), 24, 24) for i in range(4)]
-    spy = Spy(engine, oom_above=1)
-    out = InfGenModel(spy, Limits(max_batch=4))(reqs)
-    assert spy.batches == [1, 1, 1, 1]  # 4 failed, 2 failed, then one at a time
-    for r, o in zip(reqs, out):
-        assert_same_image(o["image"], direct(engine, r["latent"], 24, 24))
-
     model = InfGenModel(Spy(engine, oom_above=0))
-    with pytest.raises(MemoryError, match=r"out of memory on cpu decoding one 24x24 image \(decode ran out of memory .*\); lower .*--max-pixels"):
-        model(reqs[:1])
+    with pytest.raises(MemoryError, match=r"out of memory on cpu decoding 4 image\(s\) of 24x24 \(decode ran out of "
+                                          r"memory .*\); lower .*--max-pixels"):
+        model(reqs)
+    assert model.engine.attempts == 1  # no retry of its own: the engine's plan already split what it could
     model.engine.oom_above = None  # memory freed: the same model function serves again
     assert_same_image(model(reqs[:1])[0]["image"], direct(engine, reqs[0]["latent"], 24, 24))
 
 
 def test_model_out_of_memory_is_reachable_with_a_real_engine():
-    """The engine's guard refuses what does not fit its budget (MemoryBudgetError, not torch's OOM):
-    the model function halves down to one image, answers with a clear error, and serves on."""
+    """The engine's plan refuses what does not fit its budget even one image at a time
+    (MemoryBudgetError, before any work): the model function answers with a clear error, and serves on."""
     from infgen.ref.config import preset
     from infgen.ref.memory import predict_peak
     budget = int(1.5 * predict_peak(preset("tiny"), 16, 16, 1))  # one 16x16 image fits, 256x256 does not
     small = InfGenEngine("tiny", max_memory=budget, banded=False)
     model = InfGenModel(small, Limits(max_batch=4))
-    with pytest.raises(MemoryError, match=r"decoding one 256x256 image \(decode of batch 1 at 256x256 refused"):
+    with pytest.raises(MemoryError, match=r"decoding 2 image\(s\) of 256x256 \(decode of batch 2 at 256x256 refused"):
         model([request(latent(0, b=2), 256, 256)])
     (out,) = model([request(latent(1), 16, 16)])
     assert_same_image(out["image"], direct(small, latent(1), 16, 16))
@@ -159,9 +167,11 @@ BAD = [  # (name, change to a good request, exception, message)
      r"1 image\(s\) of 512x512 = 262144 pixels, over the limit of 131072"),
     ("fp64", lambda r: r.__setitem__("latent", r["latent"].astype(np.float64)), TypeError, "latent must be FP32, got float64"),
     ("rank", lambda r: r.__setitem__("latent", r["latent"][0]), ValueError, r"latent must have shape \(B, 4, h, w\)"),
-    ("channels", lambda r: r.__setitem__("latent", r["latent"][:, :3]), ValueError, r"\(B, 4, h, w\), got \(1, 3, 8, 8\)"),
+    ("channels", lambda r: r.__setitem__("latent", r["latent"][:, :3]), ValueError,
+     r"latent must have 4 channels, got shape \(1, 3, 8, 8\)"),
     ("grid", lambda r: r.__setitem__("latent", np.zeros((1, 4, 300, 8), np.float32)), ValueError,
-     "latent grid must be at most 256x256, got 300x8"),
+     r"latent grid must be at most 256x256, got \(300, 8\)"),
+    ("magnitude", lambda r: r["latent"].__setitem__((0, 0, 0, 0), 1e9), ValueError, "latent magnitude 1e\\+09 exceeds"),
     ("float size", lambda r: r.__setitem__("height", r["height"].astype(np.float32)), TypeError, "height must be INT32"),
     ("rows differ", lambda r: r.__setitem__("width", np.array([[64], [72]], np.int32)), ValueError,
      r"width must have shape \(1, 1\)"),
@@ -258,7 +268,7 @@ def server(tmp_path_factory):
     pytest.importorskip("tritonclient.http", reason=SERVE_SKIP)
     if int(np.__version__.split(".")[0]) >= 2:
         pytest.skip(f"{SERVE_SKIP}; this environment has numpy {np.__version__}")
-    from infgen.runtime.serving import InfGenClient
+    from infgen.runtime.client import InfGenClient
     http, grpc, metrics = free_ports(3)
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # same threads: same float sums
@@ -293,7 +303,7 @@ def server(tmp_path_factory):
 
 
 def client(server, protocol="http"):
-    from infgen.runtime.serving import InfGenClient
+    from infgen.runtime.client import InfGenClient
     return InfGenClient(server[protocol], protocol=protocol, timeout_s=120)
 
 
@@ -395,7 +405,7 @@ def test_server_answers_a_bad_request_with_its_error_and_keeps_serving(server, e
 
 
 def test_client_error_is_the_reason_line(server):
-    from infgen.runtime.serving import ServerError
+    from infgen.runtime.client import ServerError
     for protocol in ("http", "grpc"):  # refused by the gates' check_request, before Triton: the reason alone
         with client(server, protocol) as c, pytest.raises(ServerError, match=r"^width must be 8..2048, got 5000$"):
             c.decode(latent(0), 64, 5000)
@@ -563,7 +573,7 @@ def server_memory_mib(pid: int) -> dict:
 def test_server_memory_returns_to_its_level_after_refused_requests(server):
     if not Path(f"/proc/{server['proc'].pid}/smaps_rollup").exists():
         pytest.skip("needs Linux /proc/PID/smaps_rollup")
-    from infgen.runtime.serving import ServerError
+    from infgen.runtime.client import ServerError
 
     def refuse(grid: int, b: int):
         z = np.ones((b, 4, grid, grid), np.float32)

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from infgen.ref.decode import TORCH_OPS, tokens
-from infgen.ref.data import HELD_OUT, TRAIN_PHOTOS, photo_paths
 from infgen.train.data import generated_image
+from infgen.train.config import TrainConfig
+from infgen.train.photos import HELD_OUT, TRAIN_PHOTOS, photo_paths
 from infgen.train.trainer import CropSampler, Trainer, decode_window, parse_args, positional_warm_start
 from infgen.ref import DEMO_CHECKPOINT
 from infgen.ref.config import preset
@@ -194,6 +195,74 @@ def test_bad_arguments():
         parse_args(["--out-dir", "x", "--stage1-steps", "-1"])
     with pytest.raises(SystemExit):
         parse_args(["--out-dir", "x", "--grid-min", "9", "--grid-max", "4"])
+
+
+def test_parser_and_config_are_one_mapping(tmp_path):
+    """Every TrainConfig field is a flag named after it and nothing else is; the parser's defaults
+    are the config's (a bare command line equals TrainConfig(out_dir=...))."""
+    import dataclasses
+
+    from infgen.train.config import flag
+    from infgen.train.trainer import build_parser
+    flags = {a.option_strings[-1] for a in build_parser()._actions if a.option_strings} - {"--help"}
+    assert flags == {flag(f.name) for f in dataclasses.fields(TrainConfig)}
+    assert parse_args(["--out-dir", str(tmp_path)]) == TrainConfig(out_dir=str(tmp_path))
+    a = parse_args(["--out-dir", "x", "--pyramid", "1", "2", "--max-scale", "2", "--seed", "3"])
+    assert a == TrainConfig(out_dir="x", pyramid=[1, 2], max_scale=2, seed=3)
+    assert a.pyramid == (1, 2) and isinstance(a.max_scale, float)  # lists become tuples, numbers their kind
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (dict(grid_min=20, grid_max=16), ValueError, r"^grid_min must be <= grid_max \(16\), got 20$"),
+    (dict(lr=0), ValueError, r"^lr must be a finite number > 0, got 0$"),
+    (dict(batch_size=1.5), ValueError, r"^batch_size must be an integer, got 1.5$"),
+    (dict(gan_start=float("nan")), ValueError, r"^gan_start must be a finite number"),
+    (dict(scales=(1, 9)), ValueError, r"^scales must lie in \[1, max_scale\] = \[1, 4.0\], got \(1.0, 9.0\)$"),
+    (dict(pyramid=[]), ValueError, r"^pyramid must hold at least one value"),
+    (dict(pyramid=[1, 0]), ValueError, r"^pyramid must be an integer >= 1, got 0$"),
+    (dict(device="gpu9"), ValueError, r"^device must be cpu or cuda\[:N\], got 'gpu9'$"),
+    (dict(preset="huge"), ValueError, r"^preset must be one of \['demo', 'paper', 'tiny'\], got 'huge'$"),
+    (dict(quiet="yes"), TypeError, r"^quiet must be True or False, got 'yes'$"),
+    (dict(photo_dir="d1"), TypeError, r"^photo_dir must be a list or tuple, got str 'd1'$"),
+    (dict(seed=True), TypeError, r"^seed must be a number, got bool True$"),
+    (dict(out_dir=""), TypeError, r"^out_dir must be a non-empty string or path"),
+])
+def test_train_config_refuses_bad_values_naming_the_field(bad, error, match):
+    with pytest.raises(error, match=match):
+        TrainConfig(**{"out_dir": "x", **bad})
+
+
+def test_train_config_needs_out_dir_and_trainer_needs_a_config(tmp_path):
+    import argparse
+    import dataclasses
+    c = TrainConfig(out_dir="x")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.grid_min = 99  # a change goes through replace, which checks again
+    with pytest.raises(ValueError, match="grid_min must be <= grid_max"):
+        dataclasses.replace(c, grid_min=99)
+    assert dataclasses.replace(c, lr=1e-3).lr == 1e-3
+    with pytest.raises(TypeError, match="out_dir"):
+        TrainConfig(preset="tiny")
+    with pytest.raises(TypeError, match="Trainer takes a TrainConfig, got Namespace"):
+        Trainer(argparse.Namespace(out_dir=str(tmp_path)))
+
+
+def test_cli_errors_spell_fields_as_flags_but_not_the_value():
+    from infgen.train.config import as_flags
+    assert as_flags("grid_min must be <= grid_max (16), got 20") == "--grid-min must be <= --grid-max (16), got 20"
+    assert as_flags("device must be cpu or cuda[:N], got 'window'") == "--device must be cpu or cuda[:N], got 'window'"
+
+
+def test_trainer_from_python_config(tmp_path):
+    """Trainer(TrainConfig(...)), no command line: it trains and saves, and train_state.pt keeps the config."""
+    c = TrainConfig(out_dir=tmp_path, preset="tiny", stage1_steps=2, stage2_steps=1, batch_size=2, grid_min=3,
+                    grid_max=3, window=3, max_scale=2, warmup=1, warm_start_steps=0, quiet=True, log_every=1)
+    assert c.out_dir == str(tmp_path)
+    t, hist = _run(c)
+    assert [h["stage"] for h in hist] == [1, 1, 2] and t.step == 3
+    state = torch.load(tmp_path / "train_state.pt", weights_only=True)
+    assert TrainConfig(**state["train_config"]) == c
+    assert load_checkpoint(tmp_path / "model").config.num_blocks == preset("tiny").num_blocks
 
 
 def test_training_data_offline_and_held_out():

@@ -68,7 +68,7 @@ def test_sampler_discrete_scales_and_uint8_images():
 def test_cli_photo_options(tmp_path):
     a = parse_args(["--out-dir", str(tmp_path), "--scales", "1", "2", "4", "--pyramid", "1", "2", "--photo-dir", "d1",
                     "d2", "--photo-fraction", "0.9"])
-    assert a.scales == (1.0, 2.0, 4.0) and a.pyramid == (1, 2) and a.photo_dir == ["d1", "d2"]
+    assert a.scales == (1.0, 2.0, 4.0) and a.pyramid == (1, 2) and a.photo_dir == ("d1", "d2")
     for bad in (["--scales", "1", "8"], ["--scales", "one"], ["--scales", "1,2"], ["--pyramid", "1,2"],
                 ["--photo-fraction", "1.5"]):
         with pytest.raises(SystemExit):

@@ -2,7 +2,7 @@
 tensorrt-cu12-bindings wheel), with the native module stood in (tests/trt_standin.py says exactly
 what the stand-in provides). tests/trt_standin.build_kernel plays TensorRT's builder: creator ->
 plugin -> get_output_data_types -> get_output_shapes -> set_tactic -> get_launch_params ->
-get_kernel. The kernel is compiled for sm_90a without a GPU (as kernels/report.py does), in a
+get_kernel. The kernel is compiled for sm_90a without a GPU (as benchmarks/compile_report.py does), in a
 subprocess: tests/conftest.py sets TRITON_INTERPRET=1, under which nothing compiles."""
 import json
 import math

@@ -87,12 +87,23 @@ def test_param_count_on_unusual_configs(kw):
     assert param_count(cfg) == sum(p.numel() for p in InfGen(cfg).parameters())
 
 
-def test_huge_config_fails_before_any_module_is_built(monkeypatch):
-    built = []
-    monkeypatch.setattr(torch.nn.Conv2d, "__init__", lambda *a, **k: built.append(a))
+def _record_weights_built(monkeypatch, cls) -> list:
+    """Patch cls.__init__ to record the device of every parameter it creates; returns the record."""
+    built, init = [], cls.__init__
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        built.extend(p.device.type for p in self.parameters())
+    monkeypatch.setattr(cls, "__init__", recording_init)
+    return built
+
+
+def test_huge_config_fails_before_any_module_with_weights_is_built(monkeypatch):
+    """The parameter count is taken on the model built on the meta device: no weight memory."""
+    built = _record_weights_built(monkeypatch, torch.nn.Conv2d)
     with pytest.raises(ValueError, match=r"parameters.*limit") as info:
         preset("tiny", block_out_channels=[8192] * 4, norm_num_groups=32)
-    assert not built
+    assert all(d == "meta" for d in built)  # counted on meta-device modules, none with weights
     n = int(info.value.args[0].split(" parameters")[0].split()[-1].replace(",", ""))
     assert n > config_mod.MAX_PARAMS
 
@@ -164,11 +175,10 @@ def test_checkpoint_config_with_bad_values(ckpt):
 def test_tiny_file_claiming_huge_model_fails_at_once(ckpt, monkeypatch):
     cfg = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps({**cfg, "block_out_channels": [2048] * 4}))
-    built = []
-    monkeypatch.setattr(InfGen, "__init__", lambda *a, **k: built.append(a))
+    built = _record_weights_built(monkeypatch, InfGen)
     with pytest.raises(CheckpointError, match=r"describes [\d,]+ parameters but .*model.safetensors holds only"):
         load_checkpoint(ckpt)
-    assert not built
+    assert all(d == "meta" for d in built)  # at most the meta-device model param_count counts
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.uint8, torch.complex64])

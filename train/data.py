@@ -1,4 +1,4 @@
-"""The training set: the offline photos of infgen_ref/data.py (held-out ones excluded) plus
+"""The training set: the offline photos of train/photos.py (held-out ones excluded) plus
 procedurally generated pictures. Images are float32 tensors (3, H, W) in [0, 1].
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from infgen.ref.data import load_rgb, photo_paths
+from infgen.train.photos import load_rgb, photo_paths
 
 
 def generated_image(seed: int, size: int = 512) -> torch.Tensor:

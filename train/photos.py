@@ -1,7 +1,13 @@
-"""Training photos from image folders (e.g. the wallpapers `scripts/fetch_photos.py` unpacks), as a
-multi-scale pyramid.
+"""The training photos: those that exist offline, with the train / held-out split, and image folders
+(e.g. the wallpapers `scripts/fetch_photos.py` unpacks) as a multi-scale pyramid.
 
-Each image is read once and kept as uint8 (3, H, W) at full size and at each extra factor in
+Offline photos come from scikit-image's bundled sample files (skimage/data/*.png, *.jpg: the ones
+in the wheel, not those its fetcher downloads) and matplotlib's sample_data/grace_hopper.jpg, as
+float32 tensors (3, H, W) in [0, 1]. Two photos are held out for evaluation and never trained on:
+HELD_OUT (scripts/evaluate_demo.py's held-out table reads them; folder photos of those names are
+skipped too). The training set built from these photos and procedural pictures is train/data.py's.
+
+Each folder image is read once and kept as uint8 (3, H, W) at full size and at each extra factor in
 `pyramid` (downscaled, antialiased): a crop of the same pixel size then covers 1x, 2x or 4x more of
 the scene, so one wallpaper gives smooth large-scale crops and detail-dense whole-scene crops alike
 (the held-out evaluation shrinks whole photos 4x). uint8 keeps 54 wallpapers at 1536 px in ~330 MB;
@@ -15,6 +21,50 @@ import numpy as np
 import torch
 from PIL import Image
 
+# ----------------------------------------------------------------------------- offline photos
+# file name in skimage/data -> used for training. Grayscale photos are repeated over RGB.
+TRAIN_PHOTOS = ("astronaut.png", "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg", "ihc.png",
+                "motorcycle_left.png", "camera.png", "brick.png", "grass.png", "gravel.png", "moon.png",
+                "coins.png", "cell.png", "clock_motion.png", "color.png", "page.png", "text.png")
+HELD_OUT = ("coffee.png", "chelsea.png")  # evaluation only, never trained on
+
+
+def _skimage_dir() -> Path:
+    try:
+        import skimage
+    except ImportError as exc:
+        raise ImportError("training photos come from scikit-image's bundled files: pip install scikit-image") from exc
+    return Path(skimage.__file__).parent / "data"
+
+
+def load_rgb(path: str | Path) -> torch.Tensor:
+    """Any image file -> (3, H, W) float32 in [0, 1]."""
+    img = Image.open(path).convert("RGB")
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def photo_paths(names=TRAIN_PHOTOS, extra_matplotlib: bool = True) -> list[Path]:
+    """Paths of the named skimage photos that exist here (a missing one is skipped), + grace_hopper.jpg."""
+    d = _skimage_dir()
+    paths = [d / n for n in names if (d / n).is_file()]
+    if extra_matplotlib:
+        try:
+            import matplotlib
+            p = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+            if p.is_file():
+                paths.append(p)
+        except ImportError:
+            pass
+    return paths
+
+
+def held_out_photos() -> dict[str, torch.Tensor]:
+    """The held-out photos by name (coffee, chelsea) -> (3, H, W) float32 in [0, 1]."""
+    d = _skimage_dir()
+    return {n.split(".")[0]: load_rgb(d / n) for n in HELD_OUT}
+
+
+# ----------------------------------------------------------------------------- image folders
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 

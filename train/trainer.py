@@ -12,7 +12,8 @@ Two stages, as the paper's setup implies when no SDXL VAE weights are at hand:
 Loss (paper): L1 + 0.1 LPIPS (only when --lpips names a local TorchScript LPIPS file) + 0.1 PatchGAN
 hinge loss (from --gan-start, a fraction of stage 2). AdamW, warmup then cosine decay per stage.
 Checkpoints: <out-dir>/train_state.pt (resume with --resume) and <out-dir>/model/ (config.json +
-model.safetensors, loadable with infgen.ref.weights.load_checkpoint).
+model.safetensors, loadable with infgen.ref.weights.load_checkpoint). Settings: TrainConfig
+(train/config.py), one field per flag; from Python, Trainer(TrainConfig(out_dir=..., ...)).
 """
 from __future__ import annotations
 
@@ -29,13 +30,13 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from infgen.ref.config import PRESETS, InfGenConfig, preset
-from infgen.ref.data import HELD_OUT
+from infgen.ref.config import InfGenConfig, preset
 from infgen.ref.decode import TORCH_OPS, decode_grid
 from infgen.ref.model import InfGen
 from infgen.ref.weights import load_checkpoint, save_checkpoint
+from infgen.train.config import TrainConfig, add_arguments, as_flags
 from infgen.train.data import training_images
-from infgen.train.photos import folder_photos
+from infgen.train.photos import HELD_OUT, folder_photos
 
 
 # ----------------------------------------------------------------------------- data
@@ -222,32 +223,36 @@ def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
 
 # ----------------------------------------------------------------------------- training
 class Trainer:
-    def __init__(self, args):
-        self.args = args
-        self.device = torch.device(args.device)
-        self.out = Path(args.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(args.seed)
-        if args.init:  # fine-tune: config and weights from a checkpoint directory
-            self.model = load_checkpoint(args.init).train().to(self.device)
+    """One training run of train_config (TrainConfig): Trainer(TrainConfig(out_dir=..., ...)).run(sampler)."""
+
+    def __init__(self, train_config: TrainConfig):
+        if not isinstance(train_config, TrainConfig):
+            raise TypeError(f"Trainer takes a TrainConfig, got {type(train_config).__name__}")
+        c = self.train_config = train_config
+        self.device = torch.device(c.device)
+        self.out_dir = Path(c.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(c.seed)
+        if c.init:  # fine-tune: config and weights from a checkpoint directory
+            self.model = load_checkpoint(c.init).train().to(self.device)
         else:
-            cfg = preset(args.preset) if args.config is None else InfGenConfig.from_json(args.config)
+            cfg = preset(c.preset) if c.config is None else InfGenConfig.from_json(c.config)
             self.model = InfGen(cfg).to(self.device)
             with torch.no_grad():  # posterior std starts at e^-5: at the default init (std ~1) the
                 # sampling noise drowns the latent and the decoder learns to ignore whole channels
-                self.model.quant_conv.bias[cfg.latent_channels:] = args.init_logvar
+                self.model.quant_conv.bias[cfg.latent_channels:] = c.init_logvar
         self.disc = PatchDiscriminator().to(self.device)
-        self.lpips = load_lpips(args.lpips)
+        self.lpips = load_lpips(c.lpips)
         self.step = 0
         self.opt = self.opt_d = None
-        self.log_path = self.out / "log.jsonl"
+        self.log_path = self.out_dir / "log.jsonl"
 
     # -- stages
     def stage(self, step: int) -> int:
-        return 1 if step < self.args.stage1_steps else 2
+        return 1 if step < self.train_config.stage1_steps else 2
 
     def make_optimizers(self, stage: int):
-        m, a = self.model, self.args
+        m, a = self.model, self.train_config
         if stage == 1:
             params = list(m.parameters())
         else:
@@ -274,19 +279,21 @@ class Trainer:
 
     # -- checkpoints
     def save(self):
-        state = {"step": self.step, "config": self.model.config.to_dict(), "args": vars(self.args),
+        state = {"step": self.step, "config": self.model.config.to_dict(),
+                 "train_config": dataclasses.asdict(self.train_config),
                  "model": self.model.state_dict(), "disc": self.disc.state_dict(),
                  "opt": self.opt.state_dict(), "opt_d": self.opt_d.state_dict(),
                  "stage": self.stage(self.step - 1) if self.step else 1}
-        tmp = self.out / "train_state.pt.tmp"
+        tmp = self.out_dir / "train_state.pt.tmp"
         torch.save(state, tmp)
-        tmp.replace(self.out / "train_state.pt")
-        save_checkpoint(self.model, self.out / "model")
-        if self.args.snapshot_every and self.step % self.args.snapshot_every == 0:
-            save_checkpoint(self.model, self.out / "snapshots" / f"step{self.step:06d}")
+        tmp.replace(self.out_dir / "train_state.pt")
+        save_checkpoint(self.model, self.out_dir / "model")
+        every = self.train_config.snapshot_every
+        if every and self.step % every == 0:
+            save_checkpoint(self.model, self.out_dir / "snapshots" / f"step{self.step:06d}")
 
     def resume(self):
-        path = self.out / "train_state.pt"
+        path = self.out_dir / "train_state.pt"
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no {path}")
         try:
@@ -294,7 +301,7 @@ class Trainer:
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
             raise ValueError(f"--resume: {path} is not a readable train state (weights-only torch file): "
                              f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
-        from infgen.ref.options import check_number
+        from infgen.ref.checks import check_number
         try:
             scaling = check_number("config.scaling_factor", state["config"]["scaling_factor"])
             step = check_number("step", state["step"], int, 0)
@@ -317,7 +324,7 @@ class Trainer:
 
     # -- one step
     def train_step(self, x, y, win, stage: int, use_gan: bool) -> dict:
-        a, m = self.args, self.model
+        a, m = self.train_config, self.model
         if stage == 1:
             mean, logvar = encode_moments(m, x)
             z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
@@ -354,7 +361,7 @@ class Trainer:
         return logs
 
     def run(self, sampler: CropSampler) -> list[dict]:
-        a = self.args
+        a = self.train_config
         total = a.stage1_steps + a.stage2_steps
         if a.resume:
             self.resume()
@@ -404,89 +411,32 @@ class Trainer:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from infgen.ref.options import tool_parser
+    """The command line: one flag per TrainConfig field (train/config.py)."""
+    from infgen.cli import tool_parser
     return tool_parser("python -m infgen.train", __doc__.split("\n")[0], add_arguments)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags; every number is bounded and finite (infgen.ref.options.number), else one `error:` line."""
-    from infgen.ref.options import number
-    p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
-    p.add_argument("--config", default=None, help="an InfGenConfig JSON file instead of --preset")
-    p.add_argument("--init", default=None,
-                   help="checkpoint directory to fine-tune from (its config replaces --preset; no warm start)")
-    p.add_argument("--out-dir", dest="out", metavar="DIR", required=True,
-                   help="directory for train_state.pt, model/ and log.jsonl")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--stage1-steps", type=number(int, 0), default=1500, help="plain-VAE steps (encoder + decoder)")
-    p.add_argument("--stage2-steps", type=number(int, 0), default=2500, help="InfGen steps (encoder frozen)")
-    p.add_argument("--batch-size", type=number(int, 1), default=8)
-    p.add_argument("--grid-min", type=number(int, 1), default=12, help="smallest input latent grid side (tokens)")
-    p.add_argument("--grid-max", type=number(int, 1), default=16, help="largest input latent grid side (tokens)")
-    p.add_argument("--max-scale", type=number(float, 1), default=4.0, help="largest target / input size in stage 2")
-    p.add_argument("--window", type=number(int, 1), default=16, help="decoded window side, tokens (8 px each)")
-    p.add_argument("--warm-start-steps", type=number(int, 0), default=200,
-                   help="positional warm start of cross-attention block 0 before stage 1 (0: off)")
-    p.add_argument("--warm-start-lr", type=number(float, 0, lo_open=True), default=3e-3)
-    p.add_argument("--lr", type=number(float, 0, lo_open=True), default=2e-4)
-    p.add_argument("--warmup", type=number(int, 0), default=100)
-    p.add_argument("--weight-decay", type=number(float, 0), default=0.01)
-    p.add_argument("--kl-weight", type=number(float, 0), default=1e-6)
-    p.add_argument("--init-logvar", type=number(float, -30, 30), default=-10.0, help="initial posterior log-variance (bias)")
-    p.add_argument("--lpips", default=None, help="local TorchScript LPIPS file; without it LPIPS is off")
-    p.add_argument("--lpips-weight", type=number(float, 0), default=0.1)
-    p.add_argument("--gan-weight", type=number(float, 0), default=0.1)
-    p.add_argument("--gan-start", type=number(float, 0, 1), default=0.5, help="fraction of stage 2 before the GAN loss starts")
-    p.add_argument("--colour-aug", type=number(float, 0, 1), default=0.5,
-                   help="probability of a random channel order per photo crop; grayscale crops are tinted (0: off)")
-    p.add_argument("--num-generated", type=number(int, 0), default=48, help="procedural training images")
-    p.add_argument("--photo-dir", nargs="+", default=[], metavar="DIR",
-                   help="extra folders of training photos (scripts/fetch_photos.py makes one)")
-    p.add_argument("--pyramid", type=number(int, 1), nargs="+", default=[1, 2, 4], metavar="F",
-                   help="downscale factors at which --photo-dir images are kept (multi-scale crops)")
-    p.add_argument("--photo-fraction", type=number(float, 0, 1), default=0.6, help="share of crops taken from photos")
-    p.add_argument("--scales", type=number(float, 1), nargs="+", default=None, metavar="S",
-                   help="stage-2 target scales to draw from, e.g. 1 2 4 (default: uniform in [1, max-scale])")
-    p.add_argument("--save-every", type=number(int, 1), default=200)
-    p.add_argument("--snapshot-every", type=number(int, 0), default=0,
-                   help="also keep <out-dir>/snapshots/stepNNNNNN/ every N steps (learning curves; 0: off)")
-    p.add_argument("--log-every", type=number(int, 1), default=10)
-    p.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=0)
-    p.add_argument("--threads", type=number(int, 0, 4096), default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/train_state.pt")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def parse_args(argv=None):
+def parse_args(argv=None) -> TrainConfig:
+    """The command line -> TrainConfig. A bad value, of one flag or of several together, is one
+    `error:` line and exit status 2 (SystemExit), naming the flag."""
     p = build_parser()
-    a = p.parse_args(argv)
-    for name in ("stage1_steps", "stage2_steps", "snapshot_every"):
-        if getattr(a, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
-    if a.batch_size < 1 or not 1 <= a.grid_min <= a.grid_max or a.window < 1 or a.max_scale < 1:
-        p.error(f"need batch-size >= 1, 1 <= grid-min <= grid-max, window >= 1, max-scale >= 1; got "
-                f"{a.batch_size}, {a.grid_min}, {a.grid_max}, {a.window}, {a.max_scale}")
-    a.pyramid = tuple(a.pyramid)
-    a.scales = None if a.scales is None else tuple(a.scales)
-    if a.scales is not None and any(not 1 <= s <= a.max_scale for s in a.scales):
-        p.error(f"--scales must lie in [1, max-scale={a.max_scale}], got {a.scales}")
-    if not 0 <= a.photo_fraction <= 1:
-        p.error(f"--photo-fraction must be in [0, 1], got {a.photo_fraction}")
-    return a
+    args = p.parse_args(argv)
+    try:
+        return TrainConfig.from_args(args)
+    except (ValueError, TypeError) as exc:
+        p.error(as_flags(str(exc)))
 
 
 def main(argv=None):
-    """python -m infgen.train: user errors (bad --out-dir, --config, --lpips, --device) are one `error:` line and
-    exit status 2, checked before training starts."""
-    from infgen.ref.options import check_out_dir, guarded
+    """python -m infgen.train: a bad flag value is one `error:` line and exit status 2 (parse_args); so are
+    the user errors found on disk (an --out-dir that cannot be written, no --config or --lpips file),
+    checked before training starts."""
+    from infgen.cli import guarded
+    from infgen.ref.checks import check_out_dir
     a = parse_args(argv)
 
     def checked(a):
-        try:
-            torch.device(a.device)
-        except RuntimeError as exc:
-            raise ValueError(f"--device must be cpu or cuda[:N], got {a.device!r}") from exc
-        check_out_dir(a.out, "--out-dir")
+        check_out_dir(a.out_dir, "--out-dir")
         for flag, path in (("--config", a.config), ("--lpips", a.lpips)):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{flag}: no such file {path!r}")
@@ -494,7 +444,8 @@ def main(argv=None):
     return guarded(checked, a)
 
 
-def train(a) -> int:
+def train(a: TrainConfig) -> int:
+    """One run, as `python -m infgen.train` makes it: the training set, a Trainer, its CropSampler."""
     if a.threads:
         torch.set_num_threads(a.threads)
     random.seed(a.seed)
@@ -508,7 +459,7 @@ def train(a) -> int:
                           seed=a.seed, colour_aug=a.colour_aug, scales=a.scales)
     t0 = time.time()
     trainer.run(sampler)
-    print(f"done: {trainer.step} steps in {time.time() - t0:.0f} s; checkpoint {trainer.out / 'model'}")
+    print(f"done: {trainer.step} steps in {time.time() - t0:.0f} s; checkpoint {trainer.out_dir / 'model'}")
     return 0
 
 

@@ -11,7 +11,7 @@
 
 Each tool module has HELP, add_arguments(parser), run(args) and main(argv) (its own entry point,
 `infgen-<command>`). The flags they share (--size WIDTHxHEIGHT, --preset/--checkpoint, --backend,
---device, --dtype) are defined once, in infgen_ref/options.py. User errors print one `error: ...`
+--device, --dtype) are defined once, in infgen.cli (cli/__init__.py). User errors print one `error: ...`
 line on stderr and exit with status 2. The library (engine, backends, io, serving) never imports
 this package.
 """
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-
-from infgen.ref.options import size_type as parse_size  # noqa: F401 - 'WxH' -> (h, w), for callers of the CLI
 
 COMMANDS = {"decode": "decode", "encode": "encode", "info": "info", "demo": "demo", "profile": "profiler",
             "serve": "serve", "client": "client", "loadtest": "loadtest"}  # command -> module in infgen.runtime.cli
@@ -35,7 +33,7 @@ def tool(command: str):
 
 def build_parser() -> argparse.ArgumentParser:
     """`infgen COMMAND ...` (usage: infgen decode ...) or `python -m infgen.runtime COMMAND ...`."""
-    from infgen.ref.options import ToolParser, prog_name, show_defaults
+    from infgen.cli import ToolParser, prog_name, show_defaults
     parser = ToolParser(  # a usage error is one `error:` line, as every tool's
         prog=prog_name("python -m infgen.runtime"),
         description="InfGen runtime: decode one latent into an image of any size in one pass.",
@@ -51,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from infgen.ref.options import guarded
+    from infgen.cli import guarded
     args = build_parser().parse_args(argv)
     extra = args.module.user_errors() if hasattr(args.module, "user_errors") else ()
     # ImportError: a backend's optional package is missing (its message says which).

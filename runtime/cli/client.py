@@ -15,6 +15,7 @@ from pathlib import Path
 
 from infgen.runtime.cli.options import add_size_option, tool_main
 from infgen.runtime.cli.progress import Bar, add_progress_option
+from infgen.runtime.client import MODEL_NAME, InfGenClient, ServerError  # torch-free
 
 EXIT_UNAVAILABLE = 1
 HELP = "decode a latent file on an InfGen server (runtime serve), over HTTP or gRPC"
@@ -22,7 +23,6 @@ HELP = "decode a latent file on an InfGen server (runtime serve), over HTTP or g
 
 def user_errors() -> tuple:
     """Errors that are the user's (or the server's answer to them): one line, exit status 2."""
-    from infgen.runtime.serving import ServerError
     return (ServerError,)
 
 
@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--url", default="127.0.0.1:8000",
                         help="server host:port, the HTTP port or with --protocol grpc the gRPC one (default: %(default)s)")
     parser.add_argument("--protocol", choices=("http", "grpc"), default="http", help="default: %(default)s")
-    parser.add_argument("--model-name", default="infgen", help="default: %(default)s")
+    parser.add_argument("--model-name", default=MODEL_NAME, help="default: %(default)s")
     parser.add_argument("--server-png", action="store_true",
                         help="have the server encode the PNG files (output 'png') instead of sending pixels")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default: %(default)s)")
@@ -54,7 +54,6 @@ def run(args) -> int:
     from PIL import Image
 
     from infgen.runtime.io import load_latent
-    from infgen.runtime.serving import InfGenClient
     if args.server_png and args.out and Path(args.out).suffix.lower() != ".png":
         raise ValueError(f"--server-png writes PNG files: --out must end in .png, got {args.out!r}")
     if not args.timeout > 0:

@@ -1,18 +1,17 @@
 """`python -m infgen.runtime demo`: one latent decoded at several sizes, with no input files.
 
     python -m infgen.runtime demo --out-dir demo_out                    # the bundled demo checkpoint
-    python -m infgen.runtime demo --held-out --fidelity                 # + the held-out table, every backend/dtype
     python -m infgen.runtime demo --preset tiny --size 64x48            # random weights: the test-pattern demo
 
 With a trained checkpoint (the bundled demo model, infgen_ref/assets/demo/, or --checkpoint): a
 held-out photo (assets/demo/coffee.jpg, never trained on) is resized to a small input, encoded to
 one latent and decoded by InfGen at each size in one pass. Each output is scored (PSNR, SSIM;
 scikit-image's metrics) against the photo resized to that size, next to a baseline measured in
-the same run: decode at the latent's native size, then bicubic upscaling. --held-out adds the
-2x/4x table on both held-out photos; --fidelity runs every backend and dtype against the torch
-fp32 output. With --preset (random weights, and the demo says so): a procedural test pattern is
-encoded and decoded, which shows only that every size decodes. Sizes are (height, width) inside,
-WIDTHxHEIGHT on the command line.
+the same run: decode at the latent's native size, then bicubic upscaling. With --preset (random
+weights, and the demo says so): a procedural test pattern is encoded and decoded, which shows only
+that every size decodes. Sizes are (height, width) inside, WIDTHxHEIGHT on the command line. The
+demo model's evaluation tables (held-out photos at 2x/4x; every backend and dtype against the
+torch fp32 output) are scripts/evaluate_demo.py, which uses the helpers here.
 """
 from __future__ import annotations
 
@@ -25,25 +24,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from infgen.ref.config import DTYPES, PRESETS
+from infgen.ref.config import PRESETS
 from infgen.runtime.cli.options import (DEMO_CHECKPOINT, RANDOM_NOTICE, add_model_options, add_size_option, default_model,
                                  model_spec, tool_main)
-from infgen.runtime.engine import BACKENDS
 
 HELP = "no input files: decode a bundled photo at several sizes, print times and PSNR/SSIM"
 DEMO_PHOTO = DEMO_CHECKPOINT / "coffee.jpg"
 PHOTO_SIZES = ((256, 256), (288, 512), (1024, 1024), (1080, 1920))  # (h, w)
 PATTERN_SIZES = ((256, 256), (512, 512), (432, 768), (1024, 1024))  # (h, w)
 INPUT_SIZE = (96, 144)  # (h, w) of the encoder input: a 12 x 18 latent
-FIDELITY_BACKENDS = tuple(b for b in BACKENDS if b != "auto")
 ROW_COLUMNS = ("size", "seconds", "psnr", "ssim", "baseline_psnr", "baseline_ssim")
-HELD_OUT_COLUMNS = ("photo", "scale", "size", "psnr", "ssim", "baseline_psnr", "baseline_ssim",
-                    "input_bicubic_psnr", "input_bicubic_ssim")
-FIDELITY_COLUMNS = ("backend", "dtype", "size", "psnr", "max_abs", "finite", "skipped")
 
 
 # ----------------------------------------------------------------------------- helpers
-def _sizes(sizes) -> list[tuple[int, int]]:
+def check_sizes(sizes) -> list[tuple[int, int]]:
     """A non-empty list of (height, width); ValueError naming the value otherwise (a 'WxH' string is
     the command line's, parsed there)."""
     try:
@@ -155,7 +149,7 @@ def run_demo(out_dir, sizes=PHOTO_SIZES, backend="torch", device="cpu", dtype=No
     from infgen.runtime.io import load_image
     if fmt not in ("png", "jpg"):
         raise ValueError(f"fmt must be 'png' or 'jpg', got {fmt!r}")
-    sizes = _sizes(sizes)
+    sizes = check_sizes(sizes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = demo_checkpoint(checkpoint)
@@ -187,81 +181,6 @@ def run_demo(out_dir, sizes=PHOTO_SIZES, backend="torch", device="cpu", dtype=No
     return rows
 
 
-def held_out_table(checkpoint=None, scales=(2, 4), device="cpu", photos: dict | None = None) -> list[dict]:
-    """InfGen at each scale vs native decode + bicubic (and bicubic from the input pixels), per held-out photo.
-
-    Each photo is center-cropped to a multiple of 8 * max(scales); the input is that crop shrunk by
-    max(scales); the reference at scale s is the crop resized to s x the input size.
-    photos: name -> (1, 3, H, W) in [-1, 1] (default: infgen.ref.data's held-out photos)."""
-    from infgen.runtime.engine import InfGenEngine
-    ckpt = demo_checkpoint(checkpoint)
-    engine = InfGenEngine(ckpt, backend="torch", device=device, dtype="fp32")
-    if photos is None:
-        from infgen.ref.data import held_out_photos
-        photos = {k: v[None] * 2 - 1 for k, v in held_out_photos().items()}
-    u, smax = engine.config.upscale, max(scales)
-    rows = []
-    for name, pic in photos.items():
-        H, W = (d // (u * smax) * u * smax for d in pic.shape[2:])
-        top, left = (pic.shape[2] - H) // 2, (pic.shape[3] - W) // 2
-        crop = pic[:, :, top:top + H, left:left + W]
-        ih, iw = H // smax, W // smax
-        x = resize(crop, ih, iw)
-        z = encode_photo(crop, ckpt, (ih, iw))
-        native = engine.decode(z, ih, iw)
-        rp, rs = score(x, native)
-        rows.append(dict(photo=name, scale=1, size=f"{iw}x{ih}", psnr=round(rp, 2), ssim=round(rs, 4)))
-        for s in scales:
-            h, w = ih * s, iw * s
-            ref = resize(crop, h, w)
-            img = engine.decode(z, h, w).cpu()
-            p, q = score(ref, img)
-            bp, bq = score(ref, resize(native.cpu(), h, w))
-            ip, iq = score(ref, resize(x, h, w))
-            rows.append(dict(photo=name, scale=s, size=f"{w}x{h}", psnr=round(p, 2), ssim=round(q, 4),
-                             baseline_psnr=round(bp, 2), baseline_ssim=round(bq, 4),
-                             input_bicubic_psnr=round(ip, 2), input_bicubic_ssim=round(iq, 4)))
-    return rows
-
-
-def fidelity(sizes=((256, 256), (288, 512), (1024, 1024)), backends=FIDELITY_BACKENDS, dtypes=tuple(DTYPES),
-             device="cpu", checkpoint=None, photo=DEMO_PHOTO) -> list[dict]:
-    """The demo latent through every available backend and dtype; PSNR against the torch fp32 output.
-
-    sizes: (h, w). One row per (backend, dtype, size): psnr (inf when identical), max_abs (in
-    [-1, 1] units), finite; or one row with skipped=<reason> for a backend/dtype that cannot be
-    built here."""
-    from infgen.runtime.engine import InfGenEngine
-    from infgen.runtime.io import load_image
-    sizes = _sizes(sizes)
-    ckpt = demo_checkpoint(checkpoint)
-    z = encode_photo(load_image(photo), ckpt)
-    ref_engine = InfGenEngine(ckpt, backend="torch", device=device, dtype="fp32")
-    refs = {(h, w): ref_engine.decode(z, h, w).float().cpu() for h, w in sizes}
-    rows = []
-    for b in backends:
-        for dt in dtypes:
-            try:
-                engine = InfGenEngine(ckpt, backend=b, device=device, dtype=dt)
-            except (ImportError, ValueError, RuntimeError, NotImplementedError) as exc:
-                rows.append(dict(backend=b, dtype=dt, skipped=f"{type(exc).__name__}: {exc}"[:200]))
-                continue
-            for h, w in sizes:
-                try:
-                    img, secs = timed_decode(engine, z, h, w)
-                except (RuntimeError, NotImplementedError) as exc:
-                    rows.append(dict(backend=b, dtype=dt, size=f"{w}x{h}", skipped=f"{type(exc).__name__}: {exc}"[:200]))
-                    continue
-                img = img.float().cpu()
-                finite = bool(torch.isfinite(img).all())
-                ref = refs[(h, w)]
-                mse = float(((img - ref) / 2).pow(2).mean()) if finite else float("nan")
-                psnr = float("inf") if mse == 0 else (-10 * math.log10(mse) if finite else float("nan"))
-                rows.append(dict(backend=b, dtype=dt, size=f"{w}x{h}", psnr=round(psnr, 2), finite=finite,
-                                 max_abs=round(float((img - ref).abs().max()), 5), seconds=round(secs, 3)))
-    return rows
-
-
 # ----------------------------------------------------------------------------- the test-pattern demo
 def run_pattern_demo(out_dir="demo_out", sizes=PATTERN_SIZES, model=None, backend: str = "torch", device="cpu",
                      dtype=None, fmt: str = "png", echo=print) -> list[dict]:
@@ -272,7 +191,7 @@ def run_pattern_demo(out_dir="demo_out", sizes=PATTERN_SIZES, model=None, backen
     from infgen.runtime.engine import InfGenEngine
     if fmt not in ("png", "jpg"):
         raise ValueError(f"fmt must be 'png' or 'jpg', got {fmt!r}")
-    sizes = _sizes(sizes)
+    sizes = check_sizes(sizes)
     model = default_model() if model is None else model
     engine = InfGenEngine(model, backend=backend, device=device, dtype=dtype)
     cfg = engine.config
@@ -312,21 +231,15 @@ def add_arguments(p) -> None:
     add_size_option(p, what="sizes (default: 256x256 512x288 1024x1024 1920x1080 with a checkpoint, "
                             "256x256 512x512 768x432 1024x1024 with a preset)")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image format (default: %(default)s)")
-    p.add_argument("--held-out", action="store_true", help="also print the held-out table (2x, 4x; a checkpoint only)")
-    p.add_argument("--fidelity", action="store_true",
-                   help="also run every backend and dtype against the torch fp32 output (a checkpoint only)")
     add_model_options(p)
 
 
 def run(args) -> int:
-    from infgen.ref.options import check_out_dir
+    from infgen.ref.checks import check_out_dir
     t = time.perf_counter()
     check_out_dir(args.out_dir, "--out-dir")  # before any work
     spec = model_spec(args)
     if spec in PRESETS:
-        if args.held_out or args.fidelity:
-            raise ValueError(f"--held-out and --fidelity score a trained checkpoint, not --preset {spec} "
-                             "(random weights): drop --preset or give --checkpoint")
         run_pattern_demo(args.out_dir, args.size or PATTERN_SIZES, model=spec, backend=args.backend,
                          device=args.device, dtype=args.dtype, fmt=args.format)
         return 0
@@ -337,12 +250,6 @@ def run(args) -> int:
     print_rows(rows, ROW_COLUMNS)
     print("baseline = decode at the latent's native size, then bicubic upscaling; reference = the photo "
           f"resized to each size. Images and contact sheet: {Path(args.out_dir) / 'contact_sheet.png'}")
-    if args.held_out:
-        print("\nheld-out photos, InfGen vs native decode + bicubic (and bicubic from the input pixels):")
-        print_rows(held_out_table(spec, device=args.device), HELD_OUT_COLUMNS)
-    if args.fidelity:
-        print("\nfidelity against the torch fp32 output:")
-        print_rows(fidelity(args.size or PHOTO_SIZES[:3], device=args.device, checkpoint=spec), FIDELITY_COLUMNS)
     print(f"total {time.perf_counter() - t:.1f} s")
     return 0
 

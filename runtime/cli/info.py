@@ -6,7 +6,7 @@ Builds the model on the meta device: fast for any preset, no weights read.
 """
 from __future__ import annotations
 
-from infgen.ref.options import positive_int
+from infgen.cli import positive_int
 from infgen.runtime.cli.options import add_memory_options, add_model_options, add_size_option, model_spec, tool_main
 
 HELP = "config, parameter counts, FLOPs per stage, the H100 floor and the memory plan at a size"
@@ -76,11 +76,14 @@ def print_plan(cfg, h: int, w: int, batch: int, max_memory, band_rows) -> None:
         line = (f"  {backend:6s} {str(dtype).split('.')[-1]:8s} ({where:4s}) plain {plain / 1e9:8.2f} GB  "
                 f"banded {banded / 1e9:8.2f} GB")
         if budget:
-            mode, rows, peak = plan(cfg, h, w, batch, dtype, backend, budget, "auto", band_rows,
-                                    host_streaming=where == "CUDA")
-            line += f"  -> {mode}" + (f", {rows} rows per band" if rows else "") + f", {peak / 1e9:.2f} GB"
-            if peak > budget:
-                line += " (over budget: more GPUs, torchrun -m infgen.runtime.distributed)"
+            p = plan(cfg, h, w, batch, dtype, backend, budget, "auto", band_rows, host_streaming=where == "CUDA")
+            if p.mode == "refuse":
+                line += (f"  -> refuse, at least {p.peak_bytes / 1e9:.2f} GB (over budget: more GPUs, "
+                         f"torchrun -m infgen.runtime.distributed)")
+            else:
+                split = f" of {p.sub_batch}" if p.mode == "sub-batches" else f", {p.sub_batch} at a time"
+                line += (f"  -> {p.mode}" + (split if p.sub_batch < batch else "")
+                         + (f", {p.band_rows} rows per band" if p.band_rows else "") + f", {p.peak_bytes / 1e9:.2f} GB")
         print(line)
 
 

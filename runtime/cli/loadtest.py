@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from infgen.ref.options import positive_int
+from infgen.cli import positive_int
 from infgen.runtime.cli.options import add_model_options, add_size_option, tool_main
 from infgen.runtime.cli.progress import Bar, add_progress_option
 from infgen.runtime.cli.serve import add_limit_arguments, engine_and_name, limits_from_args, warm_up
+from infgen.runtime.client import MODEL_NAME, SERVE_EXTRA
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 HELP = "Locust load test of a server (its own loopback one by default): throughput, latency percentiles"
@@ -51,7 +52,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--latent-grid", type=positive_int, default=None,
                         help="latent h_l = w_l (default: the model's latent_size)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="direct decode timings (default: %(default)s)")
-    parser.add_argument("--model-name", default="infgen")
+    parser.add_argument("--model-name", default=MODEL_NAME)
     parser.add_argument("-o", "--out", metavar="FILE", help="write the results as JSON here")
     add_model_options(parser)
     add_limit_arguments(parser)
@@ -159,9 +160,9 @@ def markdown(result: dict) -> str:
 def run(args) -> int:
     import importlib.util
 
-    from infgen.runtime.serving import SERVE_EXTRA, describe, require_pytriton, start_server
+    from infgen.runtime.serving import describe, require_pytriton, start_server
     if args.out:
-        from infgen.ref.options import check_out_file
+        from infgen.ref.checks import check_out_file
         check_out_file(args.out, "--out")  # before the load test, not after it
     limits = limits_from_args(args)
     if importlib.util.find_spec("locust") is None:

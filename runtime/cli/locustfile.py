@@ -13,6 +13,8 @@ import json
 import numpy as np
 from locust import FastHttpUser, constant, events, task
 
+from infgen.runtime.client import infer_inputs, request_arrays  # the client's request; torch-free
+
 SAMPLES: list[tuple[float, float, bool]] = []  # (start time s, response time ms, ok)
 
 
@@ -51,12 +53,7 @@ class InfGenUser(FastHttpUser):
         c, hl, wl = (int(v) for v in o.infgen_latent.lower().split("x"))
         b = o.infgen_batch
         latent = np.random.default_rng(0).standard_normal((b, c, hl, wl)).astype(np.float32)
-        inputs = []
-        for name, a in (("latent", latent), ("height", np.full((b, 1), h, np.int32)),
-                        ("width", np.full((b, 1), w, np.int32))):
-            t = tc.InferInput(name, list(a.shape), "FP32" if a.dtype == np.float32 else "INT32")
-            t.set_data_from_numpy(a, binary_data=True)
-            inputs.append(t)
+        inputs = infer_inputs(tc, request_arrays(latent, h, w))
         body, json_size = tc.InferenceServerClient.generate_request_body(
             inputs, outputs=[tc.InferRequestedOutput("image", binary_data=True)])
         self.body = body

@@ -1,4 +1,4 @@
-"""What the runtime's tools share: the flag set (infgen_ref/options.py) with the engine's backend
+"""What the runtime's tools share: the flag set (infgen.cli) with the engine's backend
 names, the default model, building the engine from the flags, and the one error convention
 (one `error: ...` line on stderr, exit status 2)."""
 from __future__ import annotations
@@ -7,11 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from infgen import cli as _cli
+from infgen.cli import add_size_option, guarded, positive_int, size_type  # noqa: F401 - add_size_option, size_type re-exported
 from infgen.ref import DEMO_CHECKPOINT
-from infgen.ref import options as _options
-from infgen.ref.options import guarded
 from infgen.ref.weights import TRAINED_PRESETS
-from infgen.ref.options import add_size_option, positive_int, size_type  # noqa: F401 - add_size_option, size_type re-exported
 from infgen.runtime.engine import BACKENDS
 from infgen.runtime.engine import default_model as engine_default_model
 
@@ -21,11 +20,11 @@ DEFAULT_MODEL_HELP = ("InfGen checkpoint directory (config.json + model.safetens
 
 
 def add_model_options(p: argparse.ArgumentParser, **kw) -> None:
-    """infgen.ref.options.add_model_options with the engine's BACKENDS as the --backend choices
+    """infgen.cli.add_model_options with the engine's BACKENDS as the --backend choices
     (backends=() where a tool runs no engine)."""
     kw.setdefault("checkpoint_help", DEFAULT_MODEL_HELP)
     kw.setdefault("backends", BACKENDS)
-    _options.add_model_options(p, **kw)
+    _cli.add_model_options(p, **kw)
 
 
 def add_memory_options(p: argparse.ArgumentParser, banded: bool = True) -> None:
@@ -73,10 +72,10 @@ def load_engine(args):
 
 def tool_main(prog: str, doc: str, add_arguments, run, argv=None, errors: tuple = ()) -> int:
     """A tool run on its own (the infgen-serve entry point, `python -m infgen.runtime.cli.serve`): parse, run,
-    turn user errors into one line and exit status 2 (infgen.ref.options.guarded). ImportError: an
+    turn user errors into one line and exit status 2 (infgen.cli.guarded). ImportError: an
     optional package is missing (its message says which). prog: the console script, infgen-COMMAND;
     the usage line says it when that is what ran, else `python -m infgen.runtime COMMAND`."""
     command = prog.removeprefix("infgen-")
-    parser = _options.tool_parser(f"python -m infgen.runtime {command}", doc.split("\n\n")[0], add_arguments)
+    parser = _cli.tool_parser(f"python -m infgen.runtime {command}", doc.split("\n\n")[0], add_arguments)
     args = parser.parse_args(argv)
     return guarded(run, args, errors=errors)

@@ -3,8 +3,8 @@
 A target is a backend at the run's dtype, or a baseline (torch-fp32, torch-bf16, torch-fp16,
 torch-compile). For every (target, size), one row: median / p10 / p90 latency of the user's path
 (engine.decode + InfGenEngine.to_uint8), images per second, peak memory, achieved TFLOP/s and
-the share of the cost-model floor (infgen_ref/cost.py). Backends with a `stages(Hp, Wp)` chain
-also get a per-stage breakdown: tokens+cross_attn, mid_block, up_blocks, to_uint8.
+the share of the cost-model floor (infgen_ref/cost.py). Backends whose `stages(Hp, Wp)` is a
+chain (not None) also get a per-stage breakdown: tokens+cross_attn, mid_block, up_blocks, to_uint8.
 
 Timing: CUDA events on a GPU (host clock never read between them), time.perf_counter on the
 CPU. Each iteration runs the end-to-end path once and then the stage chain once, with a mark
@@ -29,6 +29,7 @@ import torch
 from infgen.ref.config import dtype_name, parse_dtype
 from infgen.ref.cost import decode_flops, floor_seconds
 from infgen.ref.model import InfGen, token_grid
+from infgen.runtime.backend import Backend
 from infgen.runtime.engine import BACKENDS, InfGenEngine, resolve_device, resolve_model
 
 DEFAULT_SIZES = ((1024, 1024), (1080, 1920), (2048, 2048), (2160, 3840), (4096, 4096))  # (h, w)
@@ -52,7 +53,7 @@ class Target:
     build: Callable | None = None
 
 
-class CompiledDecode:
+class CompiledDecode(Backend):
     """The torch-compile baseline: torch.compile of the reference decode_grid, per size (dynamic=False).
 
     TorchBackend.run is not compiled directly: its per-size mask-token cache is a dict that changes
@@ -128,20 +129,21 @@ def stage_flops(cfg, h: int, w: int, latent_hw: tuple[int, int], batch: int) -> 
 
 def stage_chain(engine, Hp: int, Wp: int, h: int, w: int) -> list[tuple[str, Callable]] | None:
     """The backend's stages(Hp, Wp) plus to_uint8 (crop, clamp, convert, copy to the host), or None."""
-    stages = getattr(engine.backend, "stages", None)
+    stages = engine.backend.stages(Hp, Wp)
     if stages is None:
         return None
-    return list(stages(Hp, Wp)) + [("to_uint8", lambda x: engine.to_uint8(x[:, :, :h, :w].float().clamp(-1, 1)))]
+    return list(stages) + [("to_uint8", lambda x: engine.to_uint8(x[:, :, :h, :w].float().clamp(-1, 1)))]
 
 
-def is_oom(exc: BaseException) -> bool:
+def is_memory_failure(exc: BaseException) -> bool:
     """An out-of-memory failure (infgen.runtime.anysize.is_oom), or the engine's guard refusing or
     catching one (MemoryBudgetError)."""
-    from infgen.runtime.anysize import MemoryBudgetError, is_oom as oom
-    return isinstance(exc, MemoryBudgetError) or oom(exc)
+    from infgen.runtime.anysize import MemoryBudgetError, is_oom
+    return isinstance(exc, MemoryBudgetError) or is_oom(exc)
 
 
-def free_memory(device: torch.device) -> None:
+def release_memory(device: torch.device) -> None:
+    """Collect garbage and give PyTorch's cached CUDA blocks back (between rows and after a failure)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -215,9 +217,9 @@ def measure(engine, z: torch.Tensor, h: int, w: int, warmup: int, iters: int, de
                 ts = m.intervals()
                 del x
             except Exception as exc:  # noqa: BLE001
-                stages_error = ("OOM: " if is_oom(exc) else "") + f"{type(exc).__name__}: {exc}"
+                stages_error = ("OOM: " if is_memory_failure(exc) else "") + f"{type(exc).__name__}: {exc}"
                 chain, per_stage = None, []
-                free_memory(device)
+                release_memory(device)
                 continue
             if i >= warmup:
                 for lst, st in zip(per_stage, ts):
@@ -256,7 +258,7 @@ def make_row(target: Target, h: int, w: int, batch: int, cfg, latent_hw, status:
     return row
 
 
-def build_engine(target: Target, model: InfGen, device: torch.device):
+def target_engine(target: Target, model: InfGen, device: torch.device):
     """A fresh engine for a target (each backend makes its own copy of the weights)."""
     if target.build is not None:
         return target.build(model, device, target.dtype)
@@ -318,12 +320,12 @@ def profile(model, device, sizes: list[tuple[int, int]], targets: list[Target], 
 
     for target in targets:
         try:
-            engine = build_engine(target, base, device)
+            engine = target_engine(target, base, device)
         except Exception as exc:  # noqa: BLE001 - a missing or broken backend is a row, not a crash
-            status = "unavailable" if isinstance(exc, ImportError) else ("OOM" if is_oom(exc) else "error")
+            status = "unavailable" if isinstance(exc, ImportError) else ("OOM" if is_memory_failure(exc) else "error")
             msg = f"could not build backend {target.backend!r}: {type(exc).__name__}: {exc}"
             add([make_row(target, h, w, batch, cfg, (L, L), status, msg) for h, w in sizes], f"{target.name}: build")
-            free_memory(device)
+            release_memory(device)
             continue
         for h, w in sizes:
             if max(h, w) > cfg.max_size:
@@ -336,7 +338,7 @@ def profile(model, device, sizes: list[tuple[int, int]], targets: list[Target], 
                 row = profile_one(engine, target, z, h, w, batch, warmup, iters, device)
             add([row], f"{target.name} {w}x{h}")
         del engine
-        free_memory(device)
+        release_memory(device)
     bar.close()
     return rows
 
@@ -346,7 +348,7 @@ def profile_one(engine, target: Target, z, h, w, batch, warmup, iters, device) -
     if target.compile:
         warmup = max(warmup, 1)  # the first call compiles: never time it
     if device.type == "cuda":
-        free_memory(device)
+        release_memory(device)
         torch.cuda.reset_peak_memory_stats(device)
     try:
         meas = measure(engine, z, h, w, warmup, iters, device)
@@ -356,7 +358,7 @@ def profile_one(engine, target: Target, z, h, w, batch, warmup, iters, device) -
             with torch.no_grad():
                 peak = cpu_peak_bytes(lambda: engine.to_uint8(engine.decode(z, h, w)))
     except Exception as exc:  # noqa: BLE001 - each row fails on its own
-        status = "OOM" if is_oom(exc) else "error"
-        free_memory(device)
+        status = "OOM" if is_memory_failure(exc) else "error"
+        release_memory(device)
         return make_row(target, h, w, batch, cfg, latent_hw, status, f"{type(exc).__name__}: {exc}")
     return make_row(target, h, w, batch, cfg, latent_hw, meas=meas, peak=peak)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from infgen.ref.options import positive_int
+from infgen.cli import positive_int
 from infgen.runtime.cli.options import add_model_options, add_size_option, model_spec, tool_main
 from infgen.runtime.cli.profile_measure import BASELINES, DEFAULT_SIZES
 from infgen.runtime.engine import BACKENDS
@@ -50,7 +50,7 @@ def run(args) -> int:
     from infgen.ref.config import dtype_name, parse_dtype
     from infgen.runtime.cli import profile_report as report_mod
     from infgen.runtime.cli.profile_measure import make_targets, profile
-    from infgen.ref.options import check_out_dir
+    from infgen.ref.checks import check_out_dir
     from infgen.runtime.engine import is_random, resolve_device, resolve_model
 
     check_out_dir(args.out_dir, "--out-dir")  # before any profiling

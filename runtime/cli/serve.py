@@ -13,7 +13,7 @@ import argparse
 import signal
 import threading
 
-from infgen.ref.options import positive_int
+from infgen.cli import positive_int
 from infgen.runtime.cli import options
 
 HELP = "serve the engine on NVIDIA Triton Inference Server (HTTP, gRPC, metrics)"

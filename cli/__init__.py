@@ -1,7 +1,7 @@
-"""The one flag set every command-line tool shares, over config.py's tables.
+"""infgen.cli: the one flag set every command-line tool shares, over infgen.ref.config's tables.
 
     --size WxH [WxH ...]       output sizes, WIDTHxHEIGHT (3840x2160 is landscape 4K; one number: a square),
-                               parsed once by config.parse_size into (height, width)
+                               parsed once by infgen.ref.config.parse_size into (height, width)
     --preset NAME | --checkpoint DIR
                                the model: a preset (demo: the bundled trained checkpoint; paper, tiny: random weights) or a checkpoint directory
     --backend NAME             choices: the engine's BACKENDS tuple (runtime/engine.py), passed in
@@ -10,22 +10,24 @@
 
 Used by `python -m infgen.runtime {decode,encode,info,demo,profile,serve,client,loadtest}` (through
 runtime/cli/options.py, which supplies the backend names), `torchrun -m infgen.runtime.distributed`,
-`python -m infgen.export.onnx`, `python -m infgen.export.trt` and `python -m infgen.train`. This module
-sits below the runtime so that export/ can use it too: the backend names come in as an argument, never
-from an import of runtime/.
+`python -m infgen.export.onnx`, `python -m infgen.export.trt`, `python -m infgen.train` and the
+scripts. This package sits below export/, train/ and the runtime, just above infgen.ref (its tables
+and value checks, infgen.ref.checks), so that all of them can use it: the backend names come in as
+an argument, never from an import of runtime/. The library never imports it.
 
 The conventions every tool's parser follows (docs/cli.md): a list is one flag with space-separated
 values (nargs="+"); `-o/--out FILE` names an output file, `--out-dir DIR` an output directory; every
 flag with a default says it in --help (show_defaults); the usage line names the program the user ran
-(prog_name). tool_parser builds a parser that way.
+(prog_name). tool_parser builds a parser that way; guarded runs a tool's body, a user error
+becoming one `error: ...` line and exit status 2 (EXIT_USAGE).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from infgen.ref.checks import check_number
 from infgen.ref.config import DTYPES, PRESETS, parse_size
 
 SHARED_FLAGS = ("--size", "--preset", "--checkpoint", "--backend", "--device", "--dtype")
@@ -41,31 +43,6 @@ def size_type(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def check_number(name: str, value, kind: type = float, lo=None, hi=None, lo_open: bool = False):
-    """One numeric option's value (a number, or its text) -> kind(value), finite and within
-    lo..hi ((lo, hi] when lo_open); ValueError/TypeError naming it and the range otherwise. The one
-    rule every numeric option and field follows: bools, NaN, inf, 1e999 and fractions for an int
-    are refused, never clipped or truncated."""
-    import math
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    what = "an integer" if kind is int else "a finite number"
-    try:
-        x = (int(value.strip()) if isinstance(value, str) else value) if kind is int else float(value)
-    except (ValueError, OverflowError) as exc:
-        raise ValueError(f"{name} must be {what}, got {value!r}") from exc
-    if kind is int and (isinstance(x, float) or not isinstance(x, int)):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    if kind is float and not math.isfinite(x):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    low_ok = lo is None or (x > lo if lo_open else x >= lo)
-    if not low_ok or (hi is not None and x > hi):
-        rng = (f"{'>' if lo_open else '>='} {lo}" if hi is None else f"<= {hi}" if lo is None
-               else f"in {'(' if lo_open else '['}{lo}, {hi}]")
-        raise ValueError(f"{name} must be {what} {rng}, got {value!r}")
-    return x
-
-
 def number(kind: type = float, lo=None, hi=None, lo_open: bool = False):
     """argparse type for check_number: type=number(int, 1) is an integer >= 1, type=number(float,
     0, lo_open=True) a finite number > 0."""
@@ -78,11 +55,7 @@ def number(kind: type = float, lo=None, hi=None, lo_open: bool = False):
     return parse
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return int(text)
+positive_int = number(int, 1)  # argparse type: an integer >= 1
 
 
 def add_size_option(p: argparse.ArgumentParser, *, required: bool = False, default=None,
@@ -175,7 +148,7 @@ def tool_parser(prog: str, description: str, add_arguments=None) -> argparse.Arg
     return show_defaults(parser)
 
 
-# ----------------------------------------------------------------------------- user errors and outputs
+# ----------------------------------------------------------------------------- user errors
 EXIT_USAGE = 2
 USER_ERRORS = (ValueError, TypeError, OSError, ImportError)  # CheckpointError is a ValueError
 
@@ -194,34 +167,3 @@ def guarded(run, *args, errors: tuple = ()) -> int:
         return run(*args)
     except (*USER_ERRORS, MemoryError, *errors) as exc:
         return user_error(exc)
-
-
-def check_out_dir(d, what: str = "--out") -> None:
-    """An output directory, checked before any work: d is a writable directory, or the nearest
-    existing ancestor is one (d will be made). ValueError naming it."""
-    p = Path(d)
-    while not p.exists():
-        if p.is_symlink() or p.parent == p:
-            break
-        p = p.parent
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"{what} {str(d)!r}: {str(p)!r} is a file, not a directory")
-    if not os.access(p if p.exists() else ".", os.W_OK):
-        raise ValueError(f"{what} {str(d)!r} is not writable")
-
-
-def check_out_file(f, what: str = "--out", suffix: str | tuple[str, ...] | None = None) -> None:
-    """An output file, checked before any work: not a directory, the suffix (one, or any of
-    several) if given, its directory exists and is writable (the tool does not create it). ValueError
-    naming the path. infgen.runtime.io.check_writable is this for the library."""
-    p = Path(f)
-    suffixes = (suffix,) if isinstance(suffix, str) else suffix
-    if p.is_dir():
-        raise ValueError(f"{what} path {str(p)!r} is a directory; give a file name")
-    if suffixes is not None and p.suffix.lower() not in suffixes:
-        raise ValueError(f"{what} file must end in {', '.join(suffixes)}, got {str(p)!r}")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise ValueError(f"{what} directory {str(parent)!r} does not exist (or is not a directory)")
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise ValueError(f"{what} path {str(p)!r} is not writable")
