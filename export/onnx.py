@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -44,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infgen.export import cache
 from infgen.export.spec import DYNAMIC_DIMS, FLAVOURS, INPUTS, OPSET, OUTPUTS, PLUGIN_VERSION  # the spec
 from infgen.export.spec import PLUGIN_NAME as PLUGIN_OP
 from infgen.export.spec import PLUGIN_NAMESPACE as PLUGIN_DOMAIN
@@ -59,13 +59,14 @@ EXPORT_STAGES = ("trace and convert (torch.export)", "save", "graph rewrites", "
 
 # ----------------------------------------------------------------------------- custom op
 @torch.library.custom_op("infgen::flash_attention", mutates_args=())
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Single-head attention softmax(q k^T * scale) v: q, k, v (B, N, D) -> (B, N, D).
-    Eager: PyTorch SDPA. Exported (TensorRT flavour): the node infgen::FlashAttention."""
+def flash_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """The torch custom op infgen::flash_attention, which the TensorRT flavour exports as the plugin
+    node infgen::FlashAttention (not the Triton kernel infgen.kernels.attention.flash_attention).
+    Single-head attention softmax(q k^T * scale) v: q, k, v (B, N, D) -> (B, N, D). Eager: PyTorch SDPA."""
     return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=scale)[:, 0]
 
 
-@flash_attention.register_fake
+@flash_attention_op.register_fake
 def _(q, k, v, scale):
     return torch.empty_like(q)
 
@@ -97,7 +98,7 @@ def _flash_attention_onnx(q, k, v, scale: float):
 # ----------------------------------------------------------------------------- export module
 def _flash_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """The mid block's attention core as infgen::flash_attention. q, k, v (B, 1, N, C) -> (B, 1, N, C)."""
-    return flash_attention(q[:, 0], k[:, 0], v[:, 0], 1.0 / math.sqrt(q.shape[-1]))[:, None]
+    return flash_attention_op(q[:, 0], k[:, 0], v[:, 0], 1.0 / math.sqrt(q.shape[-1]))[:, None]
 
 
 def export_ops(flavour: str) -> Ops:
@@ -335,53 +336,24 @@ def model_digest(model: InfGen, dtype, flavour: str, opset: int = OPSET) -> str:
 
 def cached_export(model: InfGen, dtype="fp32", flavour: str = "onnxruntime", cache_dir=None) -> Path:
     """The ONNX file for (weights, config, dtype, flavour), exported on first use into cache_dir
-    (default $INFGEN_CACHE or ~/.cache/infgen) under onnx/<digest>/model.onnx. Every use verifies
-    the file against its sidecar model.onnx.sha256 (written at export time, after the file: no
-    sidecar, no load); a missing or corrupt sidecar or a file whose bytes differ (e.g. another valid
-    ONNX put at the cache's path) is re-exported, never loaded."""
+    (default $INFGEN_CACHE or ~/.cache/infgen) as onnx/<digest[:32]>/model.onnx, an entry of the
+    file cache (infgen.export.cache, keyed by model_digest): every use checks the file against its
+    sidecar model.onnx.json (written after the file: no sidecar, no load); a missing or damaged
+    sidecar or a file whose bytes differ (e.g. another valid ONNX put at the cache's path) is
+    re-exported, never loaded. A model whose weights need external data (over 2 GB) is refused
+    (ValueError): export it with python -m infgen.export.onnx."""
     root = Path(cache_dir or os.environ.get("INFGEN_CACHE") or Path.home() / ".cache" / "infgen")
     digest = model_digest(model, dtype, flavour)
     path = root / "onnx" / digest[:32] / "model.onnx"
-    if verify_cached(path, digest) is None:
+    if cache.check(path, digest) is None:
         return path
-    sidecar = sidecar_path(path)
-    sidecar.unlink(missing_ok=True)
-    tmp = path.with_name(f"tmp-{os.getpid()}.onnx")
-    export_onnx(model, tmp, dtype, flavour)
-    data = tmp.with_name(tmp.name + ".data")
-    if data.exists():  # the .onnx refers to its data file by name: keep the pair together
-        raise ValueError(f"model too large for the ONNX cache ({data}); export it with python -m infgen.export.onnx")
-    sha = file_sha256(tmp)
-    tmp.replace(path)
-    side_tmp = sidecar.with_name(f"tmp-{os.getpid()}.sha256")
-    side_tmp.write_text(json.dumps({"key": digest, "sha256": sha}))
-    side_tmp.replace(sidecar)
-    return path
 
-
-def sidecar_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def verify_cached(path: Path, digest: str) -> str | None:
-    """None if the cached ONNX at path may be loaded, else why it must be re-exported."""
-    sidecar = sidecar_path(path)
-    if not path.is_file() or not sidecar.is_file():
-        return "not cached"
-    try:
-        meta = json.loads(sidecar.read_bytes()[:4096].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        return f"sidecar unreadable ({type(exc).__name__})"
-    if not isinstance(meta, dict) or meta.get("key") != digest:
-        return "sidecar key mismatch"
-    if meta.get("sha256") != file_sha256(path):
-        return "file does not match its sha256"
-    return None
+    def write(tmp: Path) -> None:
+        export_onnx(model, tmp, dtype, flavour)
+        if cache.data_path(tmp).exists():  # the .onnx names its data file: the pair cannot be renamed
+            raise ValueError(f"model too large for the ONNX cache ({cache.data_path(tmp).name}); "
+                             "export it with python -m infgen.export.onnx")
+    return cache.store(path, digest, write, flavour=flavour, dtype=dtype_name(parse_dtype(dtype)))
 
 
 def load_model(checkpoint=None, preset_name=None) -> InfGen:
@@ -398,7 +370,7 @@ RANDOM_WEIGHTS_WARNING = ("warning: exporting RANDOM weights (--preset {name}): 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     from infgen.cli import add_model_options
-    add_model_options(ap, device=False, dtype_default="fp32", preset_default="paper")  # infgen_ref/options.py
+    add_model_options(ap, device=False, dtype_default="fp32", preset_default="paper")  # infgen.cli (cli/)
     ap.add_argument("--flavour", choices=FLAVOURS, default="onnxruntime")
     ap.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset; only {OPSET} (the spec's) is supported")
     ap.add_argument("-o", "--out", metavar="FILE", default=None,

@@ -23,6 +23,7 @@ import math
 import shlex
 from dataclasses import asdict, dataclass, field
 
+from infgen.ref.checks import check_number
 from infgen.ref.decode import TORCH_OPS
 from infgen.ref.walk import ConfigKey, run
 
@@ -33,7 +34,7 @@ DEFAULT_OPT_SIZES = ((1024, 1024), (1080, 1920), (2048, 2048), (2160, 3840), (40
 MAX_TENSOR_ELEMENTS = 2**31 - 1
 
 __all__ = ["DEFAULT_OPT_SIZES", "Plan", "Profile", "make_plan", "pick_profile", "covers", "bind_shapes",
-           "largest_tensor", "cache_key", "validate_cached", "trtexec_command", "polygraphy_command"]
+           "largest_tensor", "cache_key", "trtexec_command", "polygraphy_command"]
 PLAN_VERSION = 2
 
 
@@ -112,12 +113,6 @@ def _plan_ints(name: str, v, n: int | None) -> tuple:
     return tuple(_plan_int(f"{name}[{i}]", x, 0) for i, x in enumerate(v))
 
 
-def _positive_int(name, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return v
-
-
 # ----------------------------------------------------------------------------- tensor volume
 def largest_tensor(cfg, batch: int, Hp: int, Wp: int, latent_side: int = 128) -> tuple[int, str]:
     """(elements, module name) of the largest input or output of any Conv2d/GroupNorm of the decode
@@ -143,9 +138,10 @@ def make_plan(min_res: int = 256, max_res: int = 4096, opt_sizes=DEFAULT_OPT_SIZ
     the latent grid accepted by every profile. volume: (batch, Hp, Wp) -> largest tensor's
     elements (e.g. functools.partial(largest_tensor, cfg) -> its [0]); with it every box is capped
     to max_elements (module docstring); without it boxes are square and uncapped."""
-    for name, v in (("min_res", min_res), ("max_res", max_res), ("batch", batch), ("upscale", upscale),
-                    ("latent_channels", latent_channels), ("max_elements", max_elements)):
-        _positive_int(name, v)
+    min_res, max_res, batch, upscale, latent_channels, max_elements = (
+        check_number(name, v, int, 1) for name, v in (
+            ("min_res", min_res), ("max_res", max_res), ("batch", batch), ("upscale", upscale),
+            ("latent_channels", latent_channels), ("max_elements", max_elements)))
     if min_res > max_res:
         raise ValueError(f"min_res must be <= max_res, got {min_res} > {max_res}")
     lat = tuple(latent_range)
@@ -156,7 +152,7 @@ def make_plan(min_res: int = 256, max_res: int = 4096, opt_sizes=DEFAULT_OPT_SIZ
     for size in opt_sizes:
         if len(size) != 2:
             raise ValueError(f"opt sizes must be (h, w) pairs, got {size!r}")
-        h, w = (_positive_int("opt size", int(x)) for x in size)
+        h, w = (check_number("opt size", x, int, 1) for x in size)
         gh, gw = math.ceil(h / upscale), math.ceil(w / upscale)
         if g_min <= min(gh, gw) and max(gh, gw) <= g_max:
             opts.setdefault(max(gh, gw), (gh, gw))
@@ -238,30 +234,6 @@ def cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, dtype: str, pla
     parts = {"onnx": onnx_sha256, "tensorrt": trt_version, "gpu": gpu_name, "dtype": dtype, "tf32": bool(allow_tf32),
              "plan": json.loads(plan.to_json())}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def engine_metadata(key: str, engine_bytes: bytes, **fields) -> dict:
-    """The sidecar JSON written beside an engine: its key, size and sha256, plus the key's parts."""
-    return {"key": key, "size": len(engine_bytes), "sha256": hashlib.sha256(engine_bytes).hexdigest(), **fields}
-
-
-def validate_cached(key: str, metadata_text: str | None, engine_bytes: bytes | None) -> str | None:
-    """None if the cached engine may be loaded, else the reason it must be rebuilt."""
-    if metadata_text is None or engine_bytes is None:
-        return "no cached engine"
-    try:
-        meta = json.loads(metadata_text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        return f"metadata is not JSON ({type(exc).__name__})"
-    if not isinstance(meta, dict):
-        return "metadata is not a JSON object"
-    if meta.get("key") != key:
-        return f"key mismatch (cached {str(meta.get('key'))[:12]}, wanted {key[:12]})"
-    if meta.get("size") != len(engine_bytes):
-        return f"size mismatch (metadata {meta.get('size')}, file {len(engine_bytes)})"
-    if meta.get("sha256") != hashlib.sha256(engine_bytes).hexdigest():
-        return "engine bytes do not match their sha256 (corrupt)"
-    return None
 
 
 # ----------------------------------------------------------------------------- command lines

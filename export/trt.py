@@ -6,12 +6,12 @@
 Lifecycle: plan (export/plan.py: volume-capped optimisation profiles over the token grid) ->
 ONNX, TensorRT flavour (export/onnx.py; the mid-block attention is the node
 infgen::FlashAttention, export/trt_plugin.py) -> strongly typed engine with one profile per plan
-entry, a timing cache and a progress bar -> cache under engine_dir, keyed by (ONNX sha256,
-TensorRT version, GPU name, dtype, tf32, plan). `engine_for` is the one entry point: the CLI
-and runtime/trt_backend.py both call it, so the engine the CLI builds is the one the runtime
-loads. A cached engine whose sidecar metadata is missing, corrupt or for another key is
-rebuilt. TensorRT has never run in this workplace: docs/export.md says which functions here
-have never executed.
+entry, a timing cache and a progress bar -> an entry of the file cache (export/cache.py, the
+ONNX export's too) under engine_dir, keyed by (ONNX sha256, TensorRT version, GPU name, dtype,
+tf32, plan). `engine_for` is the one entry point: the CLI and runtime/trt_backend.py both call
+it, so the engine the CLI builds is the one the runtime loads. A cached engine whose sidecar is
+missing, damaged or for another key, or whose bytes differ from it, is rebuilt. TensorRT has
+never run in this workplace: docs/export.md says which functions here have never executed.
 """
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ from pathlib import Path
 
 from dataclasses import dataclass
 
-from infgen.export.plan import (Plan, cache_key, engine_metadata, largest_tensor, polygraphy_command, trtexec_command,
-                         validate_cached)
+from infgen.export import cache
+from infgen.export.plan import Plan, cache_key, largest_tensor, polygraphy_command, trtexec_command
 from infgen.export.spec import (AOT_MODULE_LEAK, DEFAULT_BATCH, DEFAULT_MAX_RES, DEFAULT_MIN_RES, DEFAULT_OPT_SIZES, MAX_TENSOR_ELEMENTS,
                          MIN_TENSORRT, PLUGIN_ID, default_plan)
 
 __all__ = ["PLUGIN_ID", "TensorRTMissing", "EngineUnbuildable", "Engine", "engine_for", "plan_for", "check_volume",
-           "import_tensorrt", "aot_module_leak", "build_engine", "read_cached", "write_cached"]
+           "import_tensorrt", "aot_module_leak", "build_engine", "engine_path"]
 
 
 
@@ -68,45 +68,9 @@ def import_tensorrt():
 
 
 # ----------------------------------------------------------------------------- engine cache (no TensorRT)
-def engine_paths(engine_dir: str | Path, key: str) -> tuple[Path, Path]:
-    """(engine file, metadata JSON) for a cache key."""
-    d = Path(engine_dir)
-    return d / f"infgen-{key[:24]}.engine", d / f"infgen-{key[:24]}.json"
-
-
-def read_cached(engine_dir: str | Path, key: str) -> tuple[bytes | None, str]:
-    """(engine bytes, "ok") if a valid cached engine exists for key, else (None, reason)."""
-    engine, meta = engine_paths(engine_dir, key)
-    data = engine.read_bytes() if engine.is_file() else None
-    if not meta.is_file():
-        return None, "no cached engine"
-    try:
-        text = meta.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        return None, "metadata is not UTF-8 text"
-    reason = validate_cached(key, text, data)
-    return (data, "ok") if reason is None else (None, reason)
-
-
-def write_cached(engine_dir: str | Path, key: str, engine_bytes: bytes, **fields) -> Path:
-    """Write the engine, then its metadata (the metadata is the commit: no metadata, no load)."""
-    engine, meta = engine_paths(engine_dir, key)
-    engine.parent.mkdir(parents=True, exist_ok=True)
-    meta.unlink(missing_ok=True)
-    engine.write_bytes(engine_bytes)
-    meta.write_text(json.dumps(engine_metadata(key, engine_bytes, **fields), indent=1))
-    return engine
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of an ONNX file and its external data file, if any."""
-    h = hashlib.sha256()
-    for p in (Path(path), Path(str(path) + ".data")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 24), b""):
-                    h.update(chunk)
-    return h.hexdigest()
+def engine_path(engine_dir: str | Path, key: str) -> Path:
+    """The cached engine for a cache key; its sidecar (infgen.export.cache) is this path + '.json'."""
+    return Path(engine_dir) / f"infgen-{key[:24]}.engine"
 
 
 # ----------------------------------------------------------------------------- plugin (TensorRT + Triton)
@@ -162,11 +126,11 @@ def build_engine(onnx_path: str | Path, plan: Plan, timing_cache: str | Path | N
         config.clear_flag(trt.BuilderFlag.TF32)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
     try:
-        cache = config.create_timing_cache(cache_bytes)
+        timing = config.create_timing_cache(cache_bytes)
     except Exception as exc:  # a corrupt cache file: start from an empty one  # noqa: BLE001
         print(f"timing cache {timing_cache} unreadable ({exc}); starting a new one", flush=True)
-        cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+        timing = config.create_timing_cache(b"")
+    config.set_timing_cache(timing, ignore_mismatch=False)
     for p in plan.profiles:
         profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in p.shapes.items():
@@ -255,22 +219,23 @@ def engine_for(model, dtype, plan=None, engine_dir: str | Path = "engines", *, o
         from infgen.export.onnx import cached_export
         onnx_path = cached_export(model, dtype, "tensorrt", cache_dir)
     onnx_path = Path(onnx_path)
-    key = cache_key(file_sha256(onnx_path), trt_version, gpu, dtype, plan, allow_tf32)
-    data, reason = (None, "rebuild requested") if rebuild else read_cached(engine_dir, key)
+    key = cache_key(cache.file_sha256(onnx_path), trt_version, gpu, dtype, plan, allow_tf32)
+    path = engine_path(engine_dir, key)
+    data, reason = (None, "rebuild requested") if rebuild else cache.read(path, key)
     if data is None:
         check_volume(model.config, plan)
         print(f"building TensorRT engine ({reason}): {len(plan.profiles)} profiles, {dtype}", flush=True)
         data = (build or build_engine)(onnx_path, plan, timing_cache_path(engine_dir, trt_version, gpu),
                                        allow_tf32=allow_tf32)
-        write_cached(engine_dir, key, data, onnx=str(onnx_path), tensorrt=trt_version, gpu=gpu, dtype=dtype,
-                     tf32=allow_tf32, plan=json.loads(plan.to_json()))
-    return Engine(data, engine_paths(engine_dir, key)[0], key, plan, onnx_path)
+        cache.store(path, key, lambda tmp: tmp.write_bytes(data), onnx=str(onnx_path), tensorrt=trt_version,
+                    gpu=gpu, dtype=dtype, tf32=allow_tf32, plan=json.loads(plan.to_json()))
+    return Engine(data, path, key, plan, onnx_path)
 
 
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     from infgen.cli import SIZE_METAVAR, add_model_options, size_type
-    add_model_options(ap, device=False, dtype_default="bf16", preset_default="paper")  # infgen_ref/options.py
+    add_model_options(ap, device=False, dtype_default="bf16", preset_default="paper")  # infgen.cli (cli/)
     ap.add_argument("--min-res", type=int, default=DEFAULT_MIN_RES, help="smallest output side (pixels)")
     ap.add_argument("--max-res", type=int, default=None, help="largest output side (pixels; default 4096, or the model's max_size if smaller)")
     ap.add_argument("--opt-sizes", type=size_type, nargs="+", default=DEFAULT_OPT_SIZES, metavar=SIZE_METAVAR,

@@ -21,17 +21,16 @@ from infgen.ref.banded import available_ram, banded_ops
 from infgen.ref.memory import DecodePlan, band_count, gb, parse_bytes, plan
 
 MARGIN = 0.10          # of the free memory, left for weights, the allocator's slack and other work
-BANDED_BACKENDS = ("torch", "triton")
 
 
-def check_options(max_memory, banded, band_rows, backend_names: list[str]):
+def check_options(max_memory, banded, band_rows, backends: list):
     """Validated (max_memory bytes or None, banded, band_rows); ValueError/TypeError naming the value."""
     if banded not in ("auto", True, False):
         raise ValueError(f"banded must be 'auto', True or False, got {banded!r}")
     if band_rows is not None and (not isinstance(band_rows, int) or isinstance(band_rows, bool) or band_rows < 1):
         raise ValueError(f"band_rows must be None or an int >= 1, got {band_rows!r}")
-    if banded is True and not set(backend_names) & set(BANDED_BACKENDS):
-        raise ValueError(f"banded=True needs backend 'torch' or 'triton', got {backend_names}")
+    if banded is True and not any(b.supports_banded for b in backends):
+        raise ValueError(f"banded=True needs backend 'torch' or 'triton', got {[b.name for b in backends]}")
     return (None if max_memory is None else parse_bytes(max_memory)), banded, band_rows
 
 
@@ -62,20 +61,15 @@ def engine_plan(engine, backend, h: int, w: int, batch: int = 1) -> DecodePlan:
 
 
 def backend_banded(engine, backend):
-    """The engine's banded option for a backend: as given on torch/triton, False on the others."""
-    return engine.banded if backend.name in BANDED_BACKENDS else False
+    """The engine's banded option for a backend: as given where it supports banding (torch,
+    triton), False on the others."""
+    return engine.banded if backend.supports_banded else False
 
 
 def plan_now(engine, backend, h: int, w: int, batch: int) -> DecodePlan:
     """memory.plan against the budget as it is now (see engine_plan)."""
-    return plan(engine.config, h, w, batch, engine.dtype, memory_backend(backend), budget_of(engine),
+    return plan(engine.config, h, w, batch, engine.dtype, backend.memory_model, budget_of(engine),
                 backend_banded(engine, backend), engine.band_rows, host_streaming=engine.device.type == "cuda")
-
-
-def memory_backend(backend) -> str:
-    """The memory model's name for a backend's plain decode: 'triton' (fused GroupNorm, split
-    convs) or 'torch' (every other)."""
-    return "triton" if backend.name == "triton" else "torch"
 
 
 @torch.inference_mode()

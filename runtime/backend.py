@@ -32,6 +32,8 @@ class Backend:
     name: str = ""
     model = None  # InfGen | None: the weights of the banded path (torch, triton)
     ops = None    # infgen.ref.decode.Ops | None: the attentions the banded path keeps
+    supports_banded: bool = False  # runs the banded decode (needs torch weights: `model`)
+    memory_model: str = "torch"    # infgen.ref.memory's model of its plain decode: "torch" or "triton"
 
     def run(self, z: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
         """z: scaled latent (B, C, h_l, w_l) float32 -> image (B, 3, upscale*H', upscale*W')."""

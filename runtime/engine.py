@@ -150,8 +150,7 @@ class InfGenEngine:
         self._encoder: InfGen | None = None
         self._lock = threading.Lock()
         from infgen.runtime.anysize import check_options
-        self.max_memory, self.banded, self.band_rows = check_options(max_memory, banded, band_rows,
-                                                                     [b.name for b in self.backends])
+        self.max_memory, self.banded, self.band_rows = check_options(max_memory, banded, band_rows, self.backends)
 
     def _build_chain(self, names: list[str], options: dict) -> list:
         """Each named backend with the options its constructor takes, up to the first in COVERS_ALL

@@ -15,6 +15,7 @@ class TorchBackend(Backend):
     """options: cache_size (token grids kept in the mask-token cache, >= 1)."""
 
     name = "torch"
+    supports_banded = True
 
     def __init__(self, model: InfGen, device: torch.device, dtype: torch.dtype, cache_size: int = 8):
         self.tokens = SizeCache(cache_size)  # (H', W') -> (mask tokens (1, N, d), blocks[0] queries)

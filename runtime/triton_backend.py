@@ -201,6 +201,8 @@ class TritonBackend(Backend):
     options: cuda_graphs: "auto" | True | False (CUDA only); cache_size: grids kept in each cache."""
 
     name = "triton"
+    supports_banded = True
+    memory_model = "triton"  # fused GroupNorm, convs split past 2^31 elements
 
     def __init__(self, model: InfGen, device: torch.device, dtype: torch.dtype,
                  cuda_graphs="auto", cache_size: int = 4):

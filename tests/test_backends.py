@@ -230,6 +230,24 @@ def test_backend_defaults(tiny_model):
     torch.testing.assert_close(q0, ref_q0, atol=0, rtol=0)
     with pytest.raises(NotImplementedError, match="Half must define run"):
         type("Half", (Backend,), {"name": "half"})().run(torch.zeros(1, 4, 2, 2), 2, 2)
+    # banding and the memory model are declared, not read from names
+    assert not bare.supports_banded and bare.memory_model == "torch"
+    assert TorchBackend.supports_banded and TorchBackend.memory_model == "torch"
+    from infgen.runtime.triton_backend import TritonBackend
+    assert TritonBackend.supports_banded and TritonBackend.memory_model == "triton"
+
+
+def test_banded_true_needs_a_backend_that_supports_it(tiny_model):
+    from infgen.runtime.anysize import check_options
+
+    class NoBands(Backend):
+        name = "nobands"
+
+        def run(self, z, Hp, Wp):
+            return torch.zeros(z.shape[0], 3, 8 * Hp, 8 * Wp)
+    with pytest.raises(ValueError, match=r"banded=True needs backend 'torch' or 'triton', got \['nobands'\]"):
+        check_options(None, True, None, [NoBands()])
+    assert check_options("1GB", True, 4, [NoBands(), TorchBackend(tiny_model, CPU, torch.float32)])[1:] == (True, 4)
 
 
 def test_auto_on_cpu_is_torch_and_accepts_the_torch_sizes(tiny_model):

@@ -1,6 +1,6 @@
-"""The TensorRT path up to TensorRT: plan, profile selection, shape binding, cache keys and
-invalidation, the CLI. None of these need TensorRT; the build itself is not tested here."""
-import json
+"""The TensorRT path up to TensorRT: plan, profile selection, shape binding, cache keys, the CLI.
+None of these need TensorRT; the build itself is not tested here. The engine cache's
+invalidation (damaged entries) is tested with the ONNX cache's in tests/test_cache_files.py."""
 import math
 import re
 import shlex
@@ -16,8 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infgen.export.plan import (DEFAULT_OPT_SIZES, Plan, bind_shapes, cache_key, covers, make_plan, pick_profile,
-                         polygraphy_command, trtexec_command, validate_cached)
-from infgen.export.trt import engine_paths, read_cached, write_cached
+                         polygraphy_command, trtexec_command)
 
 PLAN_4K = make_plan(256, 4096, DEFAULT_OPT_SIZES, batch=2)
 
@@ -75,7 +74,8 @@ def test_out_of_plan_requests_name_the_size():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(min_res=512, max_res=256), "min_res"), (dict(batch=0), "batch"), (dict(max_res=1.5), "max_res"),
-    (dict(latent_range=(64, 16, 128)), "latent_range"), (dict(opt_sizes=((1, 2, 3),)), "opt sizes")])
+    (dict(latent_range=(64, 16, 128)), "latent_range"), (dict(opt_sizes=((1, 2, 3),)), "opt sizes"),
+    (dict(opt_sizes=((1024.5, 1024),)), "opt size must be an integer"), (dict(upscale=0), "upscale must be an integer >= 1")])
 def test_make_plan_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_plan(**kwargs)
@@ -93,34 +93,6 @@ def test_cache_key_changes_with_every_part():
                    plan=make_plan(256, 2048))
     for k, v in changes.items():
         assert cache_key(**{**parts, k: v}) != base, k
-
-
-def test_cached_engine_accepted_only_when_valid(tmp_path):
-    key = cache_key("a" * 64, "10.9.0", "gpu", "bf16", PLAN_4K)
-    assert read_cached(tmp_path, key) == (None, "no cached engine")
-    blob = b"fake engine bytes" * 100
-    write_cached(tmp_path, key, blob, dtype="bf16")
-    assert read_cached(tmp_path, key) == (blob, "ok")
-    engine, meta = engine_paths(tmp_path, key)
-    # mismatched key: an engine for another ONNX / TensorRT / GPU / dtype / plan
-    other = cache_key("a" * 64, "10.9.0", "gpu", "fp16", PLAN_4K)
-    assert read_cached(tmp_path, other)[0] is None
-    m = json.loads(meta.read_text())
-    meta.write_text(json.dumps({**m, "key": other}))
-    assert "key mismatch" in read_cached(tmp_path, key)[1]
-    meta.write_text(json.dumps(m))
-    # corrupt engine: one flipped byte, then a truncated file
-    engine.write_bytes(blob[:-1] + b"X")
-    assert "corrupt" in read_cached(tmp_path, key)[1]
-    engine.write_bytes(blob[:10])
-    assert "size mismatch" in read_cached(tmp_path, key)[1]
-    # corrupt metadata; missing metadata
-    engine.write_bytes(blob)
-    meta.write_text("{not json")
-    assert "not JSON" in read_cached(tmp_path, key)[1]
-    meta.unlink()
-    assert read_cached(tmp_path, key) == (None, "no cached engine")
-    assert validate_cached(key, "[]", blob) == "metadata is not a JSON object"
 
 
 def parse_trtexec_profiles(command: str) -> list[dict]:
@@ -334,22 +306,6 @@ def test_volume_cap_drops_intervals_nothing_fits():
 
 
 # ----------------------------------------------------------------------------- one entry point
-def test_sidecars_that_are_not_text_or_json_mean_rebuild_never_an_exception(tmp_path):
-    key = cache_key("a" * 64, "10.9.0", "gpu", "bf16", PLAN_4K)
-    blob = b"engine" * 10
-    write_cached(tmp_path, key, blob)
-    _, meta = engine_paths(tmp_path, key)
-    good = json.loads(meta.read_text())
-    cases = {b"\xff\xfe\x00bad": "not UTF-8", ("[" * 100000 + "]" * 100000).encode(): "not JSON",
-             json.dumps({**good, "size": str(good["size"])}).encode(): "size mismatch",
-             json.dumps({**good, "sha256": 5}).encode(): "corrupt", json.dumps({"key": None}).encode(): "key mismatch",
-             b"null": "not a JSON object"}
-    for text, reason in cases.items():
-        meta.write_bytes(text)
-        data, why = read_cached(tmp_path, key)
-        assert data is None and reason in why, (text[:20], why)
-
-
 class FakeBuild:
     """Stands in for TensorRT's build: records its calls, returns bytes naming the plan."""
 

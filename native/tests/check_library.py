@@ -23,7 +23,6 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 SHARED_LIMIT = 232_448
@@ -59,16 +58,13 @@ def read_table(lib) -> list[dict]:
     return rows
 
 
-def cuobjdump(cubin: bytes, tool: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "k.cubin"
-        path.write_bytes(cubin)
-        elf = subprocess.run([tool, "--list-elf", str(path)], capture_output=True, text=True, check=True).stdout
-        usage = subprocess.run([tool, "--dump-resource-usage", str(path)], capture_output=True, text=True,
-                               check=True).stdout
-    res = {k.lower(): int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED):(\d+)", usage)}
-    res["functions"] = re.findall(r"Function (\S+?):", usage)
-    res["sm_90a"] = ".sm_90a." in elf
+def inspect_cubin(cubin: bytes) -> dict:
+    """infgen.kernels.toolchain.resource_usage of a cubin (reg, stack, shared, local), plus its
+    functions (cuobjdump's resource listing) and whether it is an sm_90a ELF (--list-elf)."""
+    from infgen.kernels import toolchain
+    res = toolchain.resource_usage(cubin)
+    res["functions"] = re.findall(r"Function (\S+?):", toolchain.cuobjdump(cubin, "--dump-resource-usage"))
+    res["sm_90a"] = ".sm_90a." in toolchain.cuobjdump(cubin, "--list-elf")
     return res
 
 
@@ -125,11 +121,9 @@ def main(argv=None) -> int:
                               f"s{row['num_stages']} != infgen.kernels.attention.pick_config {bm}x{bn} w{warps} s{stages}")
 
     # 4. the cubins themselves
-    import triton
-    tool = str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
     known_spills = {(k, d, tuple(t), f) for k, d, t, f in manifest["known_spills"]}
     for row, m in zip(table, manifest["kernels"]):
-        u = cuobjdump(row["cubin"], tool)
+        u = inspect_cubin(row["cubin"])
         shared = u["shared"] + row["shared"]
         line = (f"{row['name']:26s} {row['symbol']}  block {32 * row['num_warps']:3d} threads  tile "
                 f"{row['tile_m']}x{row['tile_n']}  shared {shared:6d} B  regs {u['reg']}  stack {u['stack']} B")

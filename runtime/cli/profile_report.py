@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infgen.export.cache import replace_file
 from infgen.ref.cost import H100_BF16_FLOPS
 from infgen.runtime.cli.profile_measure import STATUSES
 
@@ -250,13 +251,8 @@ def plot(report: dict, path: Path) -> None:
 
 
 def write_json(report: dict, out_dir: str | Path) -> Path:
-    """out_dir/profile.json, replaced whole (written to a temporary name, then renamed)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path, tmp = out / "profile.json", out / "profile.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
-    return path
+    """out_dir/profile.json, replaced whole (infgen.export.cache.replace_file: a temporary file, then renamed)."""
+    return replace_file(Path(out_dir) / "profile.json", json.dumps(report, indent=2).encode())
 
 
 def write_outputs(report: dict, out_dir: str | Path) -> tuple[Path, Path | None]:
