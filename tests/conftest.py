@@ -12,8 +12,10 @@ if not torch.cuda.is_available():
 from infgen.ref.config import preset  # noqa: E402 - after TRITON_INTERPRET
 from infgen.ref.model import InfGen  # noqa: E402
 
-# Two cores on CI: keep the tests from oversubscribing them.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two cores on CI: keep the tests from oversubscribing them. Under pytest-xdist (`-n auto`, the
+# README's command) the cores are shared by the workers: one share each.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
 
 
 @pytest.fixture(scope="session")

@@ -163,17 +163,25 @@ def test_plain_peak_by_hand():
     assert predict_peak(cfg, 16, 16, dtype=torch.bfloat16, latent_hw=(4, 4)) == (3 * x + mid) // 2
 
 
-def test_triton_conv_past_int32_holds_two_band_outputs():
-    """Paper preset, 4096^2 bf16, triton: the up_blocks.2 upsampler's conv (256 channels at 4096^2,
-    2^32 elements) runs in bands of 2045 rows; while the second band is computed the first band's
-    output is still held (conv2d_banded's loop). Live: the block's input (256 ch at 2048^2), the
-    upsampled input, the conv's output, the two band outputs, the mid block's output."""
+def test_triton_conv_past_int32_holds_one_band_output_at_a_time():
+    """Paper preset, 4096^2 bf16, triton. conv2d_banded drops each band's output before the next
+    band's conv, so the up_blocks.2 upsampler's conv (256 channels at 4096^2, bands of 2045 rows)
+    holds one band output, not two, and the peak is block 3's first resnet conv2 (128 channels at
+    4096^2, 2^31 elements, one past the limit: bands of conv_split_rows = 4093 rows, the first
+    band's output 4093 + 1 halo rows). Live there: x (256 ch), conv1's output, the GroupNorm
+    output, conv2's output (128 ch each), the first band's output, and the mid block's output that
+    decode_grid holds."""
+    from infgen.ref.banded import conv_split_rows
     cfg = preset("paper")
     e, W = 2, 4096
-    band0, band1 = 2045 + 1, 2045 + 2  # rows of each band's output: its rows plus its halo
-    want = e * (256 * 2048 * 2048 + 2 * 256 * W * W + (band0 + band1) * 256 * W + 512 * 512 * 512)
+    rows = conv_split_rows(1, 128, 128, W, 3)
+    assert rows == 4093
+    want = e * (256 * W * W + 3 * 128 * W * W + 128 * (rows + 1) * W + 512 * 512 * 512)
     assert predict_peak(cfg, 4096, 4096, dtype=torch.bfloat16, backend="triton", detail=True) == (
-        want, "decoder.up_blocks.2.upsamplers.0.conv", 0)
+        want, "decoder.up_blocks.3.resnets.0.conv2", 0)
+    # two band outputs live at the upsampler's conv would have been the peak (28.18 GB)
+    two_bands = e * (256 * 2048 * 2048 + 2 * 256 * W * W + (2046 + 2047) * 256 * W + 512 * 512 * 512)
+    assert two_bands > want
 
 
 @pytest.mark.parametrize("name,h,w,rows,dtype,batch", [("tiny", 512, 512, None, torch.float32, 1),
