@@ -1,10 +1,15 @@
 """Fetch Debian's wallpaper packages and unpack their photos into a training folder (outside git).
 
     python scripts/fetch_photos.py --out-dir data/photos [--max-side 1536]
+    python scripts/fetch_photos.py --out-dir data/heldout --max-side 8192 --packages plasma-workspace-wallpapers
 
 For each package: `apt-get download` (no root install), `dpkg -x` into a temporary folder, every
-raster image under usr/share/backgrounds/ resized once (antialiased) to at most --max-side pixels
-on the long side and written as `<out>/<package>/<name>.png`. `<out>/manifest.json` (and
+raster image under usr/share/backgrounds/, and the largest image of each KDE wallpaper
+(usr/share/wallpapers/<Name>/contents/images/<W>x<H>.<ext>, named <Name>), resized once
+(antialiased) to at most --max-side pixels on the long side and written as
+`<out>/<package>/<name>.png`. The default packages are the training photos; KDE's
+plasma-workspace-wallpapers is never trained on: its photographs are the held-out
+high-resolution set (scripts/evaluate_task.py, HELD_OUT_HR). `<out>/manifest.json` (and
 `<out>/DATA.md`, the same as a Markdown table) lists each image with its package, version, original
 size and licence, read from the package's own
 usr/share/doc/<package>/copyright (a machine-readable one stanza by stanza; the free-form one of
@@ -80,26 +85,44 @@ def fetch_package(pkg: str, out: Path, max_side: int, work: Path) -> list[dict]:
     shutil.copy(copyright_file, out / pkg / "copyright")
     rows = []
     base = root / "usr/share/backgrounds"
-    for path in sorted(p for p in base.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()):
+    found = [(p, p.stem, str(p.relative_to(base))) for p in sorted(base.rglob("*"))
+             if p.suffix.lower() in EXTENSIONS and p.is_file()] if base.is_dir() else []
+    # mate's DEP-5 paths are relative to the upstream tree (abstract/Flow.png), installed under mate/
+    found = [(p, stem, rel.split("/", 1)[1] if pkg == "mate-backgrounds" else rel) for p, stem, rel in found]
+    found += kde_wallpapers(root / "usr/share/wallpapers")
+    Image.MAX_IMAGE_PIXELS = None  # KDE's 5120x2880 images are over Pillow's bomb warning size
+    for path, stem, rel in found:
         if path.name in SKIP.get(pkg, ()):
             continue
         img = Image.open(path)
         w, h = img.size
         if min(w, h) < MIN_SIDE:
             continue
-        rel = str(path.relative_to(base))
-        # mate's DEP-5 paths are relative to the upstream tree (abstract/Flow.png), installed under mate/
-        lic = dep5_licence(text, rel.split("/", 1)[1] if pkg == "mate-backgrounds" else rel)
-        lic = lic or freeform_licence(text, path.name)
+        lic = dep5_licence(text, rel) or freeform_licence(text, path.name)
         img = img.convert("RGB")
         scale = min(1.0, max_side / max(w, h))
         if scale < 1:
             img = img.resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
-        dst = out / pkg / (path.stem + ".png")
+        dst = out / pkg / (stem + ".png")
         img.save(dst, optimize=False, compress_level=1)
-        rows.append(dict(file=str(dst.relative_to(out)), package=pkg, version=version, source=f"/usr/share/backgrounds/{rel}",
-                         original_size=f"{w}x{h}", size=f"{img.size[0]}x{img.size[1]}", licence=lic))
+        rows.append(dict(file=str(dst.relative_to(out)), package=pkg, version=version,
+                         source="/" + str(path.relative_to(root)), original_size=f"{w}x{h}",
+                         size=f"{img.size[0]}x{img.size[1]}", licence=lic))
     return rows
+
+
+def kde_wallpapers(base: Path) -> list[tuple[Path, str, str]]:
+    """(largest image, wallpaper name, path relative to the upstream tree) of each KDE wallpaper
+    package under base (<Name>/contents/images/<W>x<H>.<ext>)."""
+    out = []
+    for d in sorted(p for p in base.glob("*/contents/images") if p.is_dir()) if base.is_dir() else []:
+        sized = [(int(m.group(1)) * int(m.group(2)), p) for p in d.iterdir()
+                 if p.suffix.lower() in EXTENSIONS and (m := re.fullmatch(r"(\d+)x(\d+)", p.stem))]
+        if sized:
+            best = max(sized)[1]
+            name = d.parent.parent.name
+            out.append((best, name, f"{name}/contents/images/{best.name}"))
+    return out
 
 
 def data_card(rows: list[dict]) -> str:

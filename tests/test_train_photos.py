@@ -99,6 +99,23 @@ def test_licence_lookup():
     assert f.freeform_licence(free, "grid-l.webp").startswith("GPL-2+")
 
 
+def test_kde_wallpapers_take_the_largest_image_of_each(tmp_path):
+    """KDE's layout (<Name>/contents/images/<W>x<H>.<ext>): one image per wallpaper, the largest,
+    named after the wallpaper, with its path in the upstream tree (for the DEP-5 lookup)."""
+    f = _fetch_module()
+    for name, files in {"Path": ("1920x1080.jpg", "2560x1600.jpg", "720x1440.jpg"), "Kite": ("1280x800.png",),
+                        "Empty": ("README",)}.items():
+        d = tmp_path / name / "contents" / "images"
+        d.mkdir(parents=True)
+        for fn in files:
+            (d / fn).write_bytes(b"")
+    got = f.kde_wallpapers(tmp_path)
+    assert [(p.name, n, rel) for p, n, rel in got] == [
+        ("1280x800.png", "Kite", "Kite/contents/images/1280x800.png"),
+        ("2560x1600.jpg", "Path", "Path/contents/images/2560x1600.jpg")]
+    assert f.kde_wallpapers(tmp_path / "missing") == []
+
+
 def test_init_fine_tunes_from_a_checkpoint(tmp_path, tiny_model):
     from infgen.train.trainer import Trainer
     from infgen.ref.weights import save_checkpoint
