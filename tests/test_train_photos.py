@@ -65,6 +65,22 @@ def test_sampler_discrete_scales_and_uint8_images():
         CropSampler([img], [], 1, 3, 3, scales=(0.5, 2))
 
 
+@pytest.mark.parametrize("real", [True, False])
+def test_real_targets_come_from_images_that_hold_them(real):
+    """At 4x on a 4-token grid the target is 128 px: a 64 px image (value 0.2) would have to be
+    upscaled, a 256 px one (value 0.8) holds it. With real_targets every target is from the large
+    image; without, the small one is drawn too (and its target is an upscale)."""
+    small, large = torch.full((3, 64, 64), 0.2), torch.full((3, 256, 256), 0.8)
+    s = CropSampler([small, large], [], batch_size=4, grid_min=4, grid_max=4, seed=0, scales=(4,),
+                    real_targets=real)
+    means = []
+    for _ in range(10):
+        _, y, (Th, Tw, *_) = s.sample(max_scale=4.0, window=32)
+        assert (Th, Tw) == (16, 16)
+        means += [round((v.mean().item() + 1) / 2, 2) for v in y]
+    assert set(means) == ({0.8} if real else {0.2, 0.8})
+
+
 def test_cli_photo_options(tmp_path):
     a = parse_args(["--out-dir", str(tmp_path), "--scales", "1", "2", "4", "--pyramid", "1", "2", "--photo-dir", "d1",
                     "d2", "--photo-fraction", "0.9"])

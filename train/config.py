@@ -73,6 +73,8 @@ class TrainConfig:
     pyramid: tuple[int, ...] = option((1, 2, 4), "downscale factors at which --photo-dir images are kept "
                                                  "(multi-scale crops)", kind=int, lo=1, list_of=True, metavar="F")
     photo_fraction: float = option(0.6, "share of crops taken from photos", kind=float, lo=0, hi=1)
+    real_targets: bool = option(False, "targets only from images that hold the whole target at full size "
+                                       "(never an upscaled target)")
     scales: tuple[float, ...] | None = option(None, "stage-2 target scales to draw from, e.g. 1 2 4 (default: "
                                                     "uniform in [1, max-scale])", kind=float, lo=1, list_of=True,
                                               metavar="S")

@@ -47,10 +47,16 @@ class CropSampler:
     target: (B, 3, 8wh, 8ww), the window (oy, ox, wh, ww) of the full target grid (Th, Tw) =
     round(scale * (gh, gw)). Source crops are resized down to both sizes (antialiased), never up
     when an image is large enough. Images may be float in [0, 1] or uint8. scales: the target
-    scales to draw from (e.g. (1, 2, 4)); None draws uniformly from [1, max_scale]."""
+    scales to draw from (e.g. (1, 2, 4)); None draws uniformly from [1, max_scale]. real_targets:
+    each crop comes from an image that holds the whole target grid at full size (the target is
+    real pixels, never upscaled; an image is drawn again up to REDRAWS times, else the last one
+    is used)."""
+
+    REDRAWS = 32
 
     def __init__(self, photos, generated, batch_size: int, grid_min: int, grid_max: int,
-                 photo_fraction: float = 0.6, seed: int = 0, colour_aug: float = 0.0, scales=None):
+                 photo_fraction: float = 0.6, seed: int = 0, colour_aug: float = 0.0, scales=None,
+                 real_targets: bool = False):
         if not photos and not generated:
             raise ValueError("no training images")
         self.photos, self.generated = photos, generated
@@ -61,6 +67,7 @@ class CropSampler:
         if scales is not None and (not scales or any(s < 1 for s in scales)):
             raise ValueError(f"scales must be a non-empty list of values >= 1, got {scales}")
         self.scales = scales
+        self.real_targets = real_targets
 
     def _pick(self):
         pool = self.photos if self.rng.random() < self.photo_fraction else self.generated
@@ -94,6 +101,10 @@ class CropSampler:
         ins, tgts = [], []
         for _ in range(self.batch_size):
             img = self._pick()
+            for _ in range(self.REDRAWS if self.real_targets else 0):
+                if min(img.shape[1] / (upscale * Th), img.shape[2] / (upscale * Tw)) >= 1:
+                    break
+                img = self._pick()
             H, W = img.shape[1:]
             # source crop with the target's aspect; zoom >= 1 (downscale) when the image allows it
             zmax = min(H / (upscale * Th), W / (upscale * Tw))
@@ -456,7 +467,7 @@ def train(a: TrainConfig) -> int:
           f"LPIPS {'on: ' + a.lpips if a.lpips else 'off (no local weights given with --lpips)'}")
     trainer = Trainer(a)
     sampler = CropSampler(photos, generated, a.batch_size, a.grid_min, a.grid_max, a.photo_fraction,
-                          seed=a.seed, colour_aug=a.colour_aug, scales=a.scales)
+                          seed=a.seed, colour_aug=a.colour_aug, scales=a.scales, real_targets=a.real_targets)
     t0 = time.time()
     trainer.run(sampler)
     print(f"done: {trainer.step} steps in {time.time() - t0:.0f} s; checkpoint {trainer.out_dir / 'model'}")
