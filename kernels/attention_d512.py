@@ -151,6 +151,12 @@ def _softmax_partition(bufs, bars, o_ptr, stride_om, M, N, off_m, qk_scale,
         acc = PV(gl.convert_layout(p, p_layout), v0_smem.index(s_idx), acc)  # (BM, HALF)
         mbarrier.arrive(v0_free.index(s_idx), count=1)
 
+    _finish_first_half(acc, l_i, l_smem, l_ready, o_ptr, stride_om, M, off_m, o_layout)
+
+
+@gluon.jit
+def _finish_first_half(acc, l_i, l_smem, l_ready, o_ptr, stride_om, M, off_m, o_layout: gl.constexpr):
+    """Warpgroup 0's end: 1 / row sum to shared memory for warpgroup 1, then O[:, :HALF] stored."""
     inv_l = 1.0 / l_i
     l_smem.store(inv_l)
     mbarrier.arrive(l_ready, count=1)
@@ -235,10 +241,7 @@ def _softmax_partition_pipelined(bufs, bars, o_ptr, stride_om, M, N, off_m, qk_s
     acc = warpgroup_mma(gl.convert_layout(p, p_layout), v0_smem.index(last), acc)
     mbarrier.arrive(v0_free.index(last), count=1)
 
-    inv_l = 1.0 / l_i
-    l_smem.store(inv_l)
-    mbarrier.arrive(l_ready, count=1)
-    _store_half(acc, inv_l, o_ptr, stride_om, M, off_m, 0, o_layout)
+    _finish_first_half(acc, l_i, l_smem, l_ready, o_ptr, stride_om, M, off_m, o_layout)
 
 
 @gluon.jit
