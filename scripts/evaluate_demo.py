@@ -9,7 +9,8 @@ direct decode at 2x and 4x against native decode + bicubic and against bicubic o
 pixels, PSNR and SSIM. fidelity (fidelity): the demo latent through every backend and dtype that
 can be built here, PSNR and max |difference| against the torch fp32 output; a backend that cannot
 be built is a row saying why. `python -m infgen.runtime demo` (runtime/cli/demo.py) is the demo
-itself; its helpers (encode_photo, score, resize, timed_decode) are used here.
+itself (InfGen's task on a bundled 2048x1152 photo); its helpers (encode_photo, score, resize,
+timed_decode) are used here, and these tables keep their own inputs (coffee.jpg at 144x96 here).
 scripts/learning_curve.py scores a run's snapshots with held_out_table.
 """
 from __future__ import annotations
@@ -21,8 +22,8 @@ import torch
 
 from infgen.cli import DTYPE_CHOICES, add_size_option, guarded, tool_parser
 from infgen.ref.config import DTYPES
-from infgen.runtime.cli.demo import (DEMO_PHOTO, PHOTO_SIZES, check_sizes, demo_checkpoint, encode_photo, print_rows,
-                                     resize, score, timed_decode)
+from infgen.runtime.cli.demo import (COFFEE_PHOTO, check_sizes, demo_checkpoint, encode_photo, print_rows, resize,
+                                     score, timed_decode)
 from infgen.runtime.engine import BACKENDS
 
 FIDELITY_BACKENDS = tuple(b for b in BACKENDS if b != "auto")
@@ -30,6 +31,8 @@ HELD_OUT_COLUMNS = ("photo", "scale", "size", "psnr", "ssim", "baseline_psnr", "
                     "input_bicubic_psnr", "input_bicubic_ssim")
 FIDELITY_COLUMNS = ("backend", "dtype", "size", "psnr", "max_abs", "finite", "skipped")
 TABLES = ("held-out", "fidelity")
+FIDELITY_SIZES = ((256, 256), (288, 512), (1024, 1024))  # (h, w)
+FIDELITY_INPUT = (96, 144)  # (h, w): coffee.jpg encoded to a 12 x 18 latent
 
 
 def held_out_table(checkpoint=None, scales=(2, 4), device="cpu", photos: dict | None = None) -> list[dict]:
@@ -69,8 +72,8 @@ def held_out_table(checkpoint=None, scales=(2, 4), device="cpu", photos: dict | 
     return rows
 
 
-def fidelity(sizes=((256, 256), (288, 512), (1024, 1024)), backends=FIDELITY_BACKENDS, dtypes=tuple(DTYPES),
-             device="cpu", checkpoint=None, photo=DEMO_PHOTO) -> list[dict]:
+def fidelity(sizes=FIDELITY_SIZES, backends=FIDELITY_BACKENDS, dtypes=tuple(DTYPES),
+             device="cpu", checkpoint=None, photo=COFFEE_PHOTO) -> list[dict]:
     """The demo latent through every available backend and dtype; PSNR against the torch fp32 output.
 
     sizes: (h, w). One row per (backend, dtype, size): psnr (inf when identical), max_abs (in
@@ -80,7 +83,7 @@ def fidelity(sizes=((256, 256), (288, 512), (1024, 1024)), backends=FIDELITY_BAC
     from infgen.runtime.io import load_image
     sizes = check_sizes(sizes)
     ckpt = demo_checkpoint(checkpoint)
-    z = encode_photo(load_image(photo), ckpt)
+    z = encode_photo(load_image(photo), ckpt, FIDELITY_INPUT)
     ref_engine = InfGenEngine(ckpt, backend="torch", device=device, dtype="fp32")
     refs = {(h, w): ref_engine.decode(z, h, w).float().cpu() for h, w in sizes}
     rows = []
@@ -112,7 +115,7 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint", metavar="DIR", default=None,
                    help="a trained checkpoint directory (default: the bundled demo checkpoint)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    add_size_option(p, default=list(PHOTO_SIZES[:3]), what="the fidelity table's sizes")
+    add_size_option(p, default=list(FIDELITY_SIZES), what="the fidelity table's sizes")
     p.add_argument("--backend", choices=FIDELITY_BACKENDS, nargs="+", default=list(FIDELITY_BACKENDS),
                    help="the fidelity table's backends")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, nargs="+", default=list(DTYPES),

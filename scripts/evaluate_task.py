@@ -30,60 +30,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# the image helpers are the demo's: python -m infgen.runtime demo runs this protocol on one bundled photo
+from infgen.runtime.cli.demo import INPUT_SIZE, PHOTO_SIZES, centre_crop, mosaic_ratio, resized, scores, to_unit_tensor
+
 HELD_OUT_HR = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
                "Kite", "OneStandsOut", "Path", "summer_1am")
 PACKAGE = "plasma-workspace-wallpapers"
-INPUT = (288, 512)                                        # (h, w): 16:9, 512 px on the long side
-SIZES = {"2x": (576, 1024), "3.75x": (1080, 1920), "4x": (1152, 2048)}
+INPUT = INPUT_SIZE                                        # (h, w) = (288, 512): 16:9, 512 px on the long side
+SIZES = dict(zip(("2x", "3.75x", "4x"), PHOTO_SIZES))    # (576, 1024), (1080, 1920), (1152, 2048)
 MOSAIC_SIZE = "4x"
-
-
-# ----------------------------------------------------------------------------- images and scores
-def centre_crop(img: Image.Image, aspect: float = 16 / 9) -> Image.Image:
-    """The largest centred crop of img with width / height = aspect."""
-    w, h = img.size
-    cw, ch = (w, round(w / aspect)) if w / h <= aspect else (round(h * aspect), h)
-    cw, ch = min(cw, w), min(ch, h)
-    left, top = (w - cw) // 2, (h - ch) // 2
-    return img.crop((left, top, left + cw, top + ch))
-
-
-def resized(img: Image.Image, hw: tuple[int, int], how=Image.Resampling.LANCZOS) -> np.ndarray:
-    """img resized to (h, w) -> uint8 (h, w, 3). Pillow's Lanczos and bicubic filters widen with
-    the scale when downsampling (antialiased)."""
-    return np.asarray(img.convert("RGB").resize((hw[1], hw[0]), how))
-
-
-def scores(ref: np.ndarray, img: np.ndarray) -> tuple[float, float]:
-    """(PSNR dB, SSIM) of two uint8 (h, w, 3) images."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-    if ref.shape != img.shape:
-        raise ValueError(f"shapes differ: reference {ref.shape}, image {img.shape}")
-    return (float(peak_signal_noise_ratio(ref, img, data_range=255)),
-            float(structural_similarity(ref, img, channel_axis=2, data_range=255)))
-
-
-def mosaic_ratio(img: np.ndarray, cells: tuple[int, int]) -> float:
-    """How much a (h, w, 3) image steps at the edges of the latent's cells: the mean squared
-    luminance difference between neighbouring pixels across the cell edges (columns round(k w /
-    cells_w), rows likewise), divided by the mean over all neighbouring pixels. About 1 for an
-    image whose content ignores the latent grid; a mosaic of cells concentrates its steps on the
-    edges (tests/test_evaluate_task.py: a nearest-upscaled grid scores tens). The comb of cell
-    edges is the latent-cell frequency and its harmonics, measured where they live (for cells of
-    random content a Fourier peak at exactly that frequency is cancelled by the cells' sinc)."""
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"img must be (h, w, 3), got {img.shape}")
-    luma = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    edges = total = 0.0
-    for axis, n_cells in ((1, cells[1]), (0, cells[0])):
-        d2 = np.diff(luma, axis=axis) ** 2                    # d2[..., x - 1]: between pixels x - 1 and x
-        n = luma.shape[axis]
-        cut = [round(k * n / n_cells) - 1 for k in range(1, n_cells)]
-        edges += np.take(d2, cut, axis=axis).mean()
-        total += d2.mean()
-    if total == 0:
-        raise ValueError("the image is flat: no steps to compare")
-    return edges / total
 
 
 # ----------------------------------------------------------------------------- the run
@@ -103,9 +58,6 @@ def evaluate(engine, encode, photos: dict[str, Path], sizes=SIZES, input_hw=INPU
     InfGenEngine (its decode); encode: image (1, 3, H, W) in [-1, 1] -> scaled latent."""
     import torch
 
-    def to_tensor(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float() / 127.5 - 1
-
     def to_uint8(t: torch.Tensor) -> np.ndarray:
         return engine.to_uint8(t)[0]
 
@@ -113,7 +65,7 @@ def evaluate(engine, encode, photos: dict[str, Path], sizes=SIZES, input_hw=INPU
     for name, path in photos.items():
         truth = centre_crop(Image.open(path))
         x = resized(truth, input_hw)
-        z = encode(to_tensor(x))
+        z = encode(to_unit_tensor(x))
         native = to_uint8(engine.decode(z, *input_hw))
         p, s = scores(x, native)
         rows.append(dict(photo=name, size=f"{input_hw[1]}x{input_hw[0]}", scale="1x", method="native", psnr=p, ssim=s))

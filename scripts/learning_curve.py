@@ -1,7 +1,9 @@
 """Learning curve of a training run: every snapshot of `python -m infgen.train --snapshot-every N` scored on
-the held-out photos (held_out_table of scripts/evaluate_demo.py), plus the training L1 from log.jsonl.
+the held-out photos (held_out_table of scripts/evaluate_demo.py; with --task, InfGen's task on the
+held-out KDE photos, scripts/evaluate_task.py), plus the training L1 from log.jsonl.
 
     python scripts/learning_curve.py out/demo7 --png docs/demo_learning_curve.png --json out/demo7/curve.json
+    python scripts/learning_curve.py out/demo8 --task data/heldout --every 1000 --png curve.png
 
 Prints a markdown table (step | per photo and scale: PSNR dB / SSIM, and native + bicubic at 2x and
 4x) and, with --png, plots held-out PSNR and training L1 against the step. The held-out photos only
@@ -40,9 +42,47 @@ def training_l1(run: Path, every: int) -> list[tuple[int, float]]:
     return out
 
 
-def curve(run: Path, device: str = "cpu") -> list[dict]:
+def task_table(checkpoint, photo_dir: Path, scales=("2x",), device: str = "cpu", names=None) -> list[dict]:
+    """InfGen's task (scripts/evaluate_task.py) for one checkpoint, as held_out_table's rows: one row
+    per scale (1x = the native decode), each the mean over the held-out KDE photos: psnr, ssim, and
+    at 2x/4x baseline_psnr, baseline_ssim (native decode + bicubic)."""
+    import torch
+    from evaluate_task import HELD_OUT_HR, SIZES, evaluate, photo_paths
+
+    from infgen.runtime.engine import InfGenEngine
+    engine = InfGenEngine(str(checkpoint), backend="torch", device=device, dtype="fp32")
+
+    def encode(x):
+        with torch.inference_mode():
+            return engine.encode(x.to(engine.device))
+    names = tuple(names or HELD_OUT_HR)
+    rows, _ = evaluate(engine, encode, photo_paths(Path(photo_dir), names), sizes={k: SIZES[k] for k in scales})
+    out = []
+    for scale in ("1x", *scales):
+        mine = [r for r in rows if r["scale"] == scale and r["method"] in ("native", "infgen")]
+        base = [r for r in rows if r["scale"] == scale and r["method"] == "native+bicubic"]
+        row = dict(photo=f"{len(names)} KDE photos", scale=float(scale[:-1]) if "." in scale else int(scale[:-1]),
+                   psnr=round(sum(r["psnr"] for r in mine) / len(mine), 2),
+                   ssim=round(sum(r["ssim"] for r in mine) / len(mine), 4))
+        if base:
+            row.update(baseline_psnr=round(sum(r["psnr"] for r in base) / len(base), 2),
+                       baseline_ssim=round(sum(r["ssim"] for r in base) / len(base), 4))
+        out.append(row)
+    return out
+
+
+def curve(run: Path, device: str = "cpu", task_dir: Path | None = None, every: int = 0, names=None) -> list[dict]:
+    """Each snapshot (every `every` steps when given) scored on the held-out photos: coffee and chelsea
+    (held_out_table), or with task_dir InfGen's task on the held-out KDE photos at 2x (task_table;
+    names: a subset of them)."""
     from evaluate_demo import held_out_table  # scripts/evaluate_demo.py: run as a script, its folder is on sys.path
-    return [{"step": step, "rows": held_out_table(str(d), device=device)} for step, d in snapshots(run)]
+    points = []
+    for step, d in snapshots(run):
+        if every and step % every:
+            continue
+        rows = task_table(d, task_dir, device=device, names=names) if task_dir else held_out_table(str(d), device=device)
+        points.append({"step": step, "rows": rows})
+    return points
 
 
 def markdown(points: list[dict]) -> str:
@@ -66,6 +106,11 @@ def plot(points: list[dict], l1: list[tuple[int, float]], path: Path, title: str
     steps = [p["step"] for p in points]
     for i, r0 in enumerate(points[0]["rows"]):
         a.plot(steps, [p["rows"][i]["psnr"] for p in points], marker="o", ms=3, label=f"{r0['photo']} {r0['scale']}x")
+    if any("baseline_psnr" in r for r in points[-1]["rows"]):
+        for i, r0 in enumerate(points[0]["rows"]):
+            if "baseline_psnr" in r0:
+                a.plot(steps, [p["rows"][i]["baseline_psnr"] for p in points], ls=":", lw=1,
+                       label=f"{r0['photo']} {r0['scale']}x native + bicubic")
     a.axhline(21, color="grey", ls="--", lw=1, label="21 dB target (native)")
     a.set(xlabel="step", ylabel="held-out PSNR (dB)", title=title)
     a.legend(fontsize=7)
@@ -82,8 +127,12 @@ def main(argv=None) -> int:
     p.add_argument("--png", type=Path, default=None, help="write the plot here")
     p.add_argument("--json", type=Path, default=None, help="write the scores here")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--task", type=Path, default=None, metavar="PHOTO_DIR",
+                   help="score InfGen's task (scripts/evaluate_task.py) on the held-out KDE photos in PHOTO_DIR "
+                        "(native and 2x, the mean over the photos) instead of coffee and chelsea")
+    p.add_argument("--every", type=int, default=0, help="score only the snapshots at multiples of this step")
     a = p.parse_args(argv)
-    points = curve(a.run, a.device)
+    points = curve(a.run, a.device, a.task, a.every)
     print(markdown(points))
     if a.json:
         a.json.write_text(json.dumps(points, indent=1))

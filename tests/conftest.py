@@ -29,6 +29,25 @@ def tiny_model(tiny_cfg):
     return InfGen(tiny_cfg).eval()
 
 
+@pytest.fixture(scope="session")
+def shared_onnx(tiny_model, tmp_path_factory):
+    """shared_onnx(dtype, flavour) -> the tiny model's ONNX file in one export cache that every
+    xdist worker of this run shares: each (dtype, flavour) is exported once per run, under a file
+    lock, by whichever test asks first (a real export through infgen.export.onnx.cached_export).
+    Tests that damage or replace cache entries copy the entry into their own directory first."""
+    from filelock import FileLock
+
+    from infgen.export.onnx import cached_export
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-onnx-cache"
+    root.mkdir(exist_ok=True)
+
+    def get(dtype="fp32", flavour="onnxruntime"):
+        with FileLock(str(root / f".{dtype}-{flavour}.lock")):
+            return cached_export(tiny_model, dtype, flavour, cache_dir=root)
+    return get
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|, in float64."""
     a, b = a.double(), b.double()

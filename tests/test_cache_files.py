@@ -36,10 +36,17 @@ def foreign_onnx(path) -> None:
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_model, tmp_path_factory):
-    """(cache dir, path) of a real export of the tiny preset through the cache."""
+def exported(tiny_model, tmp_path_factory, shared_onnx):
+    """(cache dir, path) of a real export of the tiny preset through the cache: the run's shared
+    export (conftest's shared_onnx), its entry (file + sidecar) copied into a cache of this module's
+    own, which the tests damage; the copy is found valid, not exported again."""
+    import shutil
+    src = shared_onnx("fp32", "onnxruntime")
     d = tmp_path_factory.mktemp("cache")
-    return d, cached_export(tiny_model, "fp32", "onnxruntime", cache_dir=d)
+    entry = d / src.relative_to(src.parents[2])
+    shutil.copytree(src.parent, entry.parent)
+    assert cached_export(tiny_model, "fp32", "onnxruntime", cache_dir=d) == entry
+    return d, entry
 
 
 class Entry:

@@ -228,12 +228,12 @@ def test_python_dash_m_runtime_in_a_fresh_process(tmp_path):
 
 def test_demo_default_is_the_photo_demo_on_the_shipped_checkpoint(tmp_path, capsys):
     """With no --preset/--checkpoint, `demo` decodes the bundled photo with the shipped model and
-    prints PSNR/SSIM next to the native-decode + bicubic baseline."""
+    prints PSNR/SSIM next to the native-decode + bicubic and + Lanczos baselines."""
     if not (options.DEMO_CHECKPOINT / "model.safetensors").is_file():
         pytest.skip("no demo checkpoint is bundled in this checkout")
     rc, out, err = run_main(["demo", "--out-dir", tmp_path, "--size", "96x64", "40x24"], capsys)
     assert rc == 0, err
-    assert "baseline_psnr" in out and "coffee.jpg" in out
+    assert "bicubic_psnr" in out and "lanczos_psnr" in out and "evening_glow.jpg" in out
     assert (tmp_path / "contact_sheet.png").is_file()
     assert (tmp_path / "infgen_96x64.png").is_file() and (tmp_path / "bicubic_40x24.png").is_file()
     assert "random" not in out + err

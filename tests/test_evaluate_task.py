@@ -82,3 +82,25 @@ def test_one_photo_through_the_protocol(tmp_path, tiny_model):
     assert [(r["scale"], r["method"]) for r in summ] == [(r["scale"], r["method"]) for r in rows]
     assert "| 2x | infgen | 1 |" in task.markdown(rows, summ)
     assert task.sheet(tiles, tmp_path / "s.png", box=64).is_file()
+
+
+def test_learning_curve_scores_snapshots_on_the_task(tmp_path, tiny_model):
+    """scripts/learning_curve.py --task: each kept snapshot (--every) scored by InfGen's task, as
+    rows of the mean over the photos at 1x (native) and 2x with the native + bicubic baseline."""
+    from infgen.ref.weights import save_checkpoint
+    load_script("scripts/evaluate_demo.py")  # learning_curve imports its neighbours by name
+    curve = load_script("scripts/learning_curve.py")
+    photos = tmp_path / "photos" / task.PACKAGE
+    photos.mkdir(parents=True)
+    for seed, name in enumerate(("Kite", "Path")):
+        Image.fromarray(smooth_image(400, 640, seed=seed)).save(photos / f"{name}.png")
+    run = tmp_path / "run"
+    for step in (500, 1000):
+        save_checkpoint(tiny_model, run / "snapshots" / f"step{step:06d}")
+    points = curve.curve(run, task_dir=tmp_path / "photos", every=1000, names=("Kite", "Path"))
+    assert [p["step"] for p in points] == [1000]
+    rows = points[0]["rows"]
+    assert [(r["photo"], r["scale"]) for r in rows] == [("2 KDE photos", 1), ("2 KDE photos", 2)]
+    assert "baseline_psnr" not in rows[0] and np.isfinite(rows[1]["baseline_psnr"])
+    assert all(np.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 for r in rows)
+    assert "| 1000 | " in curve.markdown(points)

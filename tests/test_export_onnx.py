@@ -19,12 +19,10 @@ SMALL_PLAN = dict(min_res=16, max_res=200, opt_sizes=((64, 64), (40, 96)), batch
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_model, tmp_path_factory):
-    """(onnxruntime-flavour path via the export cache, TensorRT-flavour path), exported once."""
-    d = tmp_path_factory.mktemp("onnx")
-    ort_path = cached_export(tiny_model, "fp32", "onnxruntime", cache_dir=d)
-    trt_path = export_onnx(tiny_model, d / "tiny_trt.onnx", "fp32", "tensorrt")
-    return ort_path, trt_path
+def exported(shared_onnx):
+    """(onnxruntime-flavour path, TensorRT-flavour path) of the tiny model in fp32: real exports
+    through the export cache, made once per test run (conftest's shared_onnx)."""
+    return shared_onnx("fp32", "onnxruntime"), shared_onnx("fp32", "tensorrt")
 
 
 def session(model_or_path):
@@ -131,18 +129,6 @@ def test_tensorrt_flavour_numerics_with_reference_attention(tiny_model, exported
     assert np.abs(ort_run(sess, z, *grid) - reference(tiny_model, z, *grid)).max() <= ATOL
 
 
-def test_export_leaves_the_callers_model_untouched(tmp_path):
-    """Exporting in fp16 copies the weights: the caller's module keeps dtype and values."""
-    from infgen.ref.config import preset
-    from infgen.ref.model import InfGen
-    torch.manual_seed(0)
-    m = InfGen(preset("tiny")).eval()
-    before = {k: v.clone() for k, v in m.state_dict().items()}
-    export_onnx(m, tmp_path / "fp16.onnx", "fp16", "onnxruntime")
-    after = m.state_dict()
-    assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
-
-
 def test_export_module_is_decode_grid_over_the_flavours_ops(tiny_model):
     """Eagerly, both flavours' wrappers compute the reference decode (the plugin op's eager body is SDPA)."""
     torch.manual_seed(4)
@@ -198,7 +184,12 @@ def test_tensorrt_flavour_has_no_double_and_keeps_rewrites_only_where_needed(exp
     assert no_double(onnx.load(str(exported[1]))) == []
     torch.manual_seed(0)
     from infgen.ref.model import InfGen
-    bf16 = onnx.load(str(export_onnx(InfGen(tiny_cfg).eval(), tmp_path / "bf16_trt.onnx", "bf16", "tensorrt")))
+    m = InfGen(tiny_cfg).eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    bf16 = onnx.load(str(export_onnx(m, tmp_path / "bf16_trt.onnx", "bf16", "tensorrt")))
+    # the export casts a copy of the weights: the caller's module keeps its dtype and values
+    after = m.state_dict()
+    assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
     ops = {n.op_type for n in bf16.graph.node}
     assert no_double(bf16) == []
     # bf16: statistics in fp32 need the explicit form (TensorRT's importer ignores stash_type)
@@ -245,17 +236,3 @@ def test_cli_shows_stage_progress_on_a_terminal(tmp_path, capsys, monkeypatch):
     quiet.close()
     assert export_cli.build_parser().parse_args(["--no-progress"]).no_progress
     assert capsys.readouterr().err == ""
-
-
-def test_cli_says_random_weights_in_one_line_and_nothing_else(tmp_path):
-    """A preset with random weights: one `warning:` line on stderr; torch.onnx's torchvision lines and its
-    pytree FutureWarning (nothing to do with this graph) are silenced. A process: those lines come from
-    loggers set up once per process."""
-    import subprocess
-    import sys
-    r = subprocess.run([sys.executable, "-m", "infgen.export.onnx", "--preset", "tiny", "-o", str(tmp_path / "m.onnx")],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("warning: exporting RANDOM weights (--preset tiny)"), lines
-    assert r.stdout.startswith(f"wrote {tmp_path / 'm.onnx'}")

@@ -208,7 +208,10 @@ def test_cli_dry_run_writes_plan_and_prints_commands(tmp_path):
 
 def test_cli_dry_run_writes_nothing_and_its_commands_make_the_onnx_they_read(tmp_path):
     """--dry-run in an empty directory (HOME there too) leaves it empty; then the printed export line,
-    run as printed in a shell, writes exactly the ONNX file the trtexec and polygraphy lines read."""
+    run as printed in a shell, writes exactly the ONNX file the trtexec and polygraphy lines read.
+    That export (a random-weights preset, a stderr that is not a terminal) says so in one `warning:`
+    line and nothing else: torch.onnx's torchvision lines and its pytree FutureWarning (nothing to do
+    with this graph) are silenced; a process, as those come from loggers set up once per process."""
     import os
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
@@ -232,6 +235,9 @@ def test_cli_dry_run_writes_nothing_and_its_commands_make_the_onnx_they_read(tmp
     r = subprocess.run(["bash", "-c", export], capture_output=True, text=True, cwd=work,
                        env={**os.environ, **env}, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: exporting RANDOM weights (--preset tiny)"), lines
+    assert r.stdout.startswith("wrote ") and onnx_read in r.stdout.splitlines()[0], r.stdout
     assert (work / onnx_read).is_file()
     assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == sorted(
         [str(Path(onnx_read).parent), onnx_read])
@@ -317,7 +323,7 @@ class FakeBuild:
         return b"ENGINE" + plan.to_json().encode()
 
 
-def test_cli_engine_is_the_engine_the_backend_loads(tmp_path, monkeypatch, tiny_cfg):
+def test_cli_engine_is_the_engine_the_backend_loads(tmp_path, monkeypatch, tiny_cfg, shared_onnx):
     """python -m infgen.export.trt --min-res 128 builds (build stubbed); TrtBackend's engine_for, with no
     plan given, finds that same engine in the same engine_dir: same key, same file, no rebuild."""
     import types
@@ -334,20 +340,23 @@ def test_cli_engine_is_the_engine_the_backend_loads(tmp_path, monkeypatch, tiny_
     build = FakeBuild()
     monkeypatch.setattr(export_trt, "build_engine", build)
     eng = tmp_path / "engines"
+    # the ONNX files the engines are built from: this run's shared export cache (same weights: seed 0)
+    cache = shared_onnx("bf16", "tensorrt").parents[2]
+    assert shared_onnx("fp32", "tensorrt").parents[2] == cache
     args = ["--preset", "tiny", "--min-res", "128", "--max-res", "1024", "--batch", "2", "--dtype", "bf16",
-            "--engine-dir", str(eng), "--cache-dir", str(tmp_path / "cache")]
+            "--engine-dir", str(eng), "--cache-dir", str(cache)]
     assert export_trt.main(args) == 0
     assert len(build.calls) == 1 and build.calls[0][1].min_res == 128
     built = sorted(eng.glob("infgen-*.engine"))
     assert len(built) == 1
-    found = TrtBackend.locate(tiny_model, torch.bfloat16, engine_dir=eng, cache_dir=tmp_path / "cache")
+    found = TrtBackend.locate(tiny_model, torch.bfloat16, engine_dir=eng, cache_dir=cache)
     assert found.path == built[0] and found.plan.min_res == 128 and found.plan.batch == 2
     assert len(build.calls) == 1  # loaded, not rebuilt
     # the timing cache is keyed by TensorRT version and GPU
     other = export_trt.timing_cache_path(eng, "10.13.0.35", "NVIDIA H200")
     assert build.calls[0][2] == export_trt.timing_cache_path(eng, "10.13.0.35", "NVIDIA H100 80GB HBM3") != other
     # another dtype, or tf32, is another engine
-    export_trt.engine_for(tiny_model, "fp32", None, eng, cache_dir=tmp_path / "cache", allow_tf32=True)
+    export_trt.engine_for(tiny_model, "fp32", None, eng, cache_dir=cache, allow_tf32=True)
     assert len(build.calls) == 2 and build.calls[1][3] is True
     # a corrupt plan.json: the default plan, said so, never an exception
     (eng / "plan.json").write_bytes(b"\xff")

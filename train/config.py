@@ -55,6 +55,9 @@ class TrainConfig:
     window: int = option(16, "decoded window side, tokens (8 px each)", kind=int, lo=1)
     warm_start_steps: int = option(200, "positional warm start of cross-attention block 0 before stage 1 (0: off)",
                                    kind=int, lo=0)
+    warm_start_target: str = option("nearest", "what the warm start teaches block 0 to attend to: the latent token "
+                                               "under each mask token, or the bilinear weights of the nearest "
+                                               "tokens", choices=("nearest", "bilinear"))
     warm_start_lr: float = option(3e-3, "learning rate of the warm start", kind=float, lo=0, lo_open=True)
     lr: float = option(2e-4, "peak learning rate of each stage", kind=float, lo=0, lo_open=True)
     warmup: int = option(100, "linear warmup steps of each stage", kind=int, lo=0)

@@ -191,14 +191,40 @@ def attention_logits(blk, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
     return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
 
 
+def warm_start_target(Th: int, Tw: int, gh: int, gw: int, kind: str = "nearest", device=None) -> torch.Tensor:
+    """The attention the positional warm start teaches: (Th * Tw, gh * gw), one row per mask token of a
+    (Th, Tw) output grid over a (gh, gw) latent grid, each row a distribution over the latent tokens.
+
+    "nearest": all weight on the latent cell that holds the mask token's centre (a hard lookup: block 0's
+    output is piecewise constant over the latent's cells, a mosaic the later layers must undo).
+    "bilinear": the bilinear-interpolation weights of the centre over the (up to) four nearest latent
+    token centres, edges clamped (block 0's output is the latent's bilinear upsampling). At equal grids
+    both are the identity."""
+    if kind not in ("nearest", "bilinear"):
+        raise ValueError(f"warm start target must be 'nearest' or 'bilinear', got {kind!r}")
+
+    def axis(n: int, g: int) -> torch.Tensor:  # (n, g): weights along one axis
+        centre = (torch.arange(n, device=device, dtype=torch.float64) + 0.5) * g / n  # in latent cells
+        if kind == "nearest":
+            return F.one_hot(centre.long().clamp(0, g - 1), g).double()
+        u = (centre - 0.5).clamp(0, g - 1)  # in latent token centres
+        i0 = u.floor().long().clamp(0, g - 1)
+        i1 = (i0 + 1).clamp(max=g - 1)
+        frac = (u - i0).unsqueeze(1)
+        return F.one_hot(i0, g).double() * (1 - frac) + F.one_hot(i1, g).double() * frac
+
+    wy, wx = axis(Th, gh), axis(Tw, gw)
+    return torch.einsum("ia,jb->ijab", wy, wx).reshape(Th * Tw, gh * gw).float()
+
+
 def positional_warm_start(model: InfGen, sampler: "CropSampler", steps: int, lr: float, max_scale: float,
-                          device) -> list[float]:
+                          device, kind: str = "nearest") -> list[float]:
     """Teach the first cross-attention block to look up the latent token under each mask token.
 
     At initialisation the attention is near uniform, so every mask token sees the image mean and the
     decoder learns position-dependent blur for a long time. Here, before any image loss, block 0's
-    logits are trained with cross-entropy towards the latent token whose cell holds the mask token's
-    centre, on real latent tokens (content included) and random output grids. Touches only the
+    logits are trained with cross-entropy towards warm_start_target(kind): the latent token whose
+    cell holds the mask token's centre, or the bilinear weights of its nearest tokens; on real latent tokens (content included) and random output grids. Touches only the
     positional encodings, the latent-token convs and block 0's norms and q/k projections."""
     dec = model.decoder
     blk = dec.blocks[0]
@@ -213,10 +239,8 @@ def positional_warm_start(model: InfGen, sampler: "CropSampler", steps: int, lr:
             z = encode_moments(model, x.to(device))[0]
         ctx = dec.latent_tokens(model.post_quant_conv(z))  # (B, T, d)
         logits = attention_logits(blk, dec.mask_tokens(Th, Tw), ctx)  # (B, heads, N, T)
-        iy = ((torch.arange(Th, device=device) + 0.5) * gh / Th).long()
-        ix = ((torch.arange(Tw, device=device) + 0.5) * gw / Tw).long()
-        target = (iy[:, None] * gw + ix[None, :]).reshape(-1)  # (N,) latent index under each mask token
-        loss = F.cross_entropy(logits.flatten(0, 2), target.repeat(logits.shape[0] * logits.shape[1]))
+        target = warm_start_target(Th, Tw, gh, gw, kind, device)  # (N, T) attention each mask token should have
+        loss = F.cross_entropy(logits.flatten(0, 2), target.repeat(logits.shape[0] * logits.shape[1], 1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -379,7 +403,7 @@ class Trainer:
         elif self.opt is None:
             if a.warm_start_steps and not a.init:
                 losses = positional_warm_start(self.model, sampler, a.warm_start_steps, a.warm_start_lr,
-                                               a.max_scale, self.device)
+                                               a.max_scale, self.device, a.warm_start_target)
                 print(f"positional warm start: cross-entropy {losses[0]:.3f} -> {losses[-1]:.3f} "
                       f"in {a.warm_start_steps} steps")
             self.make_optimizers(self.stage(0))

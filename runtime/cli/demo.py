@@ -1,17 +1,21 @@
-"""`python -m infgen.runtime demo`: one latent decoded at several sizes, with no input files.
+"""`python -m infgen.runtime demo`: InfGen's task on a bundled photo, with no input files.
 
     python -m infgen.runtime demo --out-dir demo_out                    # the bundled demo checkpoint
     python -m infgen.runtime demo --preset tiny --size 64x48            # random weights: the test-pattern demo
 
-With a trained checkpoint (the bundled demo model, infgen_ref/assets/demo/, or --checkpoint): a
-held-out photo (assets/demo/coffee.jpg, never trained on) is resized to a small input, encoded to
-one latent and decoded by InfGen at each size in one pass. Each output is scored (PSNR, SSIM;
-scikit-image's metrics) against the photo resized to that size, next to a baseline measured in
-the same run: decode at the latent's native size, then bicubic upscaling. With --preset (random
-weights, and the demo says so): a procedural test pattern is encoded and decoded, which shows only
-that every size decodes. Sizes are (height, width) inside, WIDTHxHEIGHT on the command line. The
-demo model's evaluation tables (held-out photos at 2x/4x; every backend and dtype against the
-torch fp32 output) are scripts/evaluate_demo.py, which uses the helpers here.
+With a trained checkpoint (the bundled demo model, infgen_ref/assets/demo/, or --checkpoint):
+InfGen's task. A held-out high-resolution photo (assets/demo/evening_glow.jpg: KDE's EveningGlow
+wallpaper, 2048x1152, never trained on) is shrunk to a 512x288 input, encoded to one 64x36 latent
+and decoded by InfGen directly at 1024x576 (2x), 1920x1080 (3.75x) and 2048x1152 (4x), each in one
+pass. Each output is scored (PSNR, SSIM; scikit-image's metrics on the uint8 images) against the
+real photo at that size (Pillow's antialiased Lanczos, downsampled from real pixels), beside two
+baselines measured in the same run: decode at the latent's native size, then bicubic or Lanczos
+upscaling; and the latent grid's mark on each (mosaic_ratio). With --preset (random weights, and
+the demo says so): a procedural test pattern is encoded and decoded, which shows only that every
+size decodes. Sizes are (height, width) inside, WIDTHxHEIGHT on the command line. The image
+helpers here (centre_crop, resized, scores, mosaic_ratio) are those of scripts/evaluate_task.py
+(the same protocol on 11 held-out photos); the older tables (coffee and chelsea at 2x/4x; every
+backend and dtype against the torch fp32 output) are scripts/evaluate_demo.py.
 """
 from __future__ import annotations
 
@@ -28,12 +32,14 @@ from infgen.ref.config import PRESETS
 from infgen.runtime.cli.options import (DEMO_CHECKPOINT, RANDOM_NOTICE, add_model_options, add_size_option, default_model,
                                  model_spec, tool_main)
 
-HELP = "no input files: decode a bundled photo at several sizes, print times and PSNR/SSIM"
-DEMO_PHOTO = DEMO_CHECKPOINT / "coffee.jpg"
-PHOTO_SIZES = ((256, 256), (288, 512), (1024, 1024), (1080, 1920))  # (h, w)
+HELP = "no input files: InfGen's task on a bundled photo (one 64x36 latent decoded at 2x-4x), times and PSNR/SSIM"
+DEMO_PHOTO = DEMO_CHECKPOINT / "evening_glow.jpg"  # 2048x1152, held out from training (DATA.md)
+COFFEE_PHOTO = DEMO_CHECKPOINT / "coffee.jpg"      # 576x384: the README's encode example, evaluate_demo's fidelity
+PHOTO_SIZES = ((576, 1024), (1080, 1920), (1152, 2048))  # (h, w): 2x, 3.75x, 4x the input
 PATTERN_SIZES = ((256, 256), (512, 512), (432, 768), (1024, 1024))  # (h, w)
-INPUT_SIZE = (96, 144)  # (h, w) of the encoder input: a 12 x 18 latent
-ROW_COLUMNS = ("size", "seconds", "psnr", "ssim", "baseline_psnr", "baseline_ssim")
+INPUT_SIZE = (288, 512)  # (h, w) of the encoder input: 512 px on the long side, a 36 x 64 latent
+ROW_COLUMNS = ("size", "seconds", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "lanczos_psnr", "lanczos_ssim",
+               "mosaic", "bicubic_mosaic")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -47,6 +53,62 @@ def check_sizes(sizes) -> list[tuple[int, int]]:
     if not out or any(len(s) != 2 for s in out):
         raise ValueError(f"sizes must be a non-empty list of (height, width), got {sizes!r}")
     return out
+
+
+def centre_crop(img, aspect: float = 16 / 9):
+    """The largest centred crop of a PIL image with width / height = aspect."""
+    w, h = img.size
+    cw, ch = (w, round(w / aspect)) if w / h <= aspect else (round(h * aspect), h)
+    cw, ch = min(cw, w), min(ch, h)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return img.crop((left, top, left + cw, top + ch))
+
+
+def resized(img, hw: tuple[int, int], how=None) -> np.ndarray:
+    """A PIL image resized to (h, w) -> uint8 (h, w, 3); Lanczos unless how names another Pillow
+    filter. Pillow's filters widen with the scale when downsampling (antialiased)."""
+    from PIL import Image
+    return np.asarray(img.convert("RGB").resize((hw[1], hw[0]), how or Image.Resampling.LANCZOS))
+
+
+def scores(ref: np.ndarray, img: np.ndarray) -> tuple[float, float]:
+    """(PSNR dB, SSIM) of two uint8 (h, w, 3) images (scikit-image's metrics)."""
+    try:
+        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    except ImportError as exc:
+        raise ImportError("the photo demo scores with scikit-image: pip install scikit-image") from exc
+    if ref.shape != img.shape:
+        raise ValueError(f"shapes differ: reference {ref.shape}, image {img.shape}")
+    return (float(peak_signal_noise_ratio(ref, img, data_range=255)),
+            float(structural_similarity(ref, img, channel_axis=2, data_range=255)))
+
+
+def mosaic_ratio(img: np.ndarray, cells: tuple[int, int]) -> float:
+    """How much a (h, w, 3) image steps at the edges of the latent's cells (cells: the latent grid,
+    (rows, columns)): the mean squared luminance difference between neighbouring pixels across the
+    cell edges (columns round(k w / cells_w), rows likewise), divided by the mean over all
+    neighbouring pixels. About 1 for an image whose content ignores the latent grid; a mosaic of
+    cells concentrates its steps on the edges (a nearest-upscaled grid scores tens). The comb of
+    cell edges is the latent-cell frequency and its harmonics, measured where they live (for cells
+    of random content a Fourier peak at exactly that frequency is cancelled by the cells' sinc)."""
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"img must be (h, w, 3), got {img.shape}")
+    luma = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    edges = total = 0.0
+    for axis, n_cells in ((1, cells[1]), (0, cells[0])):
+        d2 = np.diff(luma, axis=axis) ** 2                    # d2[..., x - 1]: between pixels x - 1 and x
+        n = luma.shape[axis]
+        cut = [round(k * n / n_cells) - 1 for k in range(1, n_cells)]
+        edges += np.take(d2, cut, axis=axis).mean()
+        total += d2.mean()
+    if total == 0:
+        raise ValueError("the image is flat: no steps to compare")
+    return edges / total
+
+
+def to_unit_tensor(a: np.ndarray) -> torch.Tensor:
+    """uint8 (h, w, 3) -> (1, 3, h, w) float32 in [-1, 1]."""
+    return torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -105,16 +167,15 @@ def timed_decode(engine, z: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor,
     return img, time.perf_counter() - t
 
 
-def contact_sheet(tiles: list[list[tuple[str, torch.Tensor]]], path: Path, box: int = 320) -> Path:
-    """Rows of (label, (1, 3, H, W) image) tiles, each fitted into box x box, written as one PNG."""
+def contact_sheet(tiles: list[list[tuple[str, np.ndarray]]], path: Path, box: int = 320) -> Path:
+    """Rows of (label, uint8 (h, w, 3) image) tiles, each fitted into box x box, written as one PNG."""
     from PIL import Image, ImageDraw
-    from infgen.runtime.engine import InfGenEngine
     pad, text_h = 8, 16
     thumbs = []
     for row in tiles:
         thumbs.append([])
         for label, img in row:
-            im = InfGenEngine.to_pil(img)[0]
+            im = Image.fromarray(np.asarray(img, dtype=np.uint8))
             im.thumbnail((box, box), Image.Resampling.LANCZOS)
             thumbs[-1].append((label, im))
     heights = [max(im.height for _, im in row) + text_h + pad for row in thumbs]
@@ -132,6 +193,16 @@ def contact_sheet(tiles: list[list[tuple[str, torch.Tensor]]], path: Path, box: 
     return path
 
 
+def detail(img: np.ndarray, box: int = 320, at=(0.62, 0.30)) -> np.ndarray:
+    """A box x box crop of a uint8 (h, w, 3) image at 1:1 pixels, its centre at the fractions at
+    (y, x) of the image: the same place in the scene at every size, so the sheet shows detail."""
+    h, w = img.shape[:2]
+    bh, bw = min(box, h), min(box, w)
+    top = min(max(round(at[0] * h) - bh // 2, 0), h - bh)
+    left = min(max(round(at[1] * w) - bw // 2, 0), w - bw)
+    return img[top:top + bh, left:left + bw]
+
+
 def print_rows(rows: list[dict], cols, echo=print) -> None:
     echo("  ".join(f"{c:>14}" for c in cols))
     for r in rows:
@@ -141,42 +212,78 @@ def print_rows(rows: list[dict], cols, echo=print) -> None:
 # ----------------------------------------------------------------------------- the photo demo
 def run_demo(out_dir, sizes=PHOTO_SIZES, backend="torch", device="cpu", dtype=None, checkpoint=None,
              photo=DEMO_PHOTO, input_size=INPUT_SIZE, fmt: str = "png") -> list[dict]:
-    """Encode the held-out photo, decode it at each (h, w), score it and write images + a contact sheet.
+    """InfGen's task on photo: shrink it to input_size (h, w), encode one latent, decode it directly
+    at each (h, w) in sizes; score each decode and the two baselines against the photo at that
+    size; write the images, a contact sheet and out_dir/demo_results.json.
 
-    Returns one row per size: size ('WxH'), seconds (InfGen decode), psnr, ssim, baseline_psnr,
-    baseline_ssim (native decode + bicubic), path. Also writes out_dir/demo_results.json."""
+    Returns one row per size: size ('WxH'), seconds (InfGen decode), psnr, ssim (InfGen),
+    bicubic_psnr, bicubic_ssim, lanczos_psnr, lanczos_ssim (native decode + bicubic / Lanczos),
+    mosaic, bicubic_mosaic (mosaic_ratio of InfGen's decode and of native + bicubic), path."""
+    from PIL import Image
+
     from infgen.runtime.engine import InfGenEngine
-    from infgen.runtime.io import load_image
     if fmt not in ("png", "jpg"):
         raise ValueError(f"fmt must be 'png' or 'jpg', got {fmt!r}")
     sizes = check_sizes(sizes)
+    input_size = check_sizes([input_size])[0]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = demo_checkpoint(checkpoint)
-    pic = load_image(photo)  # (1, 3, H, W) in [-1, 1]
-    z = encode_photo(pic, ckpt, input_size)
     engine = InfGenEngine(ckpt, backend=backend, device=device, dtype=dtype)
-    nh, nw = engine.config.upscale * z.shape[2], engine.config.upscale * z.shape[3]
-    native, native_s = timed_decode(engine, z, nh, nw)
-    rows, tiles = [], [[(f"input {input_size[1]}x{input_size[0]} (latent {z.shape[3]}x{z.shape[2]})",
-                         resize(pic, *input_size)), (f"native decode {nw}x{nh}", native.cpu())]]
-    for h, w in sizes:
-        img, secs = timed_decode(engine, z, h, w)
+    from infgen.ref.model import check_size
+    for h, w in [input_size, *sizes]:  # every size is checked before any work (ValueError naming it)
+        check_size(h, w, engine.config)
+    if input_size[0] % engine.config.upscale or input_size[1] % engine.config.upscale:
+        raise ValueError(f"input_size must be multiples of {engine.config.upscale} (the encoder's), got {input_size}")
+    try:
+        pic = Image.open(photo).convert("RGB")
+    except OSError as exc:
+        raise ValueError(f"photo {str(photo)!r} is not a readable image: {exc}") from exc
+    x = resized(pic, input_size)                                  # the input: uint8 (h, w, 3)
+    with torch.inference_mode():
+        z = engine.encode(to_unit_tensor(x).to(engine.device))    # (1, C, h/8, w/8)
+    cells = (z.shape[2], z.shape[3])
+
+    def to_uint8(img: torch.Tensor) -> np.ndarray:
         img = img.float().cpu()
         if not bool(torch.isfinite(img).all()):
-            raise FloatingPointError(f"decode at {w}x{h} ({engine.backend_name}, {engine.dtype}) is not finite")
-        ref, base = resize(pic, h, w), resize(native.cpu(), h, w)
-        p, s = score(ref, img)
-        bp, bs = score(ref, base)
-        path = InfGenEngine.save(img, out / f"infgen_{w}x{h}.{fmt}")[0]
-        InfGenEngine.save(base, out / f"bicubic_{w}x{h}.{fmt}")
-        rows.append(dict(size=f"{w}x{h}", seconds=round(secs, 3), psnr=round(p, 2), ssim=round(s, 4),
-                         baseline_psnr=round(bp, 2), baseline_ssim=round(bs, 4), path=str(path)))
-        tiles.append([(f"photo resized {w}x{h}", ref), (f"InfGen {w}x{h}: {p:.2f} dB / {s:.3f}", img),
-                      (f"native+bicubic: {bp:.2f} dB / {bs:.3f}", base)])
-    contact_sheet(tiles, out / "contact_sheet.png")
+            raise FloatingPointError(f"decode ({engine.backend_name}, {engine.dtype}) is not finite")
+        return engine.to_uint8(img)[0]
+
+    native_t, native_s = timed_decode(engine, z, *input_size)
+    native = to_uint8(native_t)
+    native_pil = Image.fromarray(native)
+    np_, ns = scores(x, native)
+    rows, details = [], []
+    for h, w in sizes:
+        img_t, secs = timed_decode(engine, z, h, w)
+        img, ref = to_uint8(img_t), resized(pic, (h, w))
+        bic = resized(native_pil, (h, w), Image.Resampling.BICUBIC)
+        lan = resized(native_pil, (h, w), Image.Resampling.LANCZOS)
+        (p, q), (bp, bq), (lp, lq) = scores(ref, img), scores(ref, bic), scores(ref, lan)
+        path = out / f"infgen_{w}x{h}.{fmt}"
+        Image.fromarray(img).save(path)
+        Image.fromarray(bic).save(out / f"bicubic_{w}x{h}.{fmt}")
+        rows.append(dict(size=f"{w}x{h}", seconds=round(secs, 3), psnr=round(p, 2), ssim=round(q, 4),
+                         bicubic_psnr=round(bp, 2), bicubic_ssim=round(bq, 4),
+                         lanczos_psnr=round(lp, 2), lanczos_ssim=round(lq, 4),
+                         mosaic=round(mosaic_ratio(img, cells), 2), bicubic_mosaic=round(mosaic_ratio(bic, cells), 2),
+                         path=str(path)))
+        details.append([(f"photo {w}x{h} (detail, 1:1)", detail(ref)),
+                        (f"InfGen {w}x{h}: {p:.2f} dB / {q:.3f}", detail(img)),
+                        (f"native+bicubic: {bp:.2f} dB / {bq:.3f}", detail(bic)),
+                        (f"native+Lanczos: {lp:.2f} dB / {lq:.3f}", detail(lan))])
+    ih, iw = input_size
+    head = [(f"input {iw}x{ih} -> latent {cells[1]}x{cells[0]}", x),
+            (f"native decode {iw}x{ih}: {np_:.2f} dB / {ns:.3f}", native)]
+    if sizes:
+        h, w = sizes[-1]
+        head.append((f"InfGen {w}x{h}, whole", np.asarray(Image.open(out / f"infgen_{w}x{h}.{fmt}"))))
+        head.append((f"photo {w}x{h}, whole", resized(pic, (h, w))))
+    contact_sheet([head, *details], out / "contact_sheet.png")
     info = dict(backend=engine.backend_name, device=str(engine.device), dtype=str(engine.dtype).split(".")[-1],
-                checkpoint=str(ckpt), photo=str(photo), native=f"{nw}x{nh}", native_seconds=round(native_s, 3))
+                checkpoint=str(ckpt), photo=str(photo), input=f"{iw}x{ih}", latent=f"{cells[1]}x{cells[0]}",
+                native_psnr=round(np_, 2), native_ssim=round(ns, 4), native_seconds=round(native_s, 3))
     (out / "demo_results.json").write_text(json.dumps(dict(info, rows=rows), indent=2))
     return rows
 
@@ -228,7 +335,7 @@ def run_pattern_demo(out_dir="demo_out", sizes=PATTERN_SIZES, model=None, backen
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(p) -> None:
     p.add_argument("--out-dir", default="demo_out", help="where the images go (default: %(default)s)")
-    add_size_option(p, what="sizes (default: 256x256 512x288 1024x1024 1920x1080 with a checkpoint, "
+    add_size_option(p, what="sizes (default: 1024x576 1920x1080 2048x1152 with a checkpoint, "
                             "256x256 512x512 768x432 1024x1024 with a preset)")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image format (default: %(default)s)")
     add_model_options(p)
@@ -245,11 +352,13 @@ def run(args) -> int:
         return 0
     rows = run_demo(args.out_dir, args.size or PHOTO_SIZES, backend=args.backend, device=args.device,
                     dtype=args.dtype, checkpoint=spec, fmt=args.format)
-    print(f"InfGen demo: checkpoint {spec}; photo {DEMO_PHOTO.name} (held out from training), "
-          f"encoded once, decoded at each size in one pass")
+    h, w = INPUT_SIZE
+    print(f"InfGen demo: checkpoint {spec}; photo {DEMO_PHOTO.name} (held out from training) shrunk to {w}x{h}, "
+          f"encoded once to a {w // 8}x{h // 8} latent, decoded directly at each size in one pass")
     print_rows(rows, ROW_COLUMNS)
-    print("baseline = decode at the latent's native size, then bicubic upscaling; reference = the photo "
-          f"resized to each size. Images and contact sheet: {Path(args.out_dir) / 'contact_sheet.png'}")
+    print("psnr/ssim: InfGen against the real photo at that size; bicubic_/lanczos_: decode at the latent's "
+          "native size, then bicubic / Lanczos upscaling; mosaic: the steps at the latent cells' edges over all "
+          f"steps (about 1: no grid). Images and contact sheet: {Path(args.out_dir) / 'contact_sheet.png'}")
     print(f"total {time.perf_counter() - t:.1f} s")
     return 0
 
