@@ -13,7 +13,7 @@ import json
 import numpy as np
 from locust import FastHttpUser, constant, events, task
 
-from infgen.runtime.client import infer_inputs, request_arrays  # the client's request; torch-free
+from infgen.runtime.client import MODEL_NAME, infer_inputs, request_arrays  # the client's request; torch-free
 
 SAMPLES: list[tuple[float, float, bool]] = []  # (start time s, response time ms, ok)
 
@@ -24,7 +24,7 @@ def _arguments(parser):
     parser.add_argument("--infgen-width", type=int, default=256, help="output width")
     parser.add_argument("--infgen-latent", default="4x16x16", help="latent C x h_l x w_l")
     parser.add_argument("--infgen-batch", type=int, default=1, help="images per request")
-    parser.add_argument("--infgen-model", default="infgen")
+    parser.add_argument("--infgen-model", default=MODEL_NAME, help="the served model's name")
     parser.add_argument("--infgen-samples", default="", help="JSON file for the raw samples")
 
 

@@ -15,6 +15,7 @@ import threading
 
 from infgen.cli import positive_int
 from infgen.runtime.cli import options
+from infgen.runtime.client import MODEL_NAME
 
 HELP = "serve the engine on NVIDIA Triton Inference Server (HTTP, gRPC, metrics)"
 
@@ -74,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--http-port", type=port, default=8000, help="HTTP/REST (KServe v2) port (default: %(default)s)")
     g.add_argument("--grpc-port", type=port, default=8001, help="gRPC port (default: %(default)s)")
     g.add_argument("--metrics-port", type=port, default=8002, help="Prometheus metrics port (default: %(default)s)")
-    g.add_argument("--model-name", default="infgen", help="the model's name in the URLs (default: %(default)s)")
+    g.add_argument("--model-name", default=MODEL_NAME, help="the model's name in the URLs (default: %(default)s)")
     add_limit_arguments(parser)
 
 
