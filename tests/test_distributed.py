@@ -39,8 +39,8 @@ def test_split_rows_odd_and_bad():
         D.split_rows(2, 3)
 
 
-@pytest.mark.parametrize("world,H", [(2, 5), (3, 7), (3, 3)])
-def test_sharded_ops_equal_single_process(world, H):
+def _ops_case(world, H):
+    """Inputs of the sharded-ops check for H rows: (x, conv, norm, (q, k, v))."""
     torch.manual_seed(world * 10 + H)
     x = torch.randn(2, 4, H, 6) * 2 + 1
     conv = nn.Conv2d(4, 5, 3, padding=1)
@@ -49,12 +49,7 @@ def test_sharded_ops_equal_single_process(world, H):
         norm.weight.normal_()
         norm.bias.normal_()
     q, k, v = (torch.randn(2, 1, 11, 8) for _ in range(3))
-    res = D.launch(_ops_worker, world, x, conv.state_dict(), norm.state_dict(), (q, k, v), timeout=120)
-    with torch.no_grad():
-        for c, g, a in res:
-            torch.testing.assert_close(c, conv(x), atol=1e-6, rtol=1e-5)
-            torch.testing.assert_close(g, F.silu(norm(x)), atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(a, F.scaled_dot_product_attention(q, k, v), atol=1e-6, rtol=1e-5)
+    return x, conv, norm, (q, k, v)
 
 
 def _decode_worker(h, w, z):
@@ -62,21 +57,40 @@ def _decode_worker(h, w, z):
     return D.decode_distributed(resolve_model("tiny"), z, h, w)
 
 
-@pytest.mark.parametrize("world,h,w", [(2, 72, 40), (3, 56, 33)])
-def test_distributed_decode_equals_single_process(world, h, w):
-    """Odd row splits (9 rows over 2 ranks, 7 over 3), batch 2: rank 0's image == the plain decode."""
+def _world_worker(ops_inputs, decode_args):
+    """One process group runs every check of its world size: the sharded ops on each input, then the
+    whole decode (one spawn per world size: each spawn costs a few seconds of process start)."""
+    return [_ops_worker(*a) for a in ops_inputs], _decode_worker(*decode_args)
+
+
+@pytest.mark.parametrize("world,rows,h,w", [(2, (5,), 72, 40), (3, (7, 3), 56, 33)])
+def test_sharded_ops_and_decode_equal_single_process(world, rows, h, w):
+    """The sharded ops (halo conv, all-reduced GroupNorm + SiLU, gathered attention) at `rows` token
+    rows on every rank equal the single-process ops; the whole decode with odd row splits (9 rows
+    over 2 ranks, 7 over 3), batch 2: rank 0's image == the plain decode, the other ranks return None."""
     from infgen.ref import decode as Dec
     from infgen.ref.model import token_grid
     from infgen.runtime.engine import resolve_model
+    cases = [_ops_case(world, H) for H in rows]
     torch.manual_seed(world)
     z = torch.randn(2, 4, 5, 6)
-    res = D.launch(_decode_worker, world, h, w, z, timeout=180)
-    assert all(r is None for r in res[1:])
+    res = D.launch(_world_worker, world, [(x, conv.state_dict(), norm.state_dict(), qkv) for x, conv, norm, qkv in cases],
+                   (h, w, z), timeout=240)
+    assert len(res) == world
+    with torch.no_grad():
+        for ops, _ in res:
+            assert len(ops) == len(cases)
+            for (c, g, a), (x, conv, norm, (q, k, v)) in zip(ops, cases):
+                torch.testing.assert_close(c, conv(x), atol=1e-6, rtol=1e-5)
+                torch.testing.assert_close(g, F.silu(norm(x)), atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(a, F.scaled_dot_product_attention(q, k, v), atol=1e-6, rtol=1e-5)
+    images = [img for _, img in res]
+    assert all(img is None for img in images[1:])
     model = resolve_model("tiny")
     with torch.inference_mode():
         ref = Dec.decode_grid(Dec.TORCH_OPS, model, z, *token_grid(h, w, model.config))[:, :, :h, :w]
-    assert res[0].shape == ref.shape == (2, 3, h, w)
-    assert (res[0] - ref).abs().max().item() <= 1e-5
+    assert images[0].shape == ref.shape == (2, 3, h, w)
+    assert (images[0] - ref).abs().max().item() <= 1e-5
 
 
 def test_torchrun_entry_point_writes_the_plain_decode(tmp_path):
