@@ -276,10 +276,8 @@ def run_demo(out_dir, sizes=PHOTO_SIZES, backend="torch", device="cpu", dtype=No
     ih, iw = input_size
     head = [(f"input {iw}x{ih} -> latent {cells[1]}x{cells[0]}", x),
             (f"native decode {iw}x{ih}: {np_:.2f} dB / {ns:.3f}", native)]
-    if sizes:
-        h, w = sizes[-1]
-        head.append((f"InfGen {w}x{h}, whole", np.asarray(Image.open(out / f"infgen_{w}x{h}.{fmt}"))))
-        head.append((f"photo {w}x{h}, whole", resized(pic, (h, w))))
+    h, w = sizes[-1]  # the largest decode, whole (img and ref are the last size's)
+    head += [(f"InfGen {w}x{h}, whole", img), (f"photo {w}x{h}, whole", ref)]
     contact_sheet([head, *details], out / "contact_sheet.png")
     info = dict(backend=engine.backend_name, device=str(engine.device), dtype=str(engine.dtype).split(".")[-1],
                 checkpoint=str(ckpt), photo=str(photo), input=f"{iw}x{ih}", latent=f"{cells[1]}x{cells[0]}",
