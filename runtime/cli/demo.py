@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from infgen.ref.config import PRESETS
+from infgen.ref.model import check_size
 from infgen.runtime.cli.options import (DEMO_CHECKPOINT, RANDOM_NOTICE, add_model_options, add_size_option, default_model,
                                  model_spec, tool_main)
 
@@ -230,7 +231,6 @@ def run_demo(out_dir, sizes=PHOTO_SIZES, backend="torch", device="cpu", dtype=No
     out.mkdir(parents=True, exist_ok=True)
     ckpt = demo_checkpoint(checkpoint)
     engine = InfGenEngine(ckpt, backend=backend, device=device, dtype=dtype)
-    from infgen.ref.model import check_size
     for h, w in [input_size, *sizes]:  # every size is checked before any work (ValueError naming it)
         check_size(h, w, engine.config)
     if input_size[0] % engine.config.upscale or input_size[1] % engine.config.upscale:
