@@ -13,9 +13,14 @@ from infgen.ref.config import preset  # noqa: E402 - after TRITON_INTERPRET
 from infgen.ref.model import InfGen  # noqa: E402
 
 # Two cores on CI: keep the tests from oversubscribing them. Under pytest-xdist (`-n auto`, the
-# README's command) the cores are shared by the workers: one share each.
+# README's command) the cores are shared by the workers: one share each, for the worker and for
+# the processes it starts (the CLIs, the docs' blocks: OpenMP reads OMP_NUM_THREADS at start-up;
+# a child left at every core spins against the other worker, 2-3x slower on 2 cores).
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
+THREADS = max(1, min(2, os.cpu_count() or 1) // WORKERS)
+torch.set_num_threads(THREADS)
+if "PYTEST_XDIST_WORKER" in os.environ:  # not in xdist's controller: its environment is the workers'
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 
 @pytest.fixture(scope="session")

@@ -41,11 +41,14 @@ def tree_hash(folder: Path) -> str:
 
 
 # Run in the fresh venv: what a user's `import` sees there (cwd = the repository root, on sys.path as
-# with `python -c`, to show the checkout's folders do not shadow installed packages either).
+# with `python -c`, to show the checkout's folders do not shadow installed packages either). With
+# the argument "diffusers", diffusers too (beside the installed runtime; after the uninstall it is
+# left out: diffusers lives in the base environment, which neither pip run in the venv touches).
 PROBE = """
 import json, sys
-import transformers, diffusers, kernels
-from diffusers import AutoencoderKL
+import transformers, kernels
+if sys.argv[1:] == ["diffusers"]:
+    from diffusers import AutoencoderKL
 import transformers.integrations.hub_kernels  # imports CUDAProperties & co. from HuggingFace's kernels
 out = {"kernels": kernels.__file__, "has_cuda_properties": hasattr(kernels, "CUDAProperties")}
 try:
@@ -86,21 +89,22 @@ def test_wheel_puts_everything_under_infgen(wheel):
 
 def test_install_and_uninstall_beside_transformers(wheel, tmp_path):
     venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", venv)
+    run(sys.executable, "-m", "venv", "--without-pip", venv)  # pip runs from here, on the venv (pip --python)
     py = venv / "bin" / "python"
+    pip = (sys.executable, "-m", "pip", "--python", py)
     site = Path(run(py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip())
     # torch, transformers, diffusers and kernels' own dependencies come from this environment, after the
     # venv's own site-packages (a plain path line: this environment's editable install is not active there)
     here = Path(metadata.distribution("transformers").locate_file(""))
     (site / "zz_base_env.pth").write_text(f"{here}\n")
     kernels_version = metadata.version("kernels")
-    run(py, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", f"kernels=={kernels_version}")
+    run(*pip, "install", "-q", "--no-deps", "--ignore-installed", f"kernels=={kernels_version}")
     kernels_dir = site / "kernels"
     assert kernels_dir.is_dir()
     before = tree_hash(kernels_dir)
 
-    run(py, "-m", "pip", "install", "-q", "--no-deps", wheel)
-    installed = json.loads(run(py, "-c", PROBE, cwd=ROOT).splitlines()[-1])
+    run(*pip, "install", "-q", "--no-deps", wheel)
+    installed = json.loads(run(py, "-c", PROBE, "diffusers", cwd=ROOT).splitlines()[-1])
     assert installed["kernels"].startswith(str(kernels_dir)) and installed["has_cuda_properties"]
     assert installed["infgen"] is not None and installed["infgen"].startswith(str(site / "infgen")), installed
     assert tree_hash(kernels_dir) == before, "installing the runtime changed HuggingFace's kernels"
@@ -112,7 +116,7 @@ def test_install_and_uninstall_beside_transformers(wheel, tmp_path):
     # the console scripts run from anywhere
     assert "usage" in run(venv / "bin" / "infgen-export-trt", "--help", cwd=tmp_path).lower()
 
-    run(py, "-m", "pip", "uninstall", "-y", "-q", "infgen-runtime")
+    run(*pip, "uninstall", "-y", "-q", "infgen-runtime")
     after = json.loads(run(py, "-c", PROBE, cwd=tmp_path).splitlines()[-1])
     assert after["infgen"] is None and after["has_cuda_properties"], after
     assert tree_hash(kernels_dir) == before, "uninstalling the runtime changed HuggingFace's kernels"

@@ -27,14 +27,20 @@ ATOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 # ----------------------------------------------------------------------------- compile for sm_90a (CPU)
 @pytest.fixture(scope="session")
-def compiled_rows():
-    """static_checks rows of the runtime and sweep configurations, bf16 and fp16, from `python -m
-    infgen.kernels.attention_d512 --json` run without TRITON_INTERPRET."""
+def all_rows():
+    """static_checks rows of the runtime, sweep and pipelined configurations, bf16 and fp16, from one
+    `python -m infgen.kernels.attention_d512 --json` run without TRITON_INTERPRET."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "infgen.kernels.attention_d512", "--configs", "runtime", "sweep", "--json"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "infgen.kernels.attention_d512", "--configs", "runtime", "sweep",
+                           "pipelined", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def compiled_rows(all_rows):
+    """The runtime and sweep configurations' rows."""
+    rows = [r for r in all_rows if r["set"] in ("runtime", "sweep")]
     assert len(rows) == 2 * (1 + len(SWEEP_CONFIGS))
     return rows
 
@@ -101,13 +107,9 @@ def test_sweep_lists_only_configs_that_fit(compiled_rows):
 
 
 @pytest.fixture(scope="session")
-def pipelined_rows():
-    """static_checks rows of the pipelined option (bf16, fp16; q_prescaled False), compiled in a fresh process."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "infgen.kernels.attention_d512", "--configs", "pipelined", "--json"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout)
+def pipelined_rows(all_rows):
+    """The pipelined option's rows (bf16, fp16; q_prescaled False)."""
+    return [r for r in all_rows if r["set"] == "pipelined"]
 
 
 def test_pipelined_option_compiles_clean_with_an_async_wgmma_wait(pipelined_rows):

@@ -2,6 +2,7 @@
 None of these need TensorRT; the build itself is not tested here. The engine cache's
 invalidation (damaged entries) is tested with the ONNX cache's in tests/test_cache_files.py."""
 import math
+import os
 import re
 import shlex
 import subprocess
@@ -15,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import one_error_line
 from infgen.export.plan import (DEFAULT_OPT_SIZES, Plan, bind_shapes, cache_key, covers, make_plan, pick_profile,
                          polygraphy_command, trtexec_command)
 
@@ -189,21 +191,17 @@ def test_polygraphy_line_parses_with_polygraphys_own_argparse():
         tool.setup_parser().parse_args(["m.onnx", "-o", "x", "--timing-cache", "t.cache"])
 
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "infgen.export.trt", *args], capture_output=True, text=True,
-                          cwd=cwd, env={"PYTHONPATH": str(__import__("pathlib").Path.cwd()), "PATH": "/usr/bin:/bin"},
-                          timeout=120)
-
-
-def test_cli_dry_run_writes_plan_and_prints_commands(tmp_path):
-    r = run_cli("--max-res", "4096", "--dry-run", "--write-plan", "--engine-dir", str(tmp_path / "eng"), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+def test_cli_dry_run_writes_plan_and_prints_commands(tmp_path, capsys):
+    """In this process (the entry point as a process: the next test)."""
+    from infgen.export.trt import main
+    assert main(["--max-res", "4096", "--dry-run", "--write-plan", "--engine-dir", str(tmp_path / "eng")]) == 0
+    out = capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "eng").iterdir()) == ["plan.json"]
     plan = Plan.from_json((tmp_path / "eng" / "plan.json").read_text())
     assert plan.max_res == 4096 and plan.max_elements == 2**31 - 1
     # 5 intervals; the 3840x2160 and 4096 ones split into landscape + portrait boxes
     assert len(plan.profiles) == 7 and all(p.elements < 2**31 for p in plan.profiles)
-    assert "trtexec --onnx=" in r.stdout and "polygraphy convert" in r.stdout
+    assert "trtexec --onnx=" in out and "polygraphy convert" in out
 
 
 def test_cli_dry_run_writes_nothing_and_its_commands_make_the_onnx_they_read(tmp_path):
@@ -212,7 +210,6 @@ def test_cli_dry_run_writes_nothing_and_its_commands_make_the_onnx_they_read(tmp
     That export (a random-weights preset, a stderr that is not a terminal) says so in one `warning:`
     line and nothing else: torch.onnx's torchvision lines and its pytree FutureWarning (nothing to do
     with this graph) are silenced; a process, as those come from loggers set up once per process."""
-    import os
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
     home.mkdir()
@@ -243,21 +240,23 @@ def test_cli_dry_run_writes_nothing_and_its_commands_make_the_onnx_they_read(tmp
         [str(Path(onnx_read).parent), onnx_read])
 
 
-def test_cli_build_without_tensorrt_names_the_package(tmp_path):
+def test_cli_build_without_tensorrt_names_the_package(tmp_path, capsys):
     try:
         import tensorrt  # noqa: F401
         pytest.skip("tensorrt is installed here; this test checks the message when it is missing")
     except ImportError:
         pass
-    r = run_cli("--max-res", "2048", "--preset", "tiny", "--engine-dir", str(tmp_path / "eng"), cwd=tmp_path)
-    assert r.returncode == 2
-    assert "pip install 'tensorrt" in r.stderr and "tensorrt" in r.stderr
+    from infgen.export.trt import main
+    rc = main(["--max-res", "2048", "--preset", "tiny", "--engine-dir", str(tmp_path / "eng")])
+    line = one_error_line(capsys, rc)
+    assert "pip install 'tensorrt" in line
     assert not (tmp_path / "eng").exists()  # checked before anything is written
 
 
-def test_cli_rejects_max_res_beyond_the_model(tmp_path):
-    r = run_cli("--preset", "tiny", "--max-res", "4096", "--dry-run", "--engine-dir", str(tmp_path), cwd=tmp_path)
-    assert r.returncode != 0 and "max_size 2048" in r.stderr
+def test_cli_rejects_max_res_beyond_the_model(tmp_path, capsys):
+    from infgen.export.trt import main
+    rc = main(["--preset", "tiny", "--max-res", "4096", "--dry-run", "--engine-dir", str(tmp_path)])
+    assert "max_size 2048" in one_error_line(capsys, rc)
 
 
 # ----------------------------------------------------------------------------- volume-capped plans
