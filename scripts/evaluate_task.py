@@ -14,8 +14,9 @@ antialiased Lanczos filter it gives the 512x288 input (a 64x36 latent: 512 px on
 InfGen's "512-px image, 64-wide latent") and the references at 1024x576 (2x), 1920x1080 (3.75x)
 and 2048x1152 (4x), all downsampled from real pixels. Rows: the native decode (512x288) against
 the input; at each size InfGen's direct decode, and the native decode upscaled by bicubic and by
-Lanczos (PIL), each scored against the reference (PSNR, SSIM; LPIPS needs weights that cannot be
-downloaded here, so it is left out). `mosaic` (the latent-cell artefact): at 2048x1152 the
+Lanczos (PIL), and a baseline with no network (rgb-cells+bicubic: the input shrunk to the latent's
+grid, 3 numbers a cell against the latent's 4, then bicubic), each scored against the reference
+(PSNR, SSIM; LPIPS needs weights that cannot be downloaded here, so it is left out). `mosaic` (the latent-cell artefact): at 2048x1152 the
 energy of the image's steps at the latent cells' edges (every 32 px: the cell frequency and its
 harmonics) relative to all its steps, for InfGen and for native + bicubic (mosaic_ratio). Writes
 task.json, task.md (the tables) and task_sheet.png (crops of each photo at 4x).
@@ -39,6 +40,10 @@ PACKAGE = "plasma-workspace-wallpapers"
 INPUT = INPUT_SIZE                                        # (h, w) = (288, 512): 16:9, 512 px on the long side
 SIZES = dict(zip(("2x", "3.75x", "4x"), PHOTO_SIZES))    # (576, 1024), (1080, 1920), (1152, 2048)
 MOSAIC_SIZE = "4x"
+# A yardstick with no network: the input shrunk (Lanczos) to the latent's grid, 3 numbers a cell where
+# the latent has 4, then bicubic up. An autoencoder that scores below it at native size loses more in
+# its latent than a plain downscale does.
+CELLS_BASELINE = "rgb-cells+bicubic"
 
 
 # ----------------------------------------------------------------------------- the run
@@ -67,13 +72,16 @@ def evaluate(engine, encode, photos: dict[str, Path], sizes=SIZES, input_hw=INPU
         x = resized(truth, input_hw)
         z = encode(to_unit_tensor(x))
         native = to_uint8(engine.decode(z, *input_hw))
-        p, s = scores(x, native)
-        rows.append(dict(photo=name, size=f"{input_hw[1]}x{input_hw[0]}", scale="1x", method="native", psnr=p, ssim=s))
+        cells = Image.fromarray(resized(Image.fromarray(x), (z.shape[2], z.shape[3])))  # no network: CELLS_BASELINE
+        for method, img in (("native", native), (CELLS_BASELINE, resized(cells, input_hw, Image.Resampling.BICUBIC))):
+            p, s = scores(x, img)
+            rows.append(dict(photo=name, size=f"{input_hw[1]}x{input_hw[0]}", scale="1x", method=method, psnr=p, ssim=s))
         for label, hw in sizes.items():
             ref = resized(truth, hw)
             outs = {"infgen": to_uint8(engine.decode(z, *hw)),
                     "native+bicubic": resized(Image.fromarray(native), hw, Image.Resampling.BICUBIC),
-                    "native+lanczos": resized(Image.fromarray(native), hw, Image.Resampling.LANCZOS)}
+                    "native+lanczos": resized(Image.fromarray(native), hw, Image.Resampling.LANCZOS),
+                    CELLS_BASELINE: resized(cells, hw, Image.Resampling.BICUBIC)}
             for method, img in outs.items():
                 p, s = scores(ref, img)
                 row = dict(photo=name, size=f"{hw[1]}x{hw[0]}", scale=label, method=method, psnr=p, ssim=s)

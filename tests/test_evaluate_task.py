@@ -73,10 +73,14 @@ def test_one_photo_through_the_protocol(tmp_path, tiny_model):
         rows, tiles = task.evaluate(engine, engine.encode, {"Fake": path}, sizes=sizes, input_hw=(72, 128))
     finally:
         task.MOSAIC_SIZE = old
-    assert [(r["scale"], r["method"]) for r in rows] == [("1x", "native"), ("2x", "infgen"), ("2x", "native+bicubic"),
-                                                         ("2x", "native+lanczos")]
+    assert [(r["scale"], r["method"]) for r in rows] == [
+        ("1x", "native"), ("1x", "rgb-cells+bicubic"), ("2x", "infgen"), ("2x", "native+bicubic"),
+        ("2x", "native+lanczos"), ("2x", "rgb-cells+bicubic")]
     assert all(np.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 for r in rows)
-    assert "mosaic_ratio" in rows[1] and "mosaic_ratio" in rows[2] and "mosaic_ratio" not in rows[3]
+    assert [r["photo"] for r in rows] == ["Fake"] * 6
+    assert "mosaic_ratio" in rows[2] and "mosaic_ratio" in rows[3] and "mosaic_ratio" not in rows[4]
+    # the smooth photo survives the 9x16 grid (its content is 6x10): the no-network baseline scores high
+    assert rows[1]["psnr"] > 30 and rows[5]["psnr"] > 30, rows
     assert tiles["Fake"]["reference"].shape == (144, 256, 3)
     summ = task.summary(rows)
     assert [(r["scale"], r["method"]) for r in summ] == [(r["scale"], r["method"]) for r in rows]
