@@ -59,6 +59,9 @@ class TrainConfig:
                                                "under each mask token, or the bilinear weights of the nearest "
                                                "tokens", choices=("nearest", "bilinear"))
     warm_start_lr: float = option(3e-3, "learning rate of the warm start", kind=float, lo=0, lo_open=True)
+    warm_start_window: int = option(0, "side, in mask tokens, of the random window of the output grid the warm start "
+                                       "trains on (0: the whole grid; its cost grows with output x latent tokens, "
+                                       "so large --grid-max at 4x needs one, e.g. --window's 16)", kind=int, lo=0)
     lr: float = option(2e-4, "peak learning rate of each stage", kind=float, lo=0, lo_open=True)
     warmup: int = option(100, "linear warmup steps of each stage", kind=int, lo=0)
     weight_decay: float = option(0.01, "AdamW weight decay", kind=float, lo=0)

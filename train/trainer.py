@@ -218,14 +218,16 @@ def warm_start_target(Th: int, Tw: int, gh: int, gw: int, kind: str = "nearest",
 
 
 def positional_warm_start(model: InfGen, sampler: "CropSampler", steps: int, lr: float, max_scale: float,
-                          device, kind: str = "nearest") -> list[float]:
+                          device, kind: str = "nearest", window: int = 0) -> list[float]:
     """Teach the first cross-attention block to look up the latent token under each mask token.
 
     At initialisation the attention is near uniform, so every mask token sees the image mean and the
     decoder learns position-dependent blur for a long time. Here, before any image loss, block 0's
     logits are trained with cross-entropy towards warm_start_target(kind): the latent token whose
     cell holds the mask token's centre, or the bilinear weights of its nearest tokens; on real latent tokens (content included) and random output grids. Touches only the
-    positional encodings, the latent-token convs and block 0's norms and q/k projections."""
+    positional encodings, the latent-token convs and block 0's norms and q/k projections. window > 0:
+    only the mask tokens of a random window x window part of the output grid (as stage 2 decodes),
+    so a step's cost stops growing with the output grid; 0: all of them."""
     dec = model.decoder
     blk = dec.blocks[0]
     params = [p for m in (dec.latent_pos, dec.mask_pos, dec.conv_in, dec.conv_tokens, blk.norm_q, blk.norm_kv,
@@ -233,13 +235,17 @@ def positional_warm_start(model: InfGen, sampler: "CropSampler", steps: int, lr:
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     losses = []
     for step in range(steps):
-        x, _, (Th, Tw, _, _, _, _) = sampler.sample(max_scale, 1)
+        x, _, (Th, Tw, oy, ox, wh, ww) = sampler.sample(max_scale, window or 1)
         gh, gw = x.shape[2] // model.config.upscale, x.shape[3] // model.config.upscale
         with torch.no_grad():
             z = encode_moments(model, x.to(device))[0]
         ctx = dec.latent_tokens(model.post_quant_conv(z))  # (B, T, d)
-        logits = attention_logits(blk, dec.mask_tokens(Th, Tw), ctx)  # (B, heads, N, T)
+        tokens = dec.mask_tokens(Th, Tw)  # (1, N, d)
         target = warm_start_target(Th, Tw, gh, gw, kind, device)  # (N, T) attention each mask token should have
+        if window:
+            rows = (torch.arange(oy, oy + wh)[:, None] * Tw + torch.arange(ox, ox + ww)).flatten().to(tokens.device)
+            tokens, target = tokens[:, rows], target[rows]
+        logits = attention_logits(blk, tokens, ctx)  # (B, heads, N, T)
         loss = F.cross_entropy(logits.flatten(0, 2), target.repeat(logits.shape[0] * logits.shape[1], 1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -403,7 +409,7 @@ class Trainer:
         elif self.opt is None:
             if a.warm_start_steps and not a.init:
                 losses = positional_warm_start(self.model, sampler, a.warm_start_steps, a.warm_start_lr,
-                                               a.max_scale, self.device, a.warm_start_target)
+                                               a.max_scale, self.device, a.warm_start_target, a.warm_start_window)
                 print(f"positional warm start: cross-entropy {losses[0]:.3f} -> {losses[-1]:.3f} "
                       f"in {a.warm_start_steps} steps")
             self.make_optimizers(self.stage(0))
