@@ -16,8 +16,8 @@ and 2048x1152 (4x), all downsampled from real pixels. Rows: the native decode (5
 the input; at each size InfGen's direct decode, and the native decode upscaled by bicubic and by
 Lanczos (PIL), and a baseline with no network (rgb-cells+bicubic: the input shrunk to the latent's
 grid, 3 numbers a cell against the latent's 4, then bicubic), each scored against the reference
-(PSNR, SSIM; LPIPS needs weights that cannot be downloaded here, so it is left out). `mosaic` (the latent-cell artefact): at 2048x1152 the
-energy of the image's steps at the latent cells' edges (every 32 px: the cell frequency and its
+(PSNR, SSIM; LPIPS needs weights that cannot be downloaded here, so it is left out). `mosaic`
+(the latent-cell artefact): at 2048x1152 the energy of the image's steps at the latent cells' edges (every 32 px: the cell frequency and its
 harmonics) relative to all its steps, for InfGen and for native + bicubic (mosaic_ratio). Writes
 task.json, task.md (the tables) and task_sheet.png (crops of each photo at 4x).
 """
@@ -41,8 +41,8 @@ INPUT = INPUT_SIZE                                        # (h, w) = (288, 512):
 SIZES = dict(zip(("2x", "3.75x", "4x"), PHOTO_SIZES))    # (576, 1024), (1080, 1920), (1152, 2048)
 MOSAIC_SIZE = "4x"
 # A yardstick with no network: the input shrunk (Lanczos) to the latent's grid, 3 numbers a cell where
-# the latent has 4, then bicubic up. An autoencoder that scores below it at native size loses more in
-# its latent than a plain downscale does.
+# the latent has 4, then bicubic up. An autoencoder (encoder and decoder) that scores below it at native
+# size loses more than a plain downscale to its latent's grid does.
 CELLS_BASELINE = "rgb-cells+bicubic"
 
 
