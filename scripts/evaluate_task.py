@@ -17,9 +17,10 @@ the input; at each size InfGen's direct decode, and the native decode upscaled b
 Lanczos (PIL), and a baseline with no network (rgb-cells+bicubic: the input shrunk to the latent's
 grid, 3 numbers a cell against the latent's 4, then bicubic), each scored against the reference
 (PSNR, SSIM; LPIPS needs weights that cannot be downloaded here, so it is left out). `mosaic`
-(the latent-cell artefact): at 2048x1152 the energy of the image's steps at the latent cells' edges (every 32 px: the cell frequency and its
-harmonics) relative to all its steps, for InfGen and for native + bicubic (mosaic_ratio). Writes
-task.json, task.md (the tables) and task_sheet.png (crops of each photo at 4x).
+(the latent-cell artefact): at 2048x1152 the energy of the image's steps at the latent cells'
+edges (every 32 px: the cell frequency and its harmonics) relative to all its steps, for InfGen
+and for native + bicubic (mosaic_ratio). Writes task.json, task.md (the tables) and task_sheet.png
+(crops of each photo at 4x).
 """
 from __future__ import annotations
 
