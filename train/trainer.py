@@ -176,12 +176,17 @@ def encode_moments(model: InfGen, x: torch.Tensor):
     return mean, logvar.clamp(-30, 20)
 
 
+def cut_window(t: torch.Tensor, win) -> torch.Tensor:
+    """The rows of window (oy, ox, wh, ww) of a (Th, Tw) grid: t (..., Th * Tw, d) -> (..., wh * ww, d)."""
+    Th, Tw, oy, ox, wh, ww = win
+    return t.unflatten(-2, (Th, Tw))[..., oy:oy + wh, ox:ox + ww, :].flatten(-3, -2)
+
+
 def decode_window(model: InfGen, z: torch.Tensor, win) -> torch.Tensor:
     """Unscaled latent (B, C, h, w) -> the image of window (oy, ox, wh, ww) of the (Th, Tw) grid:
     (B, 3, 8wh, 8ww). The mask tokens are those of the full grid, cut to the window."""
     Th, Tw, oy, ox, wh, ww = win
-    dec = model.decoder
-    mask = dec.mask_tokens(Th, Tw).view(1, Th, Tw, -1)[:, oy:oy + wh, ox:ox + ww].reshape(1, wh * ww, -1)
+    mask = cut_window(model.decoder.mask_tokens(Th, Tw), win)
     return decode_grid(TORCH_OPS, model, z * model.config.scaling_factor, wh, ww, mask=mask)  # (B, 3, 8wh, 8ww)
 
 
@@ -235,7 +240,8 @@ def positional_warm_start(model: InfGen, sampler: "CropSampler", steps: int, lr:
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     losses = []
     for step in range(steps):
-        x, _, (Th, Tw, oy, ox, wh, ww) = sampler.sample(max_scale, window or 1)
+        x, _, win = sampler.sample(max_scale, window or 1)
+        Th, Tw = win[:2]
         gh, gw = x.shape[2] // model.config.upscale, x.shape[3] // model.config.upscale
         with torch.no_grad():
             z = encode_moments(model, x.to(device))[0]
@@ -243,8 +249,7 @@ def positional_warm_start(model: InfGen, sampler: "CropSampler", steps: int, lr:
         tokens = dec.mask_tokens(Th, Tw)  # (1, N, d)
         target = warm_start_target(Th, Tw, gh, gw, kind, device)  # (N, T) attention each mask token should have
         if window:
-            rows = (torch.arange(oy, oy + wh)[:, None] * Tw + torch.arange(ox, ox + ww)).flatten().to(tokens.device)
-            tokens, target = tokens[:, rows], target[rows]
+            tokens, target = cut_window(tokens, win), cut_window(target, win)
         logits = attention_logits(blk, tokens, ctx)  # (B, heads, N, T)
         loss = F.cross_entropy(logits.flatten(0, 2), target.repeat(logits.shape[0] * logits.shape[1], 1))
         opt.zero_grad(set_to_none=True)
