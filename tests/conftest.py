@@ -34,22 +34,37 @@ def tiny_model(tiny_cfg):
     return InfGen(tiny_cfg).eval()
 
 
-@pytest.fixture(scope="session")
-def shared_onnx(tiny_model, tmp_path_factory):
-    """shared_onnx(dtype, flavour) -> the tiny model's ONNX file in one export cache that every
-    xdist worker of this run shares: each (dtype, flavour) is exported once per run, under a file
-    lock, by whichever test asks first (a real export through infgen.export.onnx.cached_export).
-    Tests that damage or replace cache entries copy the entry into their own directory first."""
-    from filelock import FileLock
-
-    from infgen.export.onnx import cached_export
+@pytest.fixture(scope="session", autouse=True)
+def run_cache(tmp_path_factory):
+    """One export cache for the whole run, shared by every xdist worker: $INFGEN_CACHE points at it
+    for the tests and for every process they start (the CLIs, the docs' blocks), so nothing is read
+    from or written to the user's ~/.cache/infgen, and an ONNX file one test exported is found by
+    the next that asks for the same (weights, config, dtype, flavour)."""
     base = tmp_path_factory.getbasetemp()
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-onnx-cache"
     root.mkdir(exist_ok=True)
+    old = os.environ.get("INFGEN_CACHE")
+    os.environ["INFGEN_CACHE"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("INFGEN_CACHE", None)
+    else:
+        os.environ["INFGEN_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def shared_onnx(tiny_model, run_cache):
+    """shared_onnx(dtype, flavour) -> the tiny model's ONNX file in the run's export cache (run_cache):
+    each (dtype, flavour) is exported once per run, under a file lock, by whichever test asks first
+    (a real export through infgen.export.onnx.cached_export). Tests that damage or replace cache
+    entries copy the entry into their own directory first."""
+    from filelock import FileLock
+
+    from infgen.export.onnx import cached_export
 
     def get(dtype="fp32", flavour="onnxruntime"):
-        with FileLock(str(root / f".{dtype}-{flavour}.lock")):
-            return cached_export(tiny_model, dtype, flavour, cache_dir=root)
+        with FileLock(str(run_cache / f".{dtype}-{flavour}.lock")):
+            return cached_export(tiny_model, dtype, flavour, cache_dir=run_cache)
     return get
 
 
