@@ -178,22 +178,43 @@ def no_double(m) -> list:
     return bad
 
 
-def test_tensorrt_flavour_has_no_double_and_keeps_rewrites_only_where_needed(exported, tiny_cfg, tmp_path):
+def test_tensorrt_flavour_has_no_double_and_keeps_rewrites_only_where_needed(exported, shared_onnx):
     ort_graph = onnx.load(str(exported[0]))
     assert no_double(ort_graph), "the reference graph carries INPE's float64 coordinates"
     assert no_double(onnx.load(str(exported[1]))) == []
-    torch.manual_seed(0)
-    from infgen.ref.model import InfGen
-    m = InfGen(tiny_cfg).eval()
-    before = {k: v.clone() for k, v in m.state_dict().items()}
-    bf16 = onnx.load(str(export_onnx(m, tmp_path / "bf16_trt.onnx", "bf16", "tensorrt")))
-    # the export casts a copy of the weights: the caller's module keeps its dtype and values
-    after = m.state_dict()
-    assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
+    bf16 = onnx.load(str(shared_onnx("bf16", "tensorrt")))
     ops = {n.op_type for n in bf16.graph.node}
     assert no_double(bf16) == []
     # bf16: statistics in fp32 need the explicit form (TensorRT's importer ignores stash_type)
     assert "GroupNormalization" not in ops and "InstanceNormalization" in ops and "Resize" in ops
+
+
+class Traced(Exception):
+    """Raised by the stand-in exporter below once it has seen the module it was given."""
+
+
+def test_export_casts_a_copy_and_leaves_the_callers_module_alone(tiny_cfg, tmp_path, monkeypatch):
+    """export_onnx hands torch.onnx.export a bf16 copy of the weights; the caller's module keeps its
+    dtype and values (the exporter is stood in: what it receives is the point, not the graph)."""
+    torch.manual_seed(0)
+    from infgen.ref.model import InfGen
+    m = InfGen(tiny_cfg).eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    seen = []
+
+    def exporter(module, args, **kwargs):
+        seen.append(module)
+        raise Traced
+
+    monkeypatch.setattr(torch.onnx, "export", exporter)
+    with pytest.raises(Traced):
+        export_onnx(m, tmp_path / "bf16_trt.onnx", "bf16", "tensorrt")
+    (module,) = seen
+    params = list(module.parameters())
+    assert params and all(p.dtype == torch.bfloat16 for p in params)
+    assert not {id(p) for p in params} & {id(p) for p in m.parameters()}
+    after = m.state_dict()
+    assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
 
 
 def test_polygraphy_lint_is_clean_on_the_tensorrt_flavour(exported):
