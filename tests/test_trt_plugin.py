@@ -107,8 +107,8 @@ def test_batch_offset_is_computed_in_int64(every_kernel):
         assert not re.search(r"arith\.muli [^\n]*" + re.escape(n_arg) + r"\b[^\n]*: i32", ttir), key
 
 
-def test_fp32_uses_exact_dots_unless_tf32_is_allowed():
-    assert not compile_in_subprocess("float32", "64", 0.125, False, 1, 100)[0]["tf32"]
+def test_fp32_uses_exact_dots_unless_tf32_is_allowed(every_kernel):
+    assert not every_kernel["float32", 64]["tf32"] and not every_kernel["float32", 128]["tf32"]
     tf32 = compile_in_subprocess("float32", "64,128", 0.125, True, 1, 100)
     assert all(r["tf32"] and r["shared"] <= 49152 and r["ptx_params"] == 5 for r in tf32), tf32
 
