@@ -8,6 +8,7 @@ built from this checkout and installed non-editably into a fresh venv that holds
 through a path entry), then uninstalled, checking imports and `kernels`' files at each step.
 """
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -22,8 +23,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FOREIGN_TOPS = ("kernels", "export", "runtime", "train", "infgen_ref", "native", "cli")  # names that must not be installed
 
-pytest.importorskip("transformers", reason="needs transformers (the .[test] extra)")
-pytest.importorskip("kernels", reason="needs HuggingFace's kernels (a transformers 5 dependency, the .[test] extra)")
+# Installed, not imported: the checks import them in the venv (importing transformers here would cost
+# every pytest-xdist worker half a second at collection).
+if importlib.util.find_spec("transformers") is None:
+    pytest.skip("needs transformers (the .[test] extra)", allow_module_level=True)
+if importlib.util.find_spec("kernels") is None:
+    pytest.skip("needs HuggingFace's kernels (a transformers 5 dependency, the .[test] extra)", allow_module_level=True)
 
 
 def run(*args, cwd=None, timeout=300) -> str:
