@@ -204,19 +204,22 @@ def test_replace_file_replaces_whole_and_leaves_no_temporary(tmp_path):
 
 def test_foreign_onnx_is_reexported_and_decodes_like_the_reference(tiny_model, exported, monkeypatch):
     """Another valid ONNX put at the cache's path: the runtime exports again, for real, once, gets
-    the first export's bytes (the export is deterministic) and decodes like the reference."""
+    the first export's bytes (the export is deterministic) and decodes like the reference. The real
+    export announces each of EXPORT_STAGES, in order, to its on_stage (what the CLI's progress bar
+    shows: tests/test_export_onnx.py)."""
     d, path = exported
     good = path.read_bytes()
-    real_export, exports = export_mod.export_onnx, []
+    real_export, exports, stages = export_mod.export_onnx, [], []
 
     def export(model, out, dtype, flavour):
         exports.append(flavour)
-        return real_export(model, out, dtype, flavour)
+        return real_export(model, out, dtype, flavour, on_stage=stages.append)
     monkeypatch.setattr(export_mod, "export_onnx", export)
     foreign_onnx(path)
     assert check(path, model_digest(tiny_model, "fp32", "onnxruntime")) is not None
     eng = InfGenEngine(tiny_model, backend="onnxruntime", cache_dir=d)
     assert exports == ["onnxruntime"]  # re-exported once, not loaded
+    assert stages == list(export_mod.EXPORT_STAGES)
     assert path.read_bytes() == good
     torch.manual_seed(0)
     z = torch.randn(1, 4, 6, 6)

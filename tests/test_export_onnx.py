@@ -240,17 +240,34 @@ def test_polygraphy_lint_is_clean_on_the_tensorrt_flavour(exported):
     assert proc.returncode == 0 and issues == [], issues or proc.stderr[-2000:]
 
 
-def test_cli_shows_stage_progress_on_a_terminal(tmp_path, capsys, monkeypatch):
+def test_cli_shows_stage_progress_on_a_terminal(tmp_path, capsys, monkeypatch, shared_onnx):
     """On a terminal, python -m infgen.export.onnx shows a bar naming each export stage on stderr (tqdm
-    is in the test extra); --no-progress, or a stderr that is not a terminal, shows none."""
+    is in the test extra); --no-progress, or a stderr that is not a terminal, shows none. The export
+    is stood in by one that announces EXPORT_STAGES and writes the run's shared export: that the real
+    export announces each stage is tests/test_cache_files.py's foreign-ONNX test; the CLI exporting
+    for real, as a process, is tests/test_trt_plan.py's dry-run test and docs/export.md."""
+    import shutil
     import sys
 
     from infgen.export import onnx as export_cli
     pytest.importorskip("tqdm")
+    calls, exported = [], shared_onnx("fp32", "onnxruntime")
+
+    def export(model, out, dtype, flavour, opset, on_stage):
+        calls.append((dtype, flavour, opset))
+        for stage in export_cli.EXPORT_STAGES:
+            on_stage(stage)
+        shutil.copyfile(exported, out)
+        return out
+    monkeypatch.setattr(export_cli, "export_onnx", export)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert export_cli.main(["--preset", "tiny", "-o", str(tmp_path / "m.onnx")]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert calls == [("fp32", "onnxruntime", export_cli.OPSET)] and "wrote " in out
     assert all(stage in err for stage in export_cli.EXPORT_STAGES), err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert export_cli.main(["--preset", "tiny", "-o", str(tmp_path / "m2.onnx")]) == 0
+    assert not any(stage in capsys.readouterr().err for stage in export_cli.EXPORT_STAGES)
     quiet = export_cli.StageBar(enabled=False)
     for stage in export_cli.EXPORT_STAGES:
         quiet(stage)
