@@ -1,16 +1,12 @@
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
-# Without CUDA, the Triton kernels run in Triton's interpreter on CPU tensors. TRITON_INTERPRET is
-# read when @triton.jit decorates (and when triton.language loads its standard library), so it must
-# be set before anything imports triton: before the infgen imports below.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from infgen.ref.config import preset  # noqa: E402 - after TRITON_INTERPRET
-from infgen.ref.model import InfGen  # noqa: E402
+if TYPE_CHECKING:
+    import torch
 
 # Two cores on CI: keep the tests from oversubscribing them. Under pytest-xdist (`-n auto`, the
 # README's command) the cores are shared by the workers: one share each, for the worker and for
@@ -18,7 +14,6 @@ from infgen.ref.model import InfGen  # noqa: E402
 # a child left at every core spins against the other worker, 2-3x slower on 2 cores).
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = max(1, min(2, os.cpu_count() or 1) // WORKERS)
-torch.set_num_threads(THREADS)
 if "PYTEST_XDIST_WORKER" in os.environ:  # not in xdist's controller: its environment is the workers'
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
@@ -37,6 +32,15 @@ LONGEST_FIRST = ("test_docs.py", "test_kernels_attention_d512.py", "test_export_
 def pytest_configure(config):
     if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's default orders files by test count
         config.option.loadscopereorder = False
+    if getattr(config.option, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ:
+        return  # pytest-xdist's controller collects and runs nothing: no torch there (1 s before the workers start)
+    import torch
+    # Without CUDA, the Triton kernels run in Triton's interpreter on CPU tensors. TRITON_INTERPRET is
+    # read when @triton.jit decorates (and when triton.language loads its standard library), so it
+    # must be set before anything imports triton: here, before collection imports the test modules.
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    torch.set_num_threads(THREADS)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -46,11 +50,15 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_cfg():
+    from infgen.ref.config import preset
     return preset("tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cfg):
+    import torch
+
+    from infgen.ref.model import InfGen
     torch.manual_seed(0)
     return InfGen(tiny_cfg).eval()
 
