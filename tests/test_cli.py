@@ -213,12 +213,10 @@ def test_demo_uses_bundled_checkpoint(tiny_model, tmp_path, monkeypatch):
 
 
 def test_python_dash_m_runtime_in_a_fresh_process(tmp_path):
-    """The real entry point, with cwd = the repository root, as a user runs it."""
+    """The real entry point, with cwd = the repository root, as a user runs it: a user error is one
+    `error:` line and status 2. (Commands that succeed in a fresh process: the docs' blocks,
+    tests/test_docs.py, e.g. README's `infgen encode` and `infgen decode`; `demo` in-process below.)"""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "infgen.runtime", "demo", "--preset", "tiny", "--out-dir", str(tmp_path),
-                        "--size", "32x24"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "weights are random" in r.stdout and (tmp_path / "decoded_32x24.png").is_file()
     z = save_latent(torch.randn(4, 4, 4), tmp_path / "z.npy")
     r = subprocess.run([sys.executable, "-m", "infgen.runtime", "decode", str(z), "--size", "0x8"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
